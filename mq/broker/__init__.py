@@ -1,0 +1,1 @@
+"""Broker: a sans-IO core and a thin trio server."""

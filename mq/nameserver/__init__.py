@@ -1,0 +1,1 @@
+"""Stateless route registry: brokers register, clients ask for routes."""

@@ -1,0 +1,1 @@
+"""Deterministic simulator: virtual time, network and disk faults, workloads, checkers."""

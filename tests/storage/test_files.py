@@ -1,0 +1,123 @@
+"""The file layer's contract, held against both implementations."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from storage.files import (
+    ClosedSegmentError,
+    DiskFullError,
+    FileSystem,
+    RealFileSystem,
+    SimFileSystem,
+)
+
+
+@pytest.fixture(params=["real", "sim"])
+def fs_and_dir(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[FileSystem, str]]:
+    if request.param == "real":
+        yield RealFileSystem(), str(tmp_path)
+    else:
+        fs = SimFileSystem(random.Random(1))
+        fs.makedirs("/d")
+        yield fs, "/d"
+
+
+def test_new_segment_reads_zeros_and_has_fixed_capacity(fs_and_dir):
+    fs, d = fs_and_dir
+    seg = fs.open_segment(f"{d}/00000000000000000000", 4096)
+    assert seg.capacity == 4096
+    assert bytes(seg.read(0, 4096)) == bytes(4096)
+
+
+def test_writes_are_visible_and_survive_reopen_after_sync(fs_and_dir):
+    fs, d = fs_and_dir
+    path = f"{d}/seg"
+    seg = fs.open_segment(path, 1024)
+    seg.write(10, b"hello")
+    assert bytes(seg.read(10, 5)) == b"hello"
+    seg.sync()
+    seg.close()
+    again = fs.open_segment(path, 1024)
+    assert bytes(again.read(8, 9)) == b"\0\0hello\0\0"
+    again.close()
+
+
+def test_out_of_range_access_is_rejected(fs_and_dir):
+    fs, d = fs_and_dir
+    seg = fs.open_segment(f"{d}/seg", 64)
+    with pytest.raises(ValueError):
+        seg.write(60, b"12345")
+    with pytest.raises(ValueError):
+        seg.read(-1, 2)
+
+
+def test_closed_segment_cannot_be_used(fs_and_dir):
+    fs, d = fs_and_dir
+    seg = fs.open_segment(f"{d}/seg", 64)
+    seg.close()
+    with pytest.raises(ClosedSegmentError):
+        seg.write(0, b"x")
+
+
+def test_small_files_are_replaced_atomically_and_listed(fs_and_dir):
+    fs, d = fs_and_dir
+    assert fs.read_bytes(f"{d}/checkpoint") is None
+    fs.write_atomic(f"{d}/checkpoint", b"one")
+    fs.write_atomic(f"{d}/checkpoint", b"two")
+    assert fs.read_bytes(f"{d}/checkpoint") == b"two"
+    fs.open_segment(f"{d}/seg", 16).close()
+    assert fs.listdir(d) == ["checkpoint", "seg"]
+    fs.remove(f"{d}/seg")
+    assert fs.listdir(d) == ["checkpoint"]
+    assert not fs.exists(f"{d}/seg")
+
+
+def test_crash_drops_unsynced_writes_without_tearing():
+    fs = SimFileSystem(random.Random(7))
+    seg = fs.open_segment("/seg", 32)
+    seg.write(0, b"durable!")
+    seg.sync()
+    seg.write(8, b"volatile")
+    fs.crash(tear=False)
+    with pytest.raises(ClosedSegmentError):
+        seg.read(0, 1)
+    again = fs.open_segment("/seg", 32)
+    assert bytes(again.read(0, 16)) == b"durable!" + bytes(8)
+
+
+def test_crash_tears_unsynced_writes_at_a_chosen_byte():
+    outcomes = set()
+    for seed in range(50):
+        fs = SimFileSystem(random.Random(seed))
+        seg = fs.open_segment("/seg", 16)
+        seg.write(0, b"abcdefgh")
+        fs.crash()
+        survived = bytes(fs.open_segment("/seg", 16).read(0, 8))
+        cut = len(survived.rstrip(b"\0"))
+        assert survived == b"abcdefgh"[:cut] + bytes(8 - cut)
+        outcomes.add(cut)
+    assert 0 in outcomes and 8 in outcomes and len(outcomes) > 3
+
+
+def test_full_disk_refuses_new_segments_but_keeps_old_ones_readable():
+    fs = SimFileSystem(random.Random(1), capacity_bytes=100)
+    seg = fs.open_segment("/a", 64)
+    seg.write(0, b"kept")
+    with pytest.raises(DiskFullError):
+        fs.open_segment("/b", 64)
+    assert bytes(seg.read(0, 4)) == b"kept"
+    fs.remove("/a")
+    fs.open_segment("/b", 64)
+
+
+def test_real_segment_read_is_a_zero_copy_view(tmp_path):
+    seg = RealFileSystem().open_segment(str(tmp_path / "seg"), 64)
+    view = seg.read(0, 4)
+    seg.write(0, b"abcd")
+    assert bytes(view) == b"abcd"
+    del view
+    seg.close()
