@@ -1,0 +1,47 @@
+"""Tunables of a Raft node, and the deliberate bugs the simulator can plant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RandomSource(Protocol):
+    """The part of `random.Random` the core uses; injected so runs replay by seed."""
+
+    def randrange(self, start: int, stop: int = ..., step: int = ...) -> int: ...
+
+
+# Each plant turns on one deliberate bug in the core. The simulator's checkers must
+# catch every one of them; tests/sim asserts they do. Keep this list in sync with the
+# `if self._plant(...)` sites in the core.
+PLANTS: dict[str, str] = {
+    "commit_old_term": "leader commits an entry of an earlier term by counting replicas",
+    "ack_before_fsync": "follower acknowledges appended entries before they are durable",
+    "double_vote": "a node grants a second vote in the same term",
+    "skip_truncate": "follower keeps a conflicting suffix instead of truncating it",
+    "accept_stale_term": "follower accepts AppendEntries from a leader of an older term",
+    "forget_vote": "a restarted node forgets whom it voted for",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Times are in ticks; the driver decides how long a tick is (10 ms in the broker)."""
+
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    inflight_msgs_max: int = 64
+    inflight_bytes_max: int = 8 << 20
+    append_bytes_max: int = 1 << 20
+    snapshot_chunk_bytes: int = 1 << 20
+    plants: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        unknown = self.plants - PLANTS.keys()
+        if unknown:
+            raise ValueError(f"unknown plants: {sorted(unknown)}")
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ValueError("heartbeat_ticks must be smaller than election_ticks")
