@@ -33,8 +33,12 @@ Contracts:
   persisted here, so the store re-applies ``delete_before_commit_offset`` with the
   CommitLog's min offset after opening.
 * Truncation is rare (recovery only) and synced when it returns. It is not atomic
-  across a crash, but every intermediate state is a contiguous prefix and repeating
-  it is harmless, which the recovery recipe does.
+  across a crash, but every intermediate state is a contiguous prefix whose only
+  possibly damaged unit is the last, which ``recover(..., unit_matches)`` drops; and
+  repeating it is harmless, which the recovery recipe does.
+* The torn-write reasoning assumes what the simulated disk does: a file's unsynced
+  writes land in order and the first lost one may be cut at any byte. A real disk
+  may also land pages out of order; opening still cuts at the first missing unit.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ TOPIC_BYTES_MAX = 255
 
 _UNIT = struct.Struct("<QIQ")
 assert _UNIT.size == UNIT_BYTES
+_ZERO_UNIT = bytes(UNIT_BYTES)
 # A unit seen as five u32 words: the size field is word 2.
 _UNIT_WORDS = UNIT_BYTES // 4
 _SIZE_WORD = 2
@@ -443,8 +448,11 @@ class ConsumeQueue:
     def _cut_after(self, queue_offset: int) -> None:
         """Remove every unit at or past ``queue_offset`` from disk, durably.
 
-        Segments wholly past it are deleted newest first, then the rest of the segment
-        holding it is zeroed and synced; a crash in between leaves a shorter prefix.
+        Segments wholly past it are deleted newest first; then the rest of the segment
+        holding it is zeroed one unit at a time, newest first, and synced. A crash part
+        way leaves a shorter prefix whose only damaged unit is the last one (a torn
+        zeroing clears its front and keeps its size), which is what ``recover`` checks.
+        One write for the whole range would instead leave a damaged unit in the middle.
         """
         assert self._segments
         assert self._first_base <= queue_offset
@@ -457,10 +465,11 @@ class ConsumeQueue:
         if start >= self._units:
             return
         rest = ref.segment.read(start * UNIT_BYTES, (self._units - start) * UNIT_BYTES)
-        used_bytes = len(bytes(rest).rstrip(b"\0"))
+        used_units = (len(bytes(rest).rstrip(b"\0")) + UNIT_BYTES - 1) // UNIT_BYTES
         del rest
-        if used_bytes:
-            ref.segment.write(start * UNIT_BYTES, bytes(used_bytes))
+        if used_units:
+            for unit in range(start + used_units - 1, start - 1, -1):
+                ref.segment.write(unit * UNIT_BYTES, _ZERO_UNIT)
             ref.segment.sync()
 
     def recover(self, commit_max_offset: int, unit_matches: UnitMatches | None = None) -> None:

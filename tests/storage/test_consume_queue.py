@@ -458,3 +458,20 @@ def test_crashes_keep_a_contiguous_prefix_of_what_was_put_at_least_to_the_last_f
             assert queue.get_range(0, 10**6) == [unit_at(i) for i in range(queue.max_offset)]
             flushed = queue.max_offset
     assert queue.get_range(0, 10**6) == [unit_at(i) for i in range(queue.max_offset)]
+
+
+def test_interrupted_truncation_is_caught_by_unit_matches():
+    for seed in range(40):
+        fs = sim_fs(seed)
+        queue = open_queue(fs)
+        fill(queue, 7)
+        queue.flush()
+        fs.sync_error = OSError("EIO")  # the truncation's sync fails: its zeroing stays unsynced
+        with pytest.raises(OSError):
+            queue.truncate(5)
+        fs.sync_error = None
+        fs.crash()
+        again = open_queue(fs)
+        again.recover(10**12, lambda q, u: u == unit_at(q))
+        assert 5 <= again.max_offset <= 7
+        assert again.get_range(0, 100) == [unit_at(i) for i in range(again.max_offset)]
