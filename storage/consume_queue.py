@@ -47,6 +47,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -77,6 +78,10 @@ class Unit(NamedTuple):
     size: int
     tag_hash: int
 
+
+# Builds a Unit from an unpacked tuple without the Python-level frame of Unit._make:
+# get_range builds 32 of them per pull, and this is a third of its cost.
+_unit_from_tuple: Callable[[tuple[int, int, int]], Unit] = partial(tuple.__new__, Unit)
 
 UnitMatches = Callable[[int, Unit], bool]
 """(queue_offset, unit) -> does the CommitLog hold this message at this queue offset?"""
@@ -296,7 +301,7 @@ class ConsumeQueue:
         units = self._units
         ref = self._segments[queue_offset // units - self._first_base // units]
         pos = (queue_offset - ref.base) * UNIT_BYTES
-        return Unit._make(_UNIT.unpack_from(ref.segment.read(pos, UNIT_BYTES)))
+        return _unit_from_tuple(_UNIT.unpack_from(ref.segment.read(pos, UNIT_BYTES)))
 
     def get_range(self, queue_offset: int, max_count: int) -> list[Unit]:
         """Up to ``max_count`` units from ``queue_offset``, one read per segment touched.
@@ -315,7 +320,7 @@ class ConsumeQueue:
             ref = self._segments[offset // units - first_index]
             stop = min(end, ref.base + units)
             view = ref.segment.read((offset - ref.base) * UNIT_BYTES, (stop - offset) * UNIT_BYTES)
-            result.extend(map(Unit._make, _UNIT.iter_unpack(view)))
+            result.extend(map(_unit_from_tuple, _UNIT.iter_unpack(view)))
             del view
             offset = stop
         return result

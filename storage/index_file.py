@@ -38,9 +38,11 @@ Durability and recovery -- the entries are the truth, the header is a hint:
 * Opening the newest file re-derives its state from the entries: the entries form a
   prefix, found from the header's count (searching back if that entry is absent, as
   after an interrupted truncation), then extended forward over the unflushed tail,
-  whose slot updates are replayed; a torn entry after it is zeroed. End time, end
-  offset and used slot count are recomputed; if any slot still points past the last
-  entry (a disk that reorders writes), all slots are rebuilt from the entries.
+  whose slot updates are replayed; a torn entry after it is zeroed. End offset and
+  used slot count are recomputed; end time is the later of the header's and the
+  newest entries' (exact while store times do not go backwards). If any slot still
+  points past the last entry (a disk that reorders writes), all slots are rebuilt.
+  Opening costs O(unflushed entries + slot_count) in C, not O(entries).
 * Truncation walks back from the newest entry, pointing each entry's slot back at its
   predecessor before zeroing it, then syncs, so an interrupted truncation leaves a
   consistent shorter or longer prefix; the store's recovery repeats it anyway.
@@ -58,7 +60,6 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
 
 from storage.files import FileSystem, Segment
 
@@ -74,10 +75,6 @@ ENTRY_PRESENT_BIT = 0x8000_0000
 ENTRY_INDEX_MAX = ENTRY_PRESENT_BIT - 1
 TIME_DELTA_MS_MAX = 0xFFFF_FFFF
 SLOT_COUNT_MAX = 0xFFFF_FFFF
-# Recovery reads the entry array in chunks of this many entries, so opening a full
-# default file (400 MiB of entries) never holds more than a few MiB in memory.
-RECOVERY_CHUNK_ENTRIES = 1 << 16
-
 _HEADER = struct.Struct("<IIIIIIQQQQ")
 _U32 = struct.Struct("<I")
 _ENTRY = struct.Struct("<IQII")
@@ -85,10 +82,6 @@ assert _HEADER.size == HEADER_BYTES
 assert _ENTRY.size == ENTRY_BYTES
 _ZERO_BYTE = bytes(1)
 _ZERO_ENTRY = bytes(ENTRY_BYTES)
-# An entry seen as five u32 words: the time delta is word 3, prev_word is word 4.
-_ENTRY_WORDS = ENTRY_BYTES // 4
-_DELTA_WORD = 3
-_PREV_WORD = 4
 
 
 class IndexFileError(ValueError):
@@ -267,23 +260,25 @@ class IndexFile:
         start = self.entry_count
         changed = False
         last_co = self.begin_commit_offset
+        delta_max = 0
         if start:
             # The newest entry must head its slot's chain. It does not when a put's slot
             # write was lost, or a truncation pointed the slot back but did not zero the
             # entry; re-pointing adopts the entry either way, with its chain intact.
-            hash_, last_co, _, _ = self._entry(start)
+            hash_, last_co, delta_max, _ = self._entry(start)
             if self._slot(hash_ % self.slot_count) != start:
                 self._set_slot(hash_ % self.slot_count, start)
                 changed = True
         index = start
         while index < self.entry_count_max:
-            hash_, co, _, prev_word = self._entry(index + 1)
+            hash_, co, delta, prev_word = self._entry(index + 1)
             prev = prev_word & ~ENTRY_PRESENT_BIT
             if not prev_word & ENTRY_PRESENT_BIT or co < last_co or prev > index:
                 break
             index += 1
             self._set_slot(hash_ % self.slot_count, index)
             last_co = co
+            delta_max = max(delta_max, delta)
         self.entry_count = index
         changed = changed or index != start
         while index < self.entry_count_max and any(self._entry(index + 1)):
@@ -291,20 +286,20 @@ class IndexFile:
             self._zero_entry(index)
             changed = True
         self.end_commit_offset = last_co
-        self._recompute_time_and_slots()
+        # Exact while store times do not go backwards (the newest entry is the latest);
+        # only a header torn by the crash could understate an earlier, later-stamped one.
+        self.end_timestamp_ms = max(self.end_timestamp_ms, self.begin_timestamp_ms + delta_max)
+        self._check_slots()
         if changed:
             self._dirty = True
             self.flush()
 
-    def _recompute_time_and_slots(self) -> None:
-        """End time = newest indexed time; rebuild slots if any points past the entries."""
-        delta_max = 0
-        for first in range(1, self.entry_count + 1, RECOVERY_CHUNK_ENTRIES):
-            count = min(RECOVERY_CHUNK_ENTRIES, self.entry_count + 1 - first)
-            pos = self._entries_pos + (first - 1) * ENTRY_BYTES
-            words = _u32_array(self._segment.read(pos, count * ENTRY_BYTES))
-            delta_max = max(delta_max, max(words[_DELTA_WORD::_ENTRY_WORDS]))
-        self.end_timestamp_ms = self.begin_timestamp_ms + delta_max
+    def _check_slots(self) -> None:
+        """Recount used slots; rebuild them all if any points past the entries.
+
+        Two passes in C over the slot array (20 MB by default), cheap next to the rebuild
+        they guard, which only a disk that reorders writes or a corrupt byte triggers.
+        """
         slots = _u32_array(self._segment.read(HEADER_BYTES, self.slot_count * SLOT_BYTES))
         if max(slots) > self.entry_count:
             self._rebuild_slots()
@@ -575,9 +570,6 @@ class IndexService:
             self._fs.remove(f"{self.directory}/{file_name(self._names.pop(0))}")
             deleted += 1
         return deleted
-
-    def __iter__(self) -> Iterator[IndexFile]:
-        return iter(list(self._files))
 
     def close(self) -> None:
         for index in self._files:
