@@ -139,6 +139,9 @@ class IndexFile:
         self._dirty = False
         self._entry_buf = bytearray(ENTRY_BYTES)
         self._slot_buf = bytearray(SLOT_BYTES)
+        # The newest file keeps a copy of its slots in memory (4 B x slot_count, 20 MB by
+        # default) so a put reads its slot without a segment read; writes go to both.
+        self._slots: array[int] | None = None
 
     @property
     def path(self) -> str:
@@ -165,6 +168,7 @@ class IndexFile:
         index = cls(segment, slot_count, entry_count_max, begin_timestamp_ms, begin_commit_offset)
         index._write_header()
         segment.sync()
+        index._slots = array("I", bytes(slot_count * SLOT_BYTES))
         return index
 
     @classmethod
@@ -219,6 +223,8 @@ class IndexFile:
         return bool(self._entry(index)[3] & ENTRY_PRESENT_BIT)
 
     def _slot(self, slot: int) -> int:
+        if self._slots is not None:
+            return self._slots[slot]
         value: int = _U32.unpack_from(
             self._segment.read(HEADER_BYTES + slot * SLOT_BYTES, SLOT_BYTES)
         )[0]
@@ -227,6 +233,18 @@ class IndexFile:
     def _set_slot(self, slot: int, value: int) -> None:
         _U32.pack_into(self._slot_buf, 0, value)
         self._segment.write(HEADER_BYTES + slot * SLOT_BYTES, self._slot_buf)
+        if self._slots is not None:
+            self._slots[slot] = value
+
+    def _load_slots(self) -> array[int]:
+        slots = _u32_array(self._segment.read(HEADER_BYTES, self.slot_count * SLOT_BYTES))
+        self._slots = slots
+        return slots
+
+    def seal(self) -> None:
+        """Flush and drop the in-memory slots: a sealed file only serves queries."""
+        self.flush()
+        self._slots = None
 
     def _zero_entry(self, index: int) -> None:
         """Remove an entry so that no torn write can leave it looking present.
@@ -300,14 +318,15 @@ class IndexFile:
         Two passes in C over the slot array (20 MB by default), cheap next to the rebuild
         they guard, which only a disk that reorders writes or a corrupt byte triggers.
         """
-        slots = _u32_array(self._segment.read(HEADER_BYTES, self.slot_count * SLOT_BYTES))
+        slots = self._load_slots()
         if max(slots) > self.entry_count:
             self._rebuild_slots()
-            slots = _u32_array(self._segment.read(HEADER_BYTES, self.slot_count * SLOT_BYTES))
+            slots = self._load_slots()
         self.used_slot_count = self.slot_count - slots.count(0)
 
     def _rebuild_slots(self) -> None:
         """Point every slot at its newest entry again: O(entries), for damaged files only."""
+        self._slots = None
         self._segment.write(HEADER_BYTES, bytes(self.slot_count * SLOT_BYTES))
         for index in range(1, self.entry_count + 1):
             self._set_slot(self._entry(index)[0] % self.slot_count, index)
@@ -326,9 +345,11 @@ class IndexFile:
             return False
         if delta < 0:
             delta = 0
-        segment = self._segment
-        slot_pos = HEADER_BYTES + (key_hash % self.slot_count) * SLOT_BYTES
-        prev: int = _U32.unpack_from(segment.read(slot_pos, SLOT_BYTES))[0]
+        slots = self._slots
+        if slots is None:
+            slots = self._load_slots()
+        slot = key_hash % self.slot_count
+        prev = slots[slot]
         if prev == 0:
             self.used_slot_count += 1
         elif prev > count:
@@ -336,10 +357,12 @@ class IndexFile:
         _ENTRY.pack_into(
             self._entry_buf, 0, key_hash, commit_offset, delta, prev | ENTRY_PRESENT_BIT
         )
+        segment = self._segment
         segment.write(self._entries_pos + count * ENTRY_BYTES, self._entry_buf)
         count += 1
         _U32.pack_into(self._slot_buf, 0, count)
-        segment.write(slot_pos, self._slot_buf)
+        segment.write(HEADER_BYTES + slot * SLOT_BYTES, self._slot_buf)
+        slots[slot] = count
         self.entry_count = count
         self.end_commit_offset = commit_offset
         if store_timestamp_ms > self.end_timestamp_ms:
@@ -432,6 +455,7 @@ class IndexFile:
         self.flush()
 
     def close(self) -> None:
+        self._slots = None
         self._segment.close()
 
 
@@ -517,7 +541,7 @@ class IndexService:
     def _roll(self, commit_offset: int, store_timestamp_ms: int) -> None:
         """Seal the newest file (flush it) and create the next one, durably."""
         if self._files:
-            self._files[-1].flush()
+            self._files[-1].seal()
         name = max(commit_offset, self._names[-1] + 1) if self._names else commit_offset
         self._fs.makedirs(self.directory)
         index = IndexFile.create(
