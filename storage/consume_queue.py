@@ -553,6 +553,8 @@ class ConsumeQueueSet:
     """All ConsumeQueues under one root: ``<root>/<topic>/<queue_id>/``.
 
     Opening finds every queue already on disk; the others are created on first use.
+    Every directory under ``root`` is taken for a topic, so give the set a root of its
+    own (``<store>/consumequeue``), apart from the index and the CommitLog.
     """
 
     def __init__(
@@ -605,6 +607,7 @@ class ConsumeQueueSet:
             )
 
     def truncate_to_commit_offset(self, commit_offset: int) -> None:
+        """Drop, in every queue, the units whose message starts at or past it."""
         for queue in self._queues.values():
             queue.truncate_to_commit_offset(commit_offset)
 

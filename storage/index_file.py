@@ -33,8 +33,9 @@ Durability and recovery -- the entries are the truth, the header is a hint:
   so a write torn anywhere reads back as "no entry", and a slot can only point at an
   entry that landed (the simulated disk lands a file's unsynced writes in order).
 * ``flush`` syncs entries and slots, then writes the header and syncs again. Only the
-  newest file is ever written; a file is flushed when the next one is created (sealed),
-  and sealed headers are trusted on open.
+  newest file is ever written (it also keeps its slots in memory, so a put reads no
+  segment); a file is flushed when the next one is created (sealed), and sealed
+  headers are trusted on open.
 * Opening the newest file re-derives its state from the entries: the entries form a
   prefix, found from the header's count (searching back if that entry is absent, as
   after an interrupted truncation), then extended forward over the unflushed tail,
@@ -44,8 +45,10 @@ Durability and recovery -- the entries are the truth, the header is a hint:
   points past the last entry (a disk that reorders writes), all slots are rebuilt.
   Opening costs O(unflushed entries + slot_count) in C, not O(entries).
 * Truncation walks back from the newest entry, pointing each entry's slot back at its
-  predecessor before zeroing it, then syncs, so an interrupted truncation leaves a
-  consistent shorter or longer prefix; the store's recovery repeats it anyway.
+  predecessor and then zeroing the entry (present byte first), then syncs. After an
+  interruption the entries are a prefix and only the newest one can have lost its
+  slot, which opening re-points: the index is consistent, just longer than asked;
+  the store's recovery repeats the truncation anyway.
 * The store's recovery recipe is: open, ``truncate_to_commit_offset(resume)``, then
   re-dispatch from ``resume``.
 
@@ -71,6 +74,7 @@ ENTRY_COUNT_MAX_DEFAULT = 20_000_000
 HEADER_BYTES = 56
 SLOT_BYTES = 4
 ENTRY_BYTES = 20
+# Top bit of prev_word, the entry's last field: in little-endian, its last byte.
 ENTRY_PRESENT_BIT = 0x8000_0000
 ENTRY_INDEX_MAX = ENTRY_PRESENT_BIT - 1
 TIME_DELTA_MS_MAX = 0xFFFF_FFFF
