@@ -147,10 +147,20 @@ class RealSegment:
         return self._view
 
     def write(self, pos: int, data: Buffer) -> None:
-        view = self._live_view()
+        self._live_view()
         src = memoryview(data).cast("B")
         _check_range(pos, src.nbytes, self._capacity, self._path)
-        view[pos : pos + src.nbytes] = src
+        # pwrite, not a store into the mapping: the first store into each page of a
+        # preallocated (unwritten-extent) file takes a write fault + page_mkwrite per
+        # 4 KiB, measured 2-3x slower than pwrite on ext4. Both go through the one page
+        # cache, so mmap readers (and views already handed out) see the bytes at once,
+        # and an I/O error surfaces as OSError instead of SIGBUS.
+        while src.nbytes:
+            n = os.pwrite(self._fd, src, pos)
+            if n <= 0:
+                raise OSError(errno.EIO, f"pwrite wrote {n} bytes", self._path)
+            src = src[n:]
+            pos += n
 
     def read(self, pos: int, size: int) -> memoryview:
         view = self._live_view()
