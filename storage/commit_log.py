@@ -32,6 +32,7 @@ Not thread-safe: one owner (the broker core / its driver) calls it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 import zlib
@@ -45,7 +46,7 @@ from storage.errors import (
     OffsetOutOfRangeError,
     StorageError,
 )
-from storage.files import Buffer, DiskFullError, FileSystem, Segment
+from storage.files import Buffer, FileSystem, Segment
 from storage.record import (
     BLANK_HEADER_BYTES,
     FRAME_HEADER_BYTES,
@@ -70,6 +71,7 @@ _UNKNOWN = -1
 
 _HEADER = struct.Struct("<III")
 _SIZE_MAGIC = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 
 
 @dataclass(slots=True)
@@ -250,18 +252,23 @@ class CommitLog:
         return self._place_and_write(data, sizes)
 
     def _check_frames(self, data: memoryview, sizes: Sequence[int], verify_crc: bool) -> None:
-        seg_bytes = self._segment_bytes
+        """Every frame's header must match its size and be a message or entry; CRC if asked.
+
+        A wrong size field would break the chain of frames and make recovery drop
+        everything after it, so the structure is checked even when the CRC is not.
+        """
+        if max(sizes) > self._segment_bytes:
+            raise FrameTooLargeError(
+                f"frame of {max(sizes)} bytes cannot fit a {self._segment_bytes}-byte segment"
+            )
+        if min(sizes) < FRAME_HEADER_BYTES:
+            raise CorruptRecordError(f"frame size {min(sizes)} is shorter than a frame header")
+        if sum(sizes) != data.nbytes:
+            raise ValueError(f"sizes add up to {sum(sizes)} bytes, buffer holds {data.nbytes}")
+        unpack = _HEADER.unpack_from
         pos = 0
         for size in sizes:
-            if size > seg_bytes:
-                raise FrameTooLargeError(
-                    f"frame of {size} bytes cannot fit a {seg_bytes}-byte segment"
-                )
-            if size < FRAME_HEADER_BYTES or pos + size > data.nbytes:
-                raise CorruptRecordError(
-                    f"frame size {size} at buffer position {pos} is impossible"
-                )
-            stored_size, magic, crc = _HEADER.unpack_from(data, pos)
+            stored_size, magic, crc = unpack(data, pos)
             if stored_size != size or (magic != MAGIC_MESSAGE and magic != MAGIC_ENTRY):
                 raise CorruptRecordError(
                     f"frame at buffer position {pos}: header says size {stored_size} "
@@ -270,8 +277,6 @@ class CommitLog:
             if verify_crc and zlib.crc32(data[pos + FRAME_HEADER_BYTES : pos + size]) != crc:
                 raise CorruptRecordError(f"frame at buffer position {pos}: crc mismatch")
             pos += size
-        if pos != data.nbytes:
-            raise ValueError(f"sizes add up to {pos} bytes, buffer holds {data.nbytes}")
 
     def _place_and_write(self, data: memoryview, sizes: Sequence[int]) -> list[int]:
         seg_bytes = self._segment_bytes
@@ -341,11 +346,13 @@ class CommitLog:
                 created.append(slot)
                 self._slots.append(slot)
                 next_start += self._segment_bytes
-        except DiskFullError:
+        except BaseException:
+            # DiskFullError most likely; whatever it was, the log must look untouched.
             for slot in reversed(created):
                 self._slots.pop()
                 slot.segment.close()
-                self._fs.remove(self._path(slot.start))
+                with contextlib.suppress(OSError):  # an empty leftover is dropped by recovery
+                    self._fs.remove(self._path(slot.start))
             raise
 
     # ------------------------------------------------------------------ read
@@ -592,7 +599,7 @@ class CommitLog:
             if size < FRAME_HEADER_BYTES or size > left:
                 reason = f"bad size {size}"
                 break
-            (crc,) = struct.unpack_from("<I", view, p + 8)
+            (crc,) = _U32.unpack_from(view, p + 8)
             if zlib.crc32(view[p + FRAME_HEADER_BYTES : p + size]) != crc:
                 reason = "crc mismatch"
                 break
@@ -609,7 +616,10 @@ class CommitLog:
 
     def segments(self) -> list[tuple[int, int]]:
         """(start, end) of each segment, oldest first; end is capped at max_offset."""
-        return [(s.start, min(s.start + self._segment_bytes, self._max)) for s in self._slots]
+        return [
+            (s.start, max(s.start, min(s.start + self._segment_bytes, self._max)))
+            for s in self._slots
+        ]
 
     def delete_first_segment(self) -> bool:
         """Delete the oldest segment unless it is the only (active) one; True if deleted."""

@@ -81,6 +81,7 @@ BLANK_HEADER_BYTES = 8
 _SIZE_MAGIC = struct.Struct("<II")
 _HEADER = struct.Struct("<III")
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
 
 assert _HEADER.size == FRAME_HEADER_BYTES and _SIZE_MAGIC.size == BLANK_HEADER_BYTES
 
@@ -209,7 +210,9 @@ def encode_properties(properties: dict[str, str]) -> bytes:
     """`key\\x01value\\x02` pairs, UTF-8. Keys must be non-empty; neither may hold \\x01 or \\x02."""
     if not properties:
         return b""
-    text = "".join([f"{k}{_PROP_KV}{v}{_PROP_END}" for k, v in properties.items()])
+    text = ""
+    for k, v in properties.items():  # += on a fresh str is the fastest join for a few pairs
+        text += f"{k}\x01{v}\x02"
     # Each pair contributes exactly one of each separator iff no key or value contains one.
     n = len(properties)
     if text.count(_PROP_KV) != n or text.count(_PROP_END) != n or "" in properties:
@@ -346,10 +349,10 @@ def decode_message_header(view: Buffer, *, verify_crc: bool = True) -> MessageHe
         n = mv[pos]
         born_host = str(mv[pos + 1 : pos + 1 + n], "utf-8")
         pos += 1 + n
-        (n,) = struct.unpack_from("<H", mv, pos)
+        (n,) = _U16.unpack_from(mv, pos)
         tags = str(mv[pos + 2 : pos + 2 + n], "utf-8")
         pos += 2 + n
-        (n,) = struct.unpack_from("<H", mv, pos)
+        (n,) = _U16.unpack_from(mv, pos)
         keys = str(mv[pos + 2 : pos + 2 + n], "utf-8")
         pos += 2 + n
         (n,) = _U32.unpack_from(mv, pos)
@@ -382,22 +385,19 @@ def decode_message_header(view: Buffer, *, verify_crc: bool = True) -> MessageHe
 # --------------------------------------------------------------------------- encoding
 
 _LAYOUT_CACHE_MAX = 1024
-_layouts: dict[tuple[int, ...], struct.Struct] = {}
+_layouts: dict[tuple[int, int, int, int, int, int, int], struct.Struct] = {}
 
 
-def _layout(lm: int, lt: int, lh: int, lg: int, lk: int, lp: int, lb: int) -> struct.Struct:
+def _new_layout(lengths: tuple[int, int, int, int, int, int, int]) -> struct.Struct:
     """One Struct packing a whole frame for these field lengths, so that encoding a
     message is a single pack_into call. Producers repeat a handful of length
     combinations, so a small cache (cleared when full, to stay bounded) hits."""
-    key = (lm, lt, lh, lg, lk, lp, lb)
-    layout = _layouts.get(key)
-    if layout is None:
-        if len(_layouts) >= _LAYOUT_CACHE_MAX:
-            _layouts.clear()
-        layout = struct.Struct(
-            f"<III IIQQI B{lm}s B{lt}s B{lh}s H{lg}s H{lk}s I{lp}s I{lb}s".replace(" ", "")
-        )
-        _layouts[key] = layout
+    lm, lt, lh, lg, lk, lp, lb = lengths
+    if len(_layouts) >= _LAYOUT_CACHE_MAX:
+        _layouts.clear()
+    layout = struct.Struct(f"<IIIIIQQIB{lm}sB{lt}sB{lh}sH{lg}sH{lk}sI{lp}sI{lb}s")
+    assert layout.size == MESSAGE_OVERHEAD_BYTES + sum(lengths)
+    _layouts[lengths] = layout
     return layout
 
 
@@ -428,8 +428,7 @@ def encode_messages(
     buffer, then one CRC pass per frame.
     """
     assert message_bytes_max >= 0
-    plans: list[tuple[struct.Struct, MessageRecord, bytes, bytes, bytes, bytes, bytes, bytes]] = []
-    sizes: list[int] = []
+    plans: list[tuple[struct.Struct, int, tuple[int | bytes, ...]]] = []
     total = 0
     for r in records:
         topic = _topic_bytes(r.topic)
@@ -442,7 +441,8 @@ def encode_messages(
         keys = r.keys.encode()
         props = encode_properties(r.properties) if r.properties else b""
         body = r.body
-        lm, lh, lg, lk, lp, lb = len(msg_id), len(host), len(tags), len(keys), len(props), len(body)
+        lengths = (len(msg_id), len(topic), len(host), len(tags), len(keys), len(props), len(body))
+        lm, lt, lh, lg, lk, lp, lb = lengths
         if (
             lm > MSG_ID_BYTES_MAX
             or lh > BORN_HOST_BYTES_MAX
@@ -452,28 +452,27 @@ def encode_messages(
             or lb > message_bytes_max
         ):
             raise _field_too_large(r, message_bytes_max)
-        lt = len(topic)
-        layout = _layout(lm, lt, lh, lg, lk, lp, lb)
-        plans.append((layout, r, msg_id, topic, host, tags, keys, props))
-        sizes.append(layout.size)
-        total += layout.size
+        layout = _layouts.get(lengths) or _new_layout(lengths)
+        size = layout.size
+        values: tuple[int | bytes, ...] = (
+            size, MAGIC_MESSAGE, 0,
+            r.queue_id, r.flag, r.born_timestamp_ms, r.store_timestamp_ms, r.reconsume_times,
+            lm, msg_id, lt, topic, lh, host, lg, tags, lk, keys, lp, props, lb, body,
+        )  # fmt: skip
+        plans.append((layout, size, values))
+        total += size
     buf = bytearray(total)
     mv = memoryview(buf)
+    sizes: list[int] = []
     pos = 0
-    for layout, r, msg_id, topic, host, tags, keys, props in plans:
-        size = layout.size
+    for layout, size, values in plans:
         try:
-            layout.pack_into(
-                buf, pos,
-                size, MAGIC_MESSAGE, 0,
-                r.queue_id, r.flag, r.born_timestamp_ms, r.store_timestamp_ms, r.reconsume_times,
-                len(msg_id), msg_id, len(topic), topic, len(host), host,
-                len(tags), tags, len(keys), keys, len(props), props, len(r.body), r.body,
-            )  # fmt: skip
+            layout.pack_into(buf, pos, *values)
         except struct.error as exc:
             # queue_id/flag/reconsume_times are u32 and the timestamps u64.
             raise ValueError(f"message field out of range: {exc}") from None
         _U32.pack_into(buf, pos + 8, zlib.crc32(mv[pos + FRAME_HEADER_BYTES : pos + size]))
+        sizes.append(size)
         pos += size
     assert pos == total
     mv.release()

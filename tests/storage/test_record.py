@@ -114,7 +114,10 @@ def test_magics_differ_in_every_byte_so_one_bad_byte_cannot_swap_them():
     for a in magics:
         for b in magics:
             if a != b:
-                assert all(x != y for x, y in zip(a.to_bytes(4, "little"), b.to_bytes(4, "little")))
+                assert all(
+                    x != y
+                    for x, y in zip(a.to_bytes(4, "little"), b.to_bytes(4, "little"), strict=True)
+                )
 
 
 def test_encode_frame_refuses_blank_magic():
@@ -163,14 +166,16 @@ def test_header_decoder_reads_dispatch_fields_and_spans_without_the_body():
     assert h.size == len(frame)
     start, end = h.body_span
     assert frame[start:end] == record.body and end == len(frame)
-    assert decode_properties(frame[h.properties_span[0] : h.properties_span[1]]) == record.properties
+    assert (
+        decode_properties(frame[h.properties_span[0] : h.properties_span[1]]) == record.properties
+    )
 
 
 def test_header_decoder_rejects_lengths_that_overrun_the_frame_even_with_a_good_crc():
     good = encode_message(MessageRecord(topic="t", body=b"abc"))
     payload = bytearray(good[FRAME_HEADER_BYTES:])
     payload[-7] = 200  # body length now claims 200 bytes
-    with pytest.raises(CorruptRecordError, match="end at|run past"):
+    with pytest.raises(CorruptRecordError, match=r"end at|run past"):
         decode_message_header(encode_frame(MAGIC_MESSAGE, payload))
 
 
@@ -225,12 +230,22 @@ def test_out_of_range_integers_are_rejected(field: str, value: int):
         encode_message(record)
 
 
+@pytest.mark.parametrize("field", ["tags", "keys", "born_host"])
+def test_strings_that_are_not_encodable_as_utf8_are_rejected(field: str):
+    record = MessageRecord(topic="t", body=b"")
+    setattr(record, field, "lone \ud800 surrogate")
+    with pytest.raises(ValueError):
+        encode_message(record)
+
+
 def test_msg_id_must_be_ascii():
     with pytest.raises(ValueError, match="ASCII"):
         encode_message(MessageRecord(topic="t", body=b"", msg_id="idé"))
 
 
-@pytest.mark.parametrize("topic", ["", "a" * 128, "has space", "dot.ted", "slash/y", "tópico", "a\n"])
+@pytest.mark.parametrize(
+    "topic", ["", "a" * 128, "has space", "dot.ted", "slash/y", "tópico", "a\n"]
+)
 def test_invalid_topics_are_rejected(topic: str):
     with pytest.raises(InvalidTopicError):
         validate_topic(topic)
@@ -258,7 +273,9 @@ def test_properties_encoding_is_compact_pairs():
     assert decode_properties(b"a\x011\x02b\x01\x02") == {"a": "1", "b": ""}
 
 
-@pytest.mark.parametrize("raw", [b"a\x011", b"a\x02", b"\x01v\x02", b"a\x01b\x01c\x02", b"\xff\x01\x02"])
+@pytest.mark.parametrize(
+    "raw", [b"a\x011", b"a\x02", b"\x01v\x02", b"a\x01b\x01c\x02", b"\xff\x01\x02"]
+)
 def test_malformed_properties_are_corrupt(raw: bytes):
     with pytest.raises(CorruptRecordError):
         decode_properties(raw)
@@ -280,7 +297,8 @@ def test_split_keys_ignores_empty_pieces():
 # --------------------------------------------------------------------------- property
 
 
-texts = st.text(max_size=20)
+chars = st.characters(blacklist_categories=("Cs",))  # lone surrogates cannot be UTF-8
+texts = st.text(chars, max_size=20)
 records = st.builds(
     MessageRecord,
     topic=st.text(string.ascii_letters + string.digits + "_-%|", min_size=1, max_size=127),
@@ -289,8 +307,15 @@ records = st.builds(
     tags=texts,
     keys=texts,
     properties=st.dictionaries(
-        st.text(st.characters(blacklist_characters="\x01\x02"), min_size=1, max_size=8),
-        st.text(st.characters(blacklist_characters="\x01\x02"), max_size=8),
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\x01\x02"),
+            min_size=1,
+            max_size=8,
+        ),
+        st.text(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters="\x01\x02"),
+            max_size=8,
+        ),
         max_size=4,
     ),
     msg_id=st.text(st.characters(max_codepoint=127), max_size=40),
