@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage.commit_log import CommitLog
+from storage.commit_log import WRITE_LIMIT_FILE, CommitLog
 from storage.errors import (
     CorruptRecordError,
     DiskFullError,
@@ -52,6 +52,10 @@ def reopen(fs: FileSystem, from_offset: int = 0, directory: str = D) -> CommitLo
     log = CommitLog(fs, directory, segment_bytes=SEG)
     log.recover(from_offset)
     return log
+
+
+def segment_files(fs: FileSystem, directory: str = D) -> list[str]:
+    return [name for name in fs.listdir(directory) if name.isdigit()]
 
 
 def raw(fs: SimFileSystem, start: int) -> bytes:
@@ -119,7 +123,7 @@ def test_roll_over_inside_one_batch_and_across_several_segments():
     offsets = log.append(frames)
     assert offsets == [0, SEG, 2 * SEG, 3 * SEG, 4 * SEG]
     assert frames_of(log) == list(zip(offsets, frames, strict=True))
-    assert fs.listdir(D) == [f"{i * SEG:020d}" for i in range(5)]
+    assert segment_files(fs) == [f"{i * SEG:020d}" for i in range(5)]
 
 
 def test_a_tail_too_short_for_a_blank_header_is_skipped_without_one():
@@ -226,7 +230,7 @@ def test_truncate_then_reappend_reuses_offsets_and_zero_fills_the_dropped_bytes(
     assert offsets == [0, 100, SEG, SEG + 100]
     log.truncate(100)
     assert log.max_offset == log.flushed_offset == 100
-    assert fs.listdir(D) == [f"{0:020d}"]
+    assert segment_files(fs) == [f"{0:020d}"]
     assert raw(fs, 0)[100:] == bytes(SEG - 100)
     again = log.append([frame(60, 9), frame(50, 10)])
     assert again == [100, 160]
@@ -239,7 +243,7 @@ def test_truncate_to_a_segment_start_deletes_that_segment():
     log.append([frame(200), frame(200), frame(200)])
     log.truncate(SEG)
     assert log.max_offset == SEG
-    assert fs.listdir(D) == [f"{0:020d}"]
+    assert segment_files(fs) == [f"{0:020d}"]
     assert log.append([frame(50)]) == [SEG]
 
 
@@ -348,7 +352,7 @@ def test_recovery_deletes_segments_that_a_lost_write_cut_off():
     fs.flip_byte(f"{D}/{0:020d}", 200)
     log = reopen(fs)
     assert frames_of(log) == [(0, frame(200, 1))]
-    assert fs.listdir(D) == [f"{0:020d}"]
+    assert segment_files(fs) == [f"{0:020d}"]
 
 
 def test_every_flipped_byte_truncates_at_its_frame_and_recovery_never_raises():
@@ -461,18 +465,65 @@ def test_real_files_flipped_byte_is_truncated_on_recovery(tmp_path):
     log.close()
 
 
+def write_limit(fs: FileSystem, directory: str = D) -> int:
+    raw_limit = fs.read_bytes(f"{directory}/{WRITE_LIMIT_FILE}")
+    assert raw_limit is not None
+    return int.from_bytes(raw_limit[:8], "little")
+
+
+def test_write_limit_is_made_durable_before_bytes_are_written_past_it():
+    fs = sim()
+    log = CommitLog(fs, D, segment_bytes=4096, write_reserve_bytes=500)
+    log.append([frame(100)])
+    assert write_limit(fs) == 600
+    log.append([frame(400)])
+    assert write_limit(fs) == 600  # still covered: no update
+    log.append([frame(200)])
+    assert write_limit(fs) == 700 + 500
+
+
+def test_recovery_looks_for_stale_bytes_only_below_the_write_limit():
+    fs = sim()
+    log = CommitLog(fs, D, segment_bytes=4096, write_reserve_bytes=1000)
+    log.append([frame(100, 1), frame(100, 2)])
+    log.flush()
+    fs.flip_byte(f"{D}/{0:020d}", 150)  # corrupt frame 2: recovery truncates at 100
+    fs.flip_byte(f"{D}/{0:020d}", 3000)  # past the limit (1200): no write ever went there
+    log = CommitLog(fs, D, segment_bytes=4096, write_reserve_bytes=1000)
+    report = log.recover(0)
+    assert report.valid_until == 100 and report.truncated_bytes == 100
+    seg = fs.open_segment(f"{D}/{0:020d}", 4096)
+    assert bytes(seg.read(100, 100)) == bytes(100)
+    assert seg.read(3000, 1)[0] == 0xFF  # not scanned, not rewritten
+
+
+def test_without_a_readable_write_limit_recovery_scans_the_whole_segment_tail():
+    fs = sim()
+    log = CommitLog(fs, D, segment_bytes=4096, write_reserve_bytes=1000)
+    log.append([frame(100, 1)])
+    log.flush()
+    fs.flip_byte(f"{D}/{0:020d}", 3000)
+    fs.write_atomic(f"{D}/{WRITE_LIMIT_FILE}", b"garbage-limit")
+    log = CommitLog(fs, D, segment_bytes=4096, write_reserve_bytes=1000)
+    report = log.recover(0)
+    assert report.valid_until == 100 and report.truncated_bytes == 2901
+    assert bytes(fs.open_segment(f"{D}/{0:020d}", 4096).read(100, 3996)) == bytes(3996)
+    log.append([frame(100, 2)])
+    assert write_limit(fs) == 1200
+
+
 # --------------------------------------------------------------------------- full disk
 
 
 def test_disk_full_leaves_the_log_unchanged_readable_and_appendable_after_freeing_space():
-    fs = sim(capacity_bytes=2 * SEG)
+    fs = sim(capacity_bytes=2 * SEG + 64)  # two segments and the write-limit file
     log = CommitLog(fs, D, segment_bytes=SEG)
     first = log.append([frame(200, 1), frame(200, 2)])
     log.flush()
-    before = (log.max_offset, log.dirty_segments, fs.listdir(D))
+    before = (log.max_offset, log.dirty_segments, segment_files(fs))
     with pytest.raises(DiskFullError):
         log.append([frame(40, 3), frame(100, 4)])  # frame 3 fits; frame 4 needs a third segment
-    assert (log.max_offset, log.dirty_segments, fs.listdir(D)) == before
+    assert (log.max_offset, log.dirty_segments, segment_files(fs)) == before
     assert frames_of(log) == [(first[0], frame(200, 1)), (first[1], frame(200, 2))]
     assert log.delete_first_segment()
     assert log.append([frame(40, 3), frame(100, 4)]) == [SEG + 200, 2 * SEG]
@@ -490,7 +541,7 @@ def test_segment_files_are_named_by_their_20_digit_start_offset():
     fs = sim()
     log = CommitLog(fs, D, segment_bytes=SEG)
     log.append([frame(200), frame(200)])
-    assert fs.listdir(D) == ["00000000000000000000", "00000000000000000256"]
+    assert segment_files(fs) == ["00000000000000000000", "00000000000000000256"]
 
 
 def test_a_gap_between_segments_is_a_layout_error():
