@@ -94,6 +94,10 @@ class FileSystem(Protocol):
     def usage_ratio(self, path: str) -> float: ...
 
 
+_PWRITE_BYTES_MIN = 4096
+"""Writes this large go through pwrite; smaller ones are stores into the mapping."""
+
+
 def _check_range(pos: int, size: int, capacity: int, path: str) -> None:
     if pos < 0 or size < 0 or pos + size > capacity:
         raise ValueError(f"{path}: range [{pos}, {pos + size}) outside segment of {capacity} bytes")
@@ -147,13 +151,27 @@ class RealSegment:
         return self._view
 
     def write(self, pos: int, data: Buffer) -> None:
-        # Hot path (three calls per appended message): no casts, no helper calls.
+        # Hot path: CQ and index writes are tiny and frequent, batches are large.
         if self._view is None:
             raise ClosedSegmentError(self._path)
         size = data.nbytes if isinstance(data, memoryview) else len(data)
         if pos < 0 or pos + size > self._capacity:
             _check_range(pos, size, self._capacity, self._path)
-        self._mm[pos : pos + size] = data
+        if size < _PWRITE_BYTES_MIN:
+            self._mm[pos : pos + size] = data
+            return
+        # pwrite, not a store into the mapping: the first store into each page of a
+        # preallocated (unwritten-extent) file takes a write fault + page_mkwrite per
+        # 4 KiB, measured 2-3x slower than pwrite on ext4. Both go through the one page
+        # cache, so mmap readers (and views already handed out) see the bytes at once,
+        # and an I/O error surfaces as OSError instead of SIGBUS.
+        src = memoryview(data).cast("B")
+        while src.nbytes:
+            n = os.pwrite(self._fd, src, pos)
+            if n <= 0:
+                raise OSError(errno.EIO, f"pwrite wrote {n} bytes", self._path)
+            src = src[n:]
+            pos += n
 
     def read(self, pos: int, size: int) -> memoryview:
         view = self._live_view()
