@@ -1,4 +1,4 @@
-"""The `mq` command line: one entry point, one subcommand per thing a user does."""
+"""The `mq` command line: one entry point, one subcommand group per thing a user does."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import sys
 from collections.abc import Sequence
 
 from mq import __version__
+from mq.commands import bench_cmd, demo_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mq {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (demo_cmd, bench_cmd):
+        module.register(commands)
     return parser
 
 

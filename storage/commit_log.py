@@ -99,6 +99,22 @@ class _Slot:
     """Offset of the segment's last non-blank frame, None if it has none, _UNKNOWN."""
 
 
+@dataclass(slots=True)
+class FlushPlan:
+    """What one off-thread flush must sync; see CommitLog.prepare_flush."""
+
+    target: int
+    starts: tuple[int, ...]
+    segments: tuple[Segment, ...]
+    synced: bool = False
+
+    def sync(self) -> None:
+        """Run the fsyncs (thread-safe with respect to appends on the owning thread)."""
+        for segment in self.segments:
+            segment.sync()
+        self.synced = True
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryReport:
     """What `recover` found and did; the caller logs it.
@@ -499,6 +515,34 @@ class CommitLog:
                 raise
             self._dirty.discard(start)
         self._flushed = self._max
+        return self._flushed
+
+    def prepare_flush(self) -> FlushPlan:
+        """First half of a flush whose fsyncs run off the caller's thread.
+
+        Captures the target (today's max offset) and the segments to sync, and marks
+        them clean: bytes appended afterwards dirty them again and wait for the next
+        plan. `FlushPlan.sync` may then run in a worker thread while appends go on;
+        `complete_flush` (back on the owning thread) publishes the new flushed offset.
+        The owner must not truncate or delete segments while a plan is in flight.
+        """
+        if self._closed:
+            raise StorageError(f"{self._dir}: commit log is closed")
+        starts = sorted(self._dirty)
+        segments = []
+        for start in starts:
+            slot = self._slot_at(start)
+            assert slot is not None and slot.start == start
+            segments.append(slot.segment)
+        self._dirty.clear()
+        return FlushPlan(self._max, tuple(starts), tuple(segments))
+
+    def complete_flush(self, plan: FlushPlan) -> int:
+        """Second half: every byte below `plan.target` is durable once `plan.sync` returned."""
+        if not plan.synced:
+            self._dirty.update(plan.starts)
+            return self._flushed
+        self._flushed = max(self._flushed, min(plan.target, self._max))
         return self._flushed
 
     @property

@@ -355,7 +355,9 @@ class SimFileSystem:
             raise self.sync_error
 
     def used_bytes(self) -> int:
-        return sum(len(f.data) for f in self._files.values()) + sum(len(b) for b in self._small.values())
+        return sum(len(f.data) for f in self._files.values()) + sum(
+            len(b) for b in self._small.values()
+        )
 
     def _reserve(self, path: str, nbytes: int) -> None:
         if self.capacity_bytes is not None and self.used_bytes() + nbytes > self.capacity_bytes:
@@ -399,7 +401,9 @@ class SimFileSystem:
             self._files[path] = f
         elif len(f.data) != capacity:
             if len(f.data) > capacity:
-                raise ValueError(f"{path}: file has {len(f.data)} bytes, segment capacity is {capacity}")
+                raise ValueError(
+                    f"{path}: file has {len(f.data)} bytes, segment capacity is {capacity}"
+                )
             self._reserve(path, capacity - len(f.data))
             f.data.extend(bytes(capacity - len(f.data)))
             f.durable.extend(bytes(capacity - len(f.durable)))
@@ -407,7 +411,11 @@ class SimFileSystem:
 
     def listdir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
-        names = {p[len(prefix) :].split("/", 1)[0] for p in [*self._files, *self._small, *self._dirs] if p.startswith(prefix)}
+        names = {
+            p[len(prefix) :].split("/", 1)[0]
+            for p in [*self._files, *self._small, *self._dirs]
+            if p.startswith(prefix)
+        }
         names.discard("")
         return sorted(names)
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind `mq bench ...`: each prints one JSON object with its baseline."""

@@ -1,0 +1,205 @@
+"""`mq bench storage`: the store's hot paths against plain-file baselines, in one run.
+
+Every ratio compares two numbers measured seconds apart on the same disk, so a
+noisy shared machine moves both. Baselines:
+
+* raw_mib_s — os.write of the same bytes in the same batch sizes, one fdatasync
+  per 4 MiB: what the disk and page cache give with no record building at all.
+* fsync_per_s — one 1 KiB write + fdatasync at a time: what sync flush would
+  cost without group commit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from mq.broker.flusher import Flusher
+from storage.files import RealFileSystem
+from storage.flush import FlushMode, FlushPolicy
+from storage.message_store import MessageStore, StoreConfig
+from storage.record import MessageRecord
+
+MESSAGE_BYTES = 1024
+BATCH = 32
+RAW_SYNC_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    total_mib: int
+    fsync_seconds: float
+    group_seconds: float
+    producers: int = 64
+
+
+def _records(count: int, body: bytes, now_ms: int, seq0: int = 0) -> list[MessageRecord]:
+    return [
+        MessageRecord(
+            topic="bench",
+            queue_id=(seq0 + i) % 8,
+            body=body,
+            tags="t",
+            keys=f"k{seq0 + i}",
+            msg_id=f"m{seq0 + i:012d}",
+            born_timestamp_ms=now_ms,
+            store_timestamp_ms=now_ms,
+            born_host="127.0.0.1:0",
+        )
+        for i in range(count)
+    ]
+
+
+def _store_config(mode: FlushMode) -> StoreConfig:
+    return StoreConfig(
+        segment_bytes=256 << 20, flush_mode=mode, index_slots=500_000, index_entries_max=2_000_000
+    )
+
+
+def bench_raw(path: str, batch_bytes: int, total_bytes: int) -> float:
+    buf = os.urandom(batch_bytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.perf_counter()
+        written = since_sync = 0
+        while written < total_bytes:
+            written += os.write(fd, buf)
+            since_sync += batch_bytes
+            if since_sync >= RAW_SYNC_BYTES:
+                os.fdatasync(fd)
+                since_sync = 0
+        os.fdatasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return written / elapsed / (1 << 20)
+
+
+def bench_append(root: str, count: int) -> tuple[float, float, MessageStore]:
+    store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.ASYNC))
+    body = os.urandom(MESSAGE_BYTES)
+    batches = [_records(BATCH, body, 0, i * BATCH) for i in range(count // BATCH)]
+    policy = FlushPolicy(FlushMode.ASYNC)
+    cl = store.commit_log
+    start = time.perf_counter()
+    last_flush = 0
+    for batch in batches:
+        store.put_messages(batch)
+        store.dispatch()
+        now_ms = int((time.perf_counter() - start) * 1000)
+        if policy.due(now_ms, cl.max_offset, cl.flushed_offset, last_flush):
+            cl.flush()
+            last_flush = now_ms
+    store.flush(0)
+    elapsed = time.perf_counter() - start
+    msgs = len(batches) * BATCH
+    return msgs / elapsed, msgs * MESSAGE_BYTES / elapsed / (1 << 20), store
+
+
+def bench_fsync(path: str, seconds: float) -> float:
+    block = os.urandom(MESSAGE_BYTES)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            os.write(fd, block)
+            os.fdatasync(fd)
+            n += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return n / elapsed
+
+
+def bench_group_commit(root: str, producers: int, seconds: float) -> tuple[float, float]:
+    store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.SYNC))
+    flusher = Flusher(store.commit_log, FlushPolicy(FlushMode.SYNC))
+    body = os.urandom(MESSAGE_BYTES)
+    acked = 0
+
+    async def producer(seq0: int, deadline: float) -> None:
+        nonlocal acked
+        seq = seq0
+        while trio.current_time() < deadline:
+            record = _records(1, body, 0, seq)
+            store.put_messages(record)
+            store.dispatch()
+            await flusher.wait_durable(store.commit_log.max_offset)
+            acked += 1
+            seq += producers
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.run_sync_mode)
+            start = trio.current_time()
+            deadline = start + seconds
+            async with trio.open_nursery() as workers:
+                for i in range(producers):
+                    workers.start_soon(producer, i, deadline)
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        return elapsed
+
+    elapsed = trio.run(main)
+    store.close(0)
+    return acked / elapsed, acked / max(flusher.fsyncs, 1)
+
+
+def bench_read(store: MessageStore, seconds: float) -> float:
+    n = 0
+    start = time.perf_counter()
+    queues = [(q, store.max_offset("bench", q)) for q in range(8)]
+    while time.perf_counter() - start < seconds:
+        for queue_id, max_offset in queues:
+            offset = 0
+            while offset < max_offset and time.perf_counter() - start < seconds:
+                got = store.get_messages("bench", queue_id, offset, max_count=32)
+                n += len(got.messages)
+                offset = got.next_offset
+    return n / (time.perf_counter() - start)
+
+
+def run(directory: str | None, quick: bool) -> dict[str, Any]:
+    params = (
+        BenchParams(total_mib=64, fsync_seconds=1.0, group_seconds=2.0)
+        if quick
+        else BenchParams(total_mib=256, fsync_seconds=3.0, group_seconds=5.0)
+    )
+    base = tempfile.mkdtemp(prefix="mq-bench-", dir=directory)
+    try:
+        total = params.total_mib << 20
+        count = total // MESSAGE_BYTES
+        raw = bench_raw(os.path.join(base, "raw"), BATCH * MESSAGE_BYTES, total)
+        append_msgs, append_mib, store = bench_append(os.path.join(base, "append"), count)
+        read_msgs = bench_read(store, 1.0 if quick else 3.0)
+        store.close(0)
+        fsync = bench_fsync(os.path.join(base, "fsync"), params.fsync_seconds)
+        group, per_fsync = bench_group_commit(
+            os.path.join(base, "group"), params.producers, params.group_seconds
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {
+        "message_bytes": MESSAGE_BYTES,
+        "batch": BATCH,
+        "total_mib": params.total_mib,
+        "raw_mib_s": round(raw, 1),
+        "append_mib_s": round(append_mib, 1),
+        "append_msgs_s": round(append_msgs),
+        "append_ratio": round(append_mib / raw, 3),
+        "fsync_per_s": round(fsync, 1),
+        "group_commit_per_s": round(group, 1),
+        "group_commit_msgs_per_fsync": round(per_fsync, 1),
+        "group_commit_ratio": round(group / fsync, 2),
+        "producers": params.producers,
+        "read_msgs_s": round(read_msgs),
+    }

@@ -1,0 +1,1 @@
+"""Subcommands of `mq`; each module adds its own parser with `register(subparsers)`."""

@@ -1,0 +1,201 @@
+"""A Raft log kept in the CommitLog: every entry is one MAGIC_ENTRY frame.
+
+This is the DLedger shape: the replicated log *is* the message log, so a message
+is written once, and a follower's CommitLog is byte-identical to its leader's
+(same entries, same segment size, same blank fillers), which is what lets every
+replica build identical ConsumeQueues.
+
+Entry frame payload: term u64, index u64, kind u8, then the entry's data. For the
+broker the data is a sequence of whole frames (messages and state records) that
+the dispatcher walks; to the log it is opaque bytes.
+
+`EntryLog` satisfies raft's LogStore protocol in shape (the broker and the
+simulator adapt `StoredEntry` to raft's `Entry`; storage does not import raft).
+It keeps, in memory, the commit offset and term of every entry it holds (16 bytes
+an entry, rebuilt by one scan on open), so term lookups and range reads never
+touch the disk index-by-index.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from storage.commit_log import CommitLog
+from storage.files import FileSystem
+from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
+
+ENTRY_HEADER = struct.Struct("<QQB")  # term, index, kind
+_META = struct.Struct("<QQQ")  # base index, base term, commit offset where the log begins
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    term: int
+    index: int
+    kind: int
+    data: bytes
+
+
+class EntryLogError(ValueError):
+    """The entry log's files contradict each other; raised only on programmer error."""
+
+
+def encode_entry(term: int, index: int, kind: int, data: bytes | bytearray | memoryview) -> bytes:
+    payload = ENTRY_HEADER.pack(term, index, kind) + bytes(data)
+    return encode_frame(MAGIC_ENTRY, payload)
+
+
+class EntryLog:
+    def __init__(self, fs: FileSystem, commit_log: CommitLog, meta_path: str) -> None:
+        """Index the entries already in `commit_log` (recovered by the caller)."""
+        self._fs = fs
+        self._log = commit_log
+        self._meta_path = meta_path
+        meta = fs.read_bytes(meta_path)
+        self._base_index = self._base_term = 0
+        start = commit_log.min_offset
+        if meta is not None and len(meta) == _META.size:
+            base_index, base_term, start = _META.unpack(meta)
+            self._base_index, self._base_term = int(base_index), int(base_term)
+        self._offsets: array[int] = array("Q")  # commit offset of entry base_index + 1 + i
+        self._ends: array[int] = array("Q")  # offset just past it
+        self._terms: array[int] = array("Q")
+        self._scan(max(start, commit_log.min_offset))
+        self._durable = self._durable_from_flushed()
+
+    def _scan(self, start: int) -> None:
+        """Rebuild the in-memory index; a frame that breaks index continuity or term
+        order ends the log there (a stale frame must never be read as an entry)."""
+        log = self._log
+        expected = self._base_index + 1
+        last_term = self._base_term
+        cut: int | None = None
+        for offset, frame in log.iter_frames(start, log.max_offset):
+            magic = int.from_bytes(frame[4:8], "little")
+            if magic != MAGIC_ENTRY:
+                cut = offset
+                break
+            term, index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
+            if index < expected:
+                continue  # compacted away but its segment is still on disk
+            if index != expected or term < last_term:
+                cut = offset
+                break
+            self._offsets.append(offset)
+            self._ends.append(offset + len(frame))
+            self._terms.append(term)
+            expected += 1
+            last_term = term
+        if cut is not None:
+            log.truncate(cut)
+            log.flush()
+
+    def _durable_from_flushed(self) -> int:
+        flushed = self._log.flushed_offset
+        return self._base_index + bisect_right(self._ends, flushed)
+
+    # ------------------------------------------------------------------ LogStore
+
+    def first_index(self) -> int:
+        return self._base_index + 1
+
+    def last_index(self) -> int:
+        return self._base_index + len(self._terms)
+
+    def term_at(self, index: int) -> int | None:
+        if index == self._base_index:
+            return self._base_term
+        pos = index - self._base_index - 1
+        if 0 <= pos < len(self._terms):
+            return self._terms[pos]
+        return None
+
+    def offset_of(self, index: int) -> int:
+        """Commit offset where entry `index` starts."""
+        return self._offsets[index - self._base_index - 1]
+
+    def end_of(self, index: int) -> int:
+        """Commit offset just past entry `index`; dispatching up to here applies it."""
+        if index == self._base_index:
+            return self._offsets[0] if self._offsets else self._log.max_offset
+        return self._ends[index - self._base_index - 1]
+
+    def entries(self, lo: int, hi: int, bytes_max: int) -> list[StoredEntry]:
+        assert lo >= self.first_index(), "entries below the snapshot were compacted"
+        hi = min(hi, self.last_index() + 1)
+        out: list[StoredEntry] = []
+        total = 0
+        header = FRAME_HEADER_BYTES
+        for pos in range(lo - self._base_index - 1, hi - self._base_index - 1):
+            offset = self._offsets[pos]
+            size = self._ends[pos] - offset
+            total += size
+            if out and total > bytes_max:
+                break
+            frame = self._log.read(offset, size)
+            term, index, kind = ENTRY_HEADER.unpack_from(frame, header)
+            out.append(StoredEntry(term, index, kind, bytes(frame[header + ENTRY_HEADER.size :])))
+        return out
+
+    def append(self, entries: Sequence[StoredEntry]) -> None:
+        if not entries:
+            return
+        expected = self.last_index() + 1
+        frames = []
+        for entry in entries:
+            if entry.index != expected:
+                raise EntryLogError(f"append of index {entry.index}, expected {expected}")
+            expected += 1
+            frames.append(encode_entry(entry.term, entry.index, entry.kind, entry.data))
+        offsets = self._log.append(frames)
+        for entry, offset, frame in zip(entries, offsets, frames, strict=True):
+            self._offsets.append(offset)
+            self._ends.append(offset + len(frame))
+            self._terms.append(entry.term)
+
+    def truncate_suffix(self, index: int) -> None:
+        pos = index - self._base_index - 1
+        if pos < 0:
+            raise EntryLogError(f"cannot truncate at {index}: log starts after {self._base_index}")
+        if pos >= len(self._terms):
+            return
+        self._log.truncate(self._offsets[pos])
+        del self._offsets[pos:]
+        del self._ends[pos:]
+        del self._terms[pos:]
+        self._durable = min(self._durable, index - 1)
+
+    def sync(self) -> None:
+        self._log.flush()
+        self._durable = self._durable_from_flushed()
+
+    def durable_index(self) -> int:
+        return self._durable
+
+    def compact(self, index: int, term: int) -> None:
+        """Forget entries up to `index`; their bytes stay until retention deletes segments."""
+        if index <= self._base_index:
+            return
+        drop = min(index, self.last_index()) - self._base_index
+        start = self._ends[drop - 1] if drop else self._log.max_offset
+        del self._offsets[:drop]
+        del self._ends[:drop]
+        del self._terms[:drop]
+        self._base_index, self._base_term = index, term
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
+
+    def reset(self, index: int, term: int) -> None:
+        """Drop every entry; the log continues after a snapshot ending at (index, term)."""
+        if self._offsets:
+            self._log.truncate(self._offsets[0])
+        self._log.flush()
+        self._offsets = array("Q")
+        self._ends = array("Q")
+        self._terms = array("Q")
+        self._base_index, self._base_term = index, term
+        self._durable = index
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._log.max_offset))
