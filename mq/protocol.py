@@ -41,7 +41,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 import cbor2
 
@@ -63,7 +63,8 @@ _PREFIX = struct.Struct(">II")
 PREFIX_BYTES = _PREFIX.size
 
 Body: TypeAlias = bytes | bytearray | memoryview
-Fields: TypeAlias = Mapping[str | int, Any]
+Fields: TypeAlias = Mapping[Any, Any]
+"""A frame's fields: str or int keys, plain values (checked by the codec, not the type)."""
 
 
 class RequestCode(IntEnum):
@@ -406,7 +407,8 @@ class FrameDecoder:
                 f"header length {header_bytes} does not fit a frame of {total_bytes} bytes",
             )
         if total_bytes > self.frame_bytes_max:
-            return self._refuse_oversized(total_bytes, header_bytes)
+            self._refuse_oversized(total_bytes, header_bytes)
+            return None  # its header has not fully arrived yet
         end = 4 + total_bytes
         if len(buffer) < end:
             return None
@@ -419,7 +421,8 @@ class FrameDecoder:
 
     def _refuse_oversized(self, total_bytes: int, header_bytes: int) -> None:
         """Fail an oversized frame, naming its request when its header is small enough
-        to read (so a producer sending a too-large message gets FRAME_TOO_LARGE back)."""
+        to read (so a producer sending a too-large message gets FRAME_TOO_LARGE back).
+        Returns only while that header is still arriving."""
         message = f"frame of {total_bytes} bytes exceeds the limit of {self.frame_bytes_max}"
         if header_bytes > HEADER_PEEK_BYTES_MAX:
             raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, message)
@@ -514,5 +517,5 @@ def _frame_from_header(header: dict[Any, Any], body: bytes) -> Frame:
     )
 
 
-def _is_int(value: object, low: int, high: int) -> bool:
+def _is_int(value: object, low: int, high: int) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
