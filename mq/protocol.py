@@ -163,6 +163,10 @@ class HeaderKey(IntEnum):
     REMARK = 5
 
 
+# Plain-int copies for the hot path: cbor2 and dict lookups are faster with exact ints.
+_CODE, _REQUEST_ID, _FLAGS, _FIELDS, _ERROR, _REMARK = (int(key) for key in HeaderKey)
+
+
 def code_name(code: int) -> str:
     """A request code's name for logs and remarks, tolerating codes we do not know."""
     try:
@@ -282,19 +286,16 @@ def encode_frame_head(frame: Frame, *, frame_bytes_max: int = FRAME_BYTES_MAX) -
     being copied into one buffer with the header.
     """
     _check_frame(frame)
-    header: dict[int, Any] = {
-        HeaderKey.CODE: frame.code,
-        HeaderKey.REQUEST_ID: frame.request_id,
-    }
+    header: dict[int, Any] = {_CODE: int(frame.code), _REQUEST_ID: frame.request_id}
     if frame.flags:
-        header[HeaderKey.FLAGS] = frame.flags
+        header[_FLAGS] = int(frame.flags)
     if frame.fields:
-        header[HeaderKey.FIELDS] = frame.fields
+        header[_FIELDS] = frame.fields
     if frame.error:
-        header[HeaderKey.ERROR] = frame.error
+        header[_ERROR] = int(frame.error)
     if frame.remark:
-        header[HeaderKey.REMARK] = frame.remark
-    encoded = cbor2.dumps({int(key): value for key, value in header.items()})
+        header[_REMARK] = frame.remark
+    encoded = cbor2.dumps(header)
     total_bytes = 4 + len(encoded) + len(frame.body)
     if total_bytes > frame_bytes_max:
         raise ProtocolError(
@@ -332,29 +333,51 @@ def _check_frame(frame: Frame) -> None:
         raise ValueError(f"fields: {problem}")
 
 
-def _fields_problem(value: object, depth: int) -> str | None:
-    """Why `value` is not plain data we put on the wire, or None if it is."""
-    if depth > FIELDS_DEPTH_MAX:
+_SCALAR_TYPES = frozenset({type(None), bool, float, str, bytes})
+
+
+def _fields_problem(value: Any, depth: int) -> str | None:
+    """Why `value` is not plain data we put on the wire, or None if it is.
+
+    On every frame in both directions, so exact-type checks come first; subclasses
+    (IntEnum, StrEnum, OrderedDict...) take the slower isinstance path.
+    """
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return None
+    if kind is int:
+        return None if INT_MIN <= value <= INT_MAX else f"int out of range: {value}"
+    if depth >= FIELDS_DEPTH_MAX:
         return f"nested deeper than {FIELDS_DEPTH_MAX}"
-    if value is None or isinstance(value, bool | float | str | bytes):
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
+        for key, item in value.items():
+            if type(key) is not str and _key_problem(key) is not None:
+                return _key_problem(key)
+            if type(item) not in _SCALAR_TYPES:
+                problem = _fields_problem(item, depth + 1)
+                if problem is not None:
+                    return problem
+        return None
+    if kind is list or isinstance(value, list | tuple):
+        for item in value:
+            if type(item) not in _SCALAR_TYPES:
+                problem = _fields_problem(item, depth + 1)
+                if problem is not None:
+                    return problem
+        return None
+    if isinstance(value, bool | float | str | bytes):
         return None
     if isinstance(value, int):
         return None if INT_MIN <= value <= INT_MAX else f"int out of range: {value}"
-    if isinstance(value, list | tuple):
-        for item in value:
-            problem = _fields_problem(item, depth + 1)
-            if problem is not None:
-                return problem
+    return f"value of type {kind.__name__}"
+
+
+def _key_problem(key: object) -> str | None:
+    if isinstance(key, str) or (
+        isinstance(key, int) and not isinstance(key, bool) and INT_MIN <= key <= INT_MAX
+    ):
         return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, bool) or not isinstance(key, str | int):
-                return f"map key of type {type(key).__name__}"
-            problem = _fields_problem(key, depth + 1) or _fields_problem(item, depth + 1)
-            if problem is not None:
-                return problem
-        return None
-    return f"value of type {type(value).__name__}"
+    return f"map key of type {type(key).__name__}"
 
 
 # --- decoding -------------------------------------------------------------------------
@@ -472,38 +495,39 @@ def _decode_header(data: memoryview) -> dict[Any, Any]:
 
 
 def _frame_from_header(header: dict[Any, Any], body: bytes) -> Frame:
-    code = header.get(HeaderKey.CODE)
-    request_id = header.get(HeaderKey.REQUEST_ID)
+    code = header.get(_CODE)
+    request_id = header.get(_REQUEST_ID)
     if not _is_int(code, INT_MIN, INT_MAX):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "header has no integer code")
     if not _is_int(request_id, 0, REQUEST_ID_MAX):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "header has no valid request id")
-    flags = header.get(HeaderKey.FLAGS, 0)
+    flags = header.get(_FLAGS, 0)
     if not _is_int(flags, 0, INT_MAX):
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "flags is not a non-negative int")
-    frame = Frame(code=code, request_id=request_id, flags=flags, body=body)
-    if frame.is_response and frame.is_oneway:
+    if flags & Flag.RESPONSE and flags & Flag.ONEWAY:
         raise ProtocolError(ErrorCode.MALFORMED_FRAME, "frame is both a response and one-way")
 
     def malformed(message: str) -> ProtocolError:
-        # From here on the request is identified, so the error can be answered.
+        # From here on the request is identified, so the error can be answered (unless
+        # it is a response or one-way: nobody waits for an answer to those).
+        answerable = not flags & (Flag.RESPONSE | Flag.ONEWAY)
         return ProtocolError(
             ErrorCode.MALFORMED_FRAME,
             message,
-            request_id=_answerable_id(frame),
+            request_id=request_id if answerable else None,
             request_code=code,
         )
 
-    fields = header.get(HeaderKey.FIELDS, {})
+    fields = header.get(_FIELDS, {})
     if not isinstance(fields, dict):
         raise malformed("fields is not a map")
     problem = _fields_problem(fields, 0)
     if problem is not None:
         raise malformed(f"fields: {problem}")
-    error = header.get(HeaderKey.ERROR, 0)
+    error = header.get(_ERROR, 0)
     if not _is_int(error, INT_MIN, INT_MAX):
         raise malformed("error is not an int")
-    remark = header.get(HeaderKey.REMARK, "")
+    remark = header.get(_REMARK, "")
     if not isinstance(remark, str):
         raise malformed("remark is not a string")
     return Frame(

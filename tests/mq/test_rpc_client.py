@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from mq.protocol import ErrorCode, Frame, ProtocolError, RequestCode, request
+from mq.rpc.address import format_address, parse_address
 from mq.rpc.client import Connection, connect
 from mq.rpc.errors import ConnectError, ConnectionClosedError, RemoteError, RequestTimeoutError
 from mq.rpc.server import Peer, listener_port, serve_tcp
@@ -244,3 +245,12 @@ async def test_connection_can_run_in_the_callers_task_group() -> None:
             await conn.aclose()
         assert conn.closed
         nursery.cancel_scope.cancel()
+
+
+def test_addresses_parse_and_format_round_trip() -> None:
+    assert parse_address("127.0.0.1:9876") == ("127.0.0.1", 9876)
+    assert parse_address("[::1]:9876") == ("::1", 9876)
+    assert format_address("::1", 9876) == "[::1]:9876"
+    for bad in ("nohost", ":9876", "host:", "host:0", "host:70000", "host:port"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
