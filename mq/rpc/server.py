@@ -1,0 +1,244 @@
+"""The server side of a connection, on trio: read frames, run handlers, write responses.
+
+One `serve_connection` per accepted stream. Requests on a connection are handled
+concurrently (a slow PULL must not hold up a SEND behind it; responses carry the request
+id, so order does not matter), but at most `in_flight_max` at once: past that we stop
+reading, and TCP pushes back on the client instead of our memory growing.
+
+Whatever a peer sends and whatever a handler raises, the failure stays inside that
+connection: a handler exception becomes a SYSTEM_ERROR response, a framing error becomes
+an error frame (when the request can be named) and a close, and `serve_tcp` logs and drops
+anything that still escapes, so one bad client never takes the server down.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import structlog
+import trio
+
+from mq.protocol import (
+    FRAME_BYTES_MAX,
+    ErrorCode,
+    Flag,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+    code_name,
+    encode_frame_head,
+)
+from mq.rpc.address import format_address
+
+IN_FLIGHT_MAX_DEFAULT = 64
+"""Requests one connection may have in its handlers at once."""
+
+CONNECTIONS_MAX_DEFAULT = 1024
+"""Connections one server accepts at once; more are closed on arrival."""
+
+RECEIVE_BYTES = 64 * 1024
+BODY_INLINE_BYTES_MAX = 64 * 1024
+"""Bodies up to this size are joined with the header into one write (one syscall);
+larger ones are written separately rather than copied."""
+
+ERROR_SEND_TIMEOUT_S = 5.0
+"""How long we try to deliver the error frame of a failed connection before closing."""
+
+_log = structlog.get_logger("mq.rpc")
+
+
+class Peer:
+    """The remote end of one served connection, as seen by a handler.
+
+    Handlers use it to know who is asking (`address`) and to push one-way frames to that
+    client later, e.g. NOTIFY_CONSUMER_IDS_CHANGED to a consumer that sent a HEARTBEAT.
+    """
+
+    def __init__(
+        self, stream: trio.abc.Stream, address: str, frame_bytes_max: int = FRAME_BYTES_MAX
+    ) -> None:
+        self.address = address
+        self.frame_bytes_max = frame_bytes_max
+        self.closed = False
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._oneway_ids = itertools.count(1)
+
+    async def send(self, frame: Frame) -> None:
+        """Write one whole frame. Concurrent senders take turns, so frames never interleave.
+
+        Raises ProtocolError (frame too large) before writing anything, and
+        trio.BrokenResourceError / trio.ClosedResourceError if the connection is gone.
+        """
+        head = encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max)
+        body = frame.body
+        async with self._send_lock:
+            if len(body) <= BODY_INLINE_BYTES_MAX:
+                await self._stream.send_all(head + body if body else head)
+            else:
+                await self._stream.send_all(head)
+                await self._stream.send_all(body)
+
+    async def send_oneway(self, frame: Frame) -> None:
+        """Push a request the client will not answer (server-initiated notifications)."""
+        flags = (frame.flags | Flag.ONEWAY) & ~Flag.RESPONSE
+        await self.send(replace(frame, request_id=next(self._oneway_ids), flags=flags))
+
+
+Handler = Callable[[Frame, Peer], Awaitable[Frame | None]]
+"""Answers one request. Returns the response, or None to send nothing; the return value
+of a one-way request is dropped. An exception becomes a SYSTEM_ERROR response."""
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    handler: Handler,
+    *,
+    address: str = "?",
+    in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
+    frame_bytes_max: int = FRAME_BYTES_MAX,
+) -> None:
+    """Serve requests arriving on `stream` until the peer hangs up, then close it.
+
+    On a clean EOF the requests already read still run and are answered (a client may send
+    one-way frames and leave). On a broken connection or a framing error the in-flight
+    handlers are cancelled; for a framing error the peer gets an error frame first when
+    the offending request can be named.
+    """
+    assert in_flight_max > 0
+    log = _log.bind(peer=address)
+    peer = Peer(stream, address, frame_bytes_max)
+    decoder = FrameDecoder(frame_bytes_max)
+    slots = trio.Semaphore(in_flight_max)
+    error_response: Frame | None = None
+
+    async def serve_one(request: Frame) -> None:
+        try:
+            response = await _call_handler(handler, request, peer, log)
+            if response is not None and not request.is_oneway:
+                await _send_response(peer, request, response, log)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer left; nobody to answer
+        finally:
+            slots.release()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        if decoder.buffered_bytes:
+                            log.info("peer_closed_mid_frame", buffered_bytes=decoder.buffered_bytes)
+                        break
+                    decoder.receive_data(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        if frame.is_response:
+                            log.debug("unexpected_response_dropped", code=code_name(frame.code))
+                            continue
+                        await slots.acquire()
+                        nursery.start_soon(serve_one, frame)
+            except ProtocolError as exc:
+                log.warning("protocol_error", error=exc.error.name, detail=str(exc))
+                error_response = exc.error_response()
+                nursery.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("connection_broken", detail=str(exc))
+                nursery.cancel_scope.cancel()
+        if error_response is not None:
+            with trio.move_on_after(ERROR_SEND_TIMEOUT_S):
+                try:
+                    await peer.send(error_response)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+    finally:
+        peer.closed = True
+        await trio.aclose_forcefully(stream)
+
+
+async def _call_handler(
+    handler: Handler, request: Frame, peer: Peer, log: structlog.typing.FilteringBoundLogger
+) -> Frame | None:
+    try:
+        return await handler(request, peer)
+    except Exception as exc:
+        # A bug in one handler must cost one request, not the connection or the server.
+        log.exception("handler_failed", code=code_name(request.code))
+        return request.make_error(ErrorCode.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+async def _send_response(
+    peer: Peer, request: Frame, response: Frame, log: structlog.typing.FilteringBoundLogger
+) -> None:
+    """Send `response`, or an error in its place if it cannot be encoded (too large, or
+    fields that are not plain data): the requester must not wait for a timeout."""
+    response = replace(
+        response,
+        request_id=request.request_id,
+        flags=(response.flags | Flag.RESPONSE) & ~Flag.ONEWAY,
+    )
+    try:
+        await peer.send(response)
+    except ProtocolError as exc:
+        log.error("response_not_sent", code=code_name(request.code), detail=str(exc))
+        await peer.send(request.make_error(exc.error, str(exc)))
+    except ValueError as exc:
+        log.error("response_not_sent", code=code_name(request.code), detail=str(exc))
+        await peer.send(request.make_error(ErrorCode.SYSTEM_ERROR, f"bad response: {exc}"))
+
+
+async def serve_tcp(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    connections_max: int = CONNECTIONS_MAX_DEFAULT,
+    in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
+    frame_bytes_max: int = FRAME_BYTES_MAX,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (port 0 picks a free one) and serve every connection with
+    `handler` until cancelled. `task_status.started` reports the listeners, so a caller
+    using `nursery.start` learns the bound port."""
+    active = 0
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        nonlocal active
+        address = _peer_address(stream)
+        if active >= connections_max:
+            _log.warning(
+                "connection_refused_at_limit", peer=address, connections_max=connections_max
+            )
+            await trio.aclose_forcefully(stream)
+            return
+        active += 1
+        try:
+            await serve_connection(
+                stream,
+                handler,
+                address=address,
+                in_flight_max=in_flight_max,
+                frame_bytes_max=frame_bytes_max,
+            )
+        except Exception:
+            _log.exception("connection_failed", peer=address)
+        finally:
+            active -= 1
+
+    await trio.serve_tcp(on_connection, port, host=host, task_status=task_status)
+
+
+def listener_port(listeners: list[trio.SocketListener]) -> int:
+    """The port the first listener is bound to (what port 0 turned into)."""
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return format_address(name[0], name[1])
