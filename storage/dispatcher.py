@@ -61,13 +61,20 @@ class Dispatcher:
         self._index = index
         self._on_record = on_record
         self.dispatched_offset = dispatched_offset
+        self._resuming = False
 
-    def dispatch(self, upto: int) -> list[Dispatched]:
-        """Dispatch every frame that starts below `upto` (a committed frame boundary)."""
+    def dispatch(self, upto: int, *, resuming: bool = False) -> list[Dispatched]:
+        """Dispatch every frame that starts below `upto` (a committed frame boundary).
+
+        Frames are not CRC-checked again here: the CommitLog checked each one when it
+        was appended or recovered. `resuming` (after opening the store) turns on the
+        per-message check for units that survived the crash.
+        """
+        self._resuming = resuming
         out: list[Dispatched] = []
         offset = max(self.dispatched_offset, self._log.min_offset)
         while offset < upto:
-            frame, next_offset = self._log.frame_at(offset)
+            frame, next_offset = self._log.frame_at(offset, verify_crc=False)
             magic = int.from_bytes(frame[4:8], "little")
             if magic == MAGIC_MESSAGE:
                 self._dispatch_message(offset, frame, out)
@@ -104,9 +111,10 @@ class Dispatcher:
                 if key:
                     self._index.put(f"{topic}#{key}", offset, head.store_timestamp_ms)
         queue = self._queues.get_or_create(topic, head.queue_id)
-        last = queue.last_unit()
-        if last is not None and last.commit_offset >= offset:
-            return  # dispatched before a crash: its unit survived
+        if self._resuming:
+            last = queue.last_unit()
+            if last is not None and last.commit_offset >= offset:
+                return  # dispatched before a crash: its unit survived
         queue_offset = queue.max_offset
         queue.put(queue_offset, offset, len(frame), tag_hash(head.tags))
         out.append(Dispatched(offset, len(frame), topic, head.queue_id, queue_offset, head.msg_id))

@@ -48,6 +48,7 @@ class FlushPolicy:
     mode: FlushMode = FlushMode.ASYNC
     interval_ms: int = FLUSH_INTERVAL_MS_DEFAULT
     bytes_min: int = FLUSH_BYTES_MIN_DEFAULT
+    thorough_interval_ms: int = 10_000
 
     def __post_init__(self) -> None:
         if self.interval_ms <= 0 or self.bytes_min <= 0:
@@ -57,8 +58,10 @@ class FlushPolicy:
         """True if the driver should flush now.
 
         Never due with nothing unflushed. SYNC: due whenever anything is unflushed
-        (waiters are blocked on it). ASYNC: due once `bytes_min` bytes are unflushed or
-        `interval_ms` has passed since `last_flush_ms`.
+        (waiters are blocked on it). ASYNC: every `interval_ms`, if at least `bytes_min`
+        bytes are unflushed (as RocketMQ's flush-least-pages), and after
+        `thorough_interval_ms` whatever is unflushed, so a trickle is never left
+        unsynced for long.
         """
         assert flushed_offset <= max_offset, (flushed_offset, max_offset)
         unflushed_bytes = max_offset - flushed_offset
@@ -66,7 +69,10 @@ class FlushPolicy:
             return False
         if self.mode is FlushMode.SYNC:
             return True
-        return unflushed_bytes >= self.bytes_min or now_ms - last_flush_ms >= self.interval_ms
+        elapsed_ms = now_ms - last_flush_ms
+        if elapsed_ms >= self.thorough_interval_ms:
+            return True
+        return elapsed_ms >= self.interval_ms and unflushed_bytes >= self.bytes_min
 
     def deadline_ms(self, last_flush_ms: int) -> int:
         """When the interval rule next fires; the driver sleeps until then or a wake-up."""

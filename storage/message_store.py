@@ -150,7 +150,7 @@ class MessageStore:
         # message, so the dispatcher skips the units they already have instead.
         self.index.truncate_to_commit_offset(dispatched_from)
         self.dispatcher = Dispatcher(cl, self.queues, self.index, dispatched_from, on_record)
-        redispatched = len(self.dispatcher.dispatch(self.dispatch_limit_on_open()))
+        redispatched = len(self.dispatcher.dispatch(self.dispatch_limit_on_open(), resuming=True))
         return RecoveryReport(clean, cl.max_offset, truncated, redispatched)
 
     def _unit_matches(self, queue: ConsumeQueue, queue_offset: int, unit: Unit) -> bool:

@@ -13,17 +13,18 @@ from storage.flush import FlushMode, FlushPolicy, GroupCommit
 from storage.record import MAGIC_ENTRY, encode_frame
 
 
-def test_async_flush_is_due_after_the_interval():
-    policy = FlushPolicy(FlushMode.ASYNC, interval_ms=500, bytes_min=16 * 1024)
-    assert not policy.due(now_ms=1499, max_offset=100, flushed_offset=0, last_flush_ms=1000)
-    assert policy.due(now_ms=1500, max_offset=100, flushed_offset=0, last_flush_ms=1000)
+def test_async_flush_waits_for_the_interval_and_enough_bytes():
+    policy = FlushPolicy(FlushMode.ASYNC, interval_ms=500, bytes_min=1000)
+    assert not policy.due(now_ms=1499, max_offset=5000, flushed_offset=0, last_flush_ms=1000)
+    assert policy.due(now_ms=1500, max_offset=5000, flushed_offset=0, last_flush_ms=1000)
+    assert not policy.due(now_ms=1500, max_offset=999, flushed_offset=0, last_flush_ms=1000)
     assert policy.deadline_ms(last_flush_ms=1000) == 1500
 
 
-def test_async_flush_is_due_early_once_enough_bytes_are_unflushed():
-    policy = FlushPolicy(FlushMode.ASYNC, interval_ms=500, bytes_min=1000)
-    assert not policy.due(now_ms=0, max_offset=999, flushed_offset=0, last_flush_ms=0)
-    assert policy.due(now_ms=0, max_offset=1000, flushed_offset=0, last_flush_ms=0)
+def test_async_flush_syncs_a_trickle_after_the_thorough_interval():
+    policy = FlushPolicy(FlushMode.ASYNC, interval_ms=500, bytes_min=1000, thorough_interval_ms=10_000)
+    assert not policy.due(now_ms=10_999, max_offset=1, flushed_offset=0, last_flush_ms=1000)
+    assert policy.due(now_ms=11_000, max_offset=1, flushed_offset=0, last_flush_ms=1000)
 
 
 def test_nothing_unflushed_is_never_due():
