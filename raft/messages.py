@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
 
+# Fixed per-entry cost (term, index, kind, framing) that `Entry.size_bytes` adds to the
+# payload; named so byte accounting can be done in bulk without a call per entry.
+ENTRY_OVERHEAD_BYTES = 24
+
 
 class EntryKind(IntEnum):
     """NORMAL carries the caller's data; NOOP is the empty entry a new leader appends
@@ -30,7 +34,7 @@ class Entry:
 
     def size_bytes(self) -> int:
         """Bytes this entry costs in flight; bounds batches and the in-flight window."""
-        return len(self.data) + 24
+        return len(self.data) + ENTRY_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +81,17 @@ class AppendRequest:
 class AppendResponse:
     """On success `match_index` is the last index the follower holds that matches the
     leader's log. On rejection `conflict_index` / `conflict_term` let the leader skip a
-    whole term per round trip instead of one entry (fast backtracking)."""
+    whole term per round trip instead of one entry (fast backtracking). `reject_index`
+    is the `prev_index` of the rejected request, so the leader can tell a stale rejection
+    (one it already acted on, or older than what the follower has since matched) from a
+    fresh one."""
 
     term: int
     success: bool
     match_index: int
     conflict_index: int = 0
     conflict_term: int = 0
+    reject_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
