@@ -5,9 +5,9 @@ sync the log, send, install a snapshot, apply, advance), so unit tests, property
 and the raft benchmark share it. It is deterministic: messages are delivered in the
 order the test asks for (FIFO by default), and each node's randomness is seeded.
 
-What it models: a crash loses log entries that were appended but not synced, and keeps
-the persisted hard state and the state machine (as a broker's dispatched CommitLog
-would). What it does not model: time (ticks are explicit), torn writes, slow disks —
+What it models: a crash loses log entries that were appended but not synced (and a
+log reset that was not synced), and keeps the persisted hard state and the state
+machine (as a broker's dispatched CommitLog would). What it does not model: time (ticks are explicit), torn writes, slow disks —
 that is the simulator's job.
 """
 
@@ -147,13 +147,17 @@ class LocalCluster:
         """Stop the node; log entries it had not synced are lost."""
         member = self.members[node_id]
         member.raft = None
-        log = member.log
-        if log.last_index() > log.durable_index():
-            log.truncate_suffix(log.durable_index() + 1)
+        member.log.crash()
 
     def restart(self, node_id: int) -> None:
         member = self.members[node_id]
         assert member.raft is None
+        log, sm = member.log, member.sm
+        if log.term_at(sm.last_index) != sm.last_term:
+            # The snapshot was installed but the log reset that goes with it was lost.
+            assert sm.last_index >= log.first_index() - 1, "state machine behind the log"
+            log.reset(sm.last_index, sm.last_term)
+            log.sync()
         member.raft = RaftNode(
             node_id,
             self.ids,
@@ -215,12 +219,12 @@ class LocalCluster:
             return None
         if ready.hard_state is not None:
             member.hard_state = ready.hard_state
+        if ready.snapshot is not None:
+            member.sm.install(ready.snapshot)
         if ready.sync_log:
             member.log.sync()
         self.network.extend(ready.messages)
         self.network.extend(ready.persisted_messages)
-        if ready.snapshot is not None:
-            member.sm.install(ready.snapshot)
         if ready.committed:
             member.sm.apply(ready.committed)
         node.advance(ready)

@@ -78,6 +78,8 @@ class MemoryLogStore:
         self._base_index = 0
         self._base_term = 0
         self._durable = 0
+        # The state before a reset that was not synced yet; a crash returns to it.
+        self._before_reset: tuple[list[Entry], list[int], int, int, int, int] | None = None
 
     def first_index(self) -> int:
         return self._base_index + 1
@@ -124,6 +126,7 @@ class MemoryLogStore:
 
     def sync(self) -> None:
         self._durable = self.last_index()
+        self._before_reset = None
 
     def durable_index(self) -> int:
         return self._durable
@@ -140,9 +143,35 @@ class MemoryLogStore:
         self._base_term = term
 
     def reset(self, index: int, term: int) -> None:
+        if self._before_reset is None:
+            self._before_reset = (
+                self._entries,
+                self._ends,
+                self._ends_base,
+                self._base_index,
+                self._base_term,
+                self._durable,
+            )
         self._entries = []
         self._ends = []
         self._ends_base = 0
         self._base_index = index
         self._base_term = term
-        self._durable = index
+        self._durable = min(self._durable, index)
+
+    def crash(self) -> None:
+        """What a crash leaves: an unsynced reset is undone and entries past the
+        durable index are lost (a truncation counts as durable at once: losing it
+        would only bring back entries that were never acknowledged after it)."""
+        if self._before_reset is not None:
+            (
+                self._entries,
+                self._ends,
+                self._ends_base,
+                self._base_index,
+                self._base_term,
+                self._durable,
+            ) = self._before_reset
+            self._before_reset = None
+        if self.last_index() > self._durable:
+            self.truncate_suffix(self._durable + 1)

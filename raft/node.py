@@ -624,6 +624,8 @@ class RaftNode:
         elif state is _PROBE:
             if match == pr.match:
                 pr.become_replicate()  # it matches at `match`: replicate from there
+            else:
+                pr.probe_sent = False  # it is alive: our probe (or its answer) was lost
         elif state is _REPLICATE and pr.next - 1 > pr.match:
             pr.stalled_acks += 1
             if pr.stalled_acks >= STALLED_ACKS_MAX:
