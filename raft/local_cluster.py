@@ -149,6 +149,18 @@ class LocalCluster:
         member.raft = None
         member.log.crash()
 
+    def crash_mid_ready(self, node_id: int) -> None:
+        """Crash while a Ready is half done: its `messages` were sent (the contract
+        allows that before persistence completes) but nothing was persisted, and no
+        `persisted_messages` left."""
+        member = self.members[node_id]
+        if member.raft is None:
+            return
+        ready = member.raft.ready()
+        if ready is not None:
+            self.network.extend(ready.messages)
+        self.crash(node_id)
+
     def restart(self, node_id: int) -> None:
         member = self.members[node_id]
         assert member.raft is None

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +18,7 @@ from raft.local_cluster import LocalCluster
 from raft.node import Role
 from tests.raft.safety import SafetyChecker
 
-EXAMPLES = int(os.environ.get("RAFT_PROPERTY_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("RAFT_PROPERTY_EXAMPLES", "200"))
 
 # Operation -> weight. Deliveries dominate so protocol exchanges complete between faults.
 WEIGHTS = {
@@ -30,12 +32,13 @@ WEIGHTS = {
     "duplicate": 2,
     "propose": 4,
     "crash": 1,
+    "crash_mid_ready": 1,
     "isolate": 1,
     "heal": 1,
     "transfer": 1,
     "compact": 1,
 }
-NODE_OPS = {"process", "tick", "crash", "isolate", "transfer", "compact"}
+NODE_OPS = {"process", "tick", "crash", "crash_mid_ready", "isolate", "transfer", "compact"}
 
 
 def make_schedule(seed: int, length: int) -> list[tuple[str, int]]:
@@ -103,6 +106,9 @@ def run_schedule(config: Config, seed: int, ops: list[tuple[str, int]]) -> Local
         elif op == "crash":
             cluster.crash(arg)
             cluster.restart(arg)
+        elif op == "crash_mid_ready":
+            cluster.crash_mid_ready(arg)
+            cluster.restart(arg)
         elif op == "transfer":
             leader = cluster.leader()
             if leader is not None and leader != arg:
@@ -164,3 +170,15 @@ def test_random_schedules_without_pre_vote_or_check_quorum(seed: int, length: in
         append_bytes_max=64,
     )
     run_schedule(config, seed, make_schedule(seed, length))
+
+
+@pytest.mark.parametrize("plant", ["double_vote", "skip_truncate"])
+def test_the_checker_catches_planted_bugs(plant: str) -> None:
+    """The same schedules with a deliberate bug must fail: the checks have teeth."""
+    config = replace(FAST, plants=frozenset({plant}))
+    for seed in range(40):
+        try:
+            run_schedule(config, seed, make_schedule(seed, 300))
+        except AssertionError:
+            return
+    raise AssertionError(f"{plant} went unnoticed in 40 schedules")
