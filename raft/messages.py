@@ -8,6 +8,7 @@ place before a message reaches its handler.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
@@ -35,6 +36,30 @@ class Entry:
     def size_bytes(self) -> int:
         """Bytes this entry costs in flight; bounds batches and the in-flight window."""
         return len(self.data) + ENTRY_OVERHEAD_BYTES
+
+
+_new_entry = Entry.__new__
+_set_term, _set_index, _set_data, _set_kind = (
+    Entry.__dict__[name].__set__ for name in ("term", "index", "data", "kind")
+)
+
+
+def make_entries(
+    term: int, first_index: int, datas: Iterable[bytes], kind: EntryKind = EntryKind.NORMAL
+) -> list[Entry]:
+    """`[Entry(term, i, d, kind) for i, d in enumerate(datas, first_index)]`, at less than
+    half the cost: a frozen dataclass's __init__ pays one object.__setattr__ call per
+    field, which dominates a leader's per-entry work; this fills the slots directly."""
+    out: list[Entry] = []
+    append = out.append
+    for index, data in enumerate(datas, first_index):
+        entry = _new_entry(Entry)
+        _set_term(entry, term)
+        _set_index(entry, index)
+        _set_data(entry, data)
+        _set_kind(entry, kind)
+        append(entry)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

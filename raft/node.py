@@ -37,6 +37,7 @@ from raft.messages import (
     TimeoutNow,
     VoteRequest,
     VoteResponse,
+    make_entries,
 )
 from raft.progress import Inflights, Progress, ProgressState
 from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
@@ -189,8 +190,7 @@ class RaftNode:
                 f"{first - 1 - self._commit} entries await commit; "
                 f"limit {self._cfg.uncommitted_entries_max}"
             )
-        term = self._term
-        log.append([Entry(term, index, data) for index, data in enumerate(datas, first)])
+        log.append(make_entries(self._term, first, datas))
         self._sync_log = True
         self._bcast_pending = True
         return list(range(first, first + count))
