@@ -330,7 +330,7 @@ class RaftNode:
             return True
         # An older term.
         if isinstance(msg, AppendRequest):
-            if "accept_stale_term" in self._plants:
+            if "accept_stale_term" in self._plants and self._role is not _LEADER:
                 self._accept_append(src, msg)
                 return False
             # Tell the stale leader about the newer term so it steps down.
@@ -578,11 +578,16 @@ class RaftNode:
     def _send_heartbeat(self, peer: int, pr: Progress) -> None:
         """An empty append at the follower's match: it always matches, so it keeps the
         follower's lease and election timer fresh and carries the commit index without
-        provoking a rejection while appends are in flight."""
+        provoking a rejection while appends are in flight. Its answer repeating the
+        match while appends are outstanding tells the leader they were lost."""
+        log = self._log
         prev = pr.match
-        prev_term = self._log.term_at(prev)
-        if prev_term is None:  # compacted past the match; the follower is being snapshotted
-            prev, prev_term = 0, 0
+        prev_term = log.term_at(prev)
+        if prev_term is None:
+            # Compacted past the match: ask at the snapshot boundary instead. Either
+            # answer moves things on (a match, or a rejection that leads to a snapshot).
+            prev = log.first_index() - 1
+            prev_term = _term(log, prev)
         commit = min(self._commit, prev)
         if commit > pr.commit_sent:
             pr.commit_sent = commit
@@ -622,11 +627,15 @@ class RaftNode:
             if self._maybe_commit():
                 self._bcast_pending = True
         elif state is _PROBE:
-            if match == pr.match:
-                pr.become_replicate()  # it matches at `match`: replicate from there
+            if match == pr.next - 1:
+                pr.become_replicate()  # it matches right where we probe
             else:
-                pr.probe_sent = False  # it is alive: our probe (or its answer) was lost
-        elif state is _REPLICATE and pr.next - 1 > pr.match:
+                # A heartbeat's answer, or a stale one: the follower is alive, so our
+                # probe (or its answer) may have been lost; probe again. Never restart
+                # from `match` here: for a new leader that is 0, and it would resend
+                # the whole log to followers that already hold it.
+                pr.probe_sent = False
+        elif state is _REPLICATE and match == pr.match and pr.next - 1 > match:
             pr.stalled_acks += 1
             if pr.stalled_acks >= STALLED_ACKS_MAX:
                 pr.next = pr.match + 1
@@ -644,7 +653,11 @@ class RaftNode:
                 return  # stale: the follower has since matched past it
         elif pr.state is _PROBE:
             if rejected != pr.next - 1:
-                return  # stale: not the probe we are waiting for
+                # Not an answer to our probe (a heartbeat's, or a stale one), but the
+                # follower is alive: if our probe was lost, send it again.
+                pr.probe_sent = False
+                self._bcast_pending = True
+                return
         else:
             return
         nxt = m.conflict_index

@@ -417,3 +417,59 @@ def test_figure_8_commit_old_term_plant_commits_what_is_later_overwritten() -> N
         if cluster.members[i].sm.last_index >= 2
     }
     assert applied_at_2[1] == 2 and applied_at_2[5] == 3
+
+
+def test_a_new_leader_does_not_resend_the_log_its_followers_hold() -> None:
+    """After a full restart every node holds 1000 entries and knows no commit. The new
+    leader's first probes are lost, so heartbeat answers (match 0) arrive first: they
+    must not make it replicate from index 1."""
+    cluster = LocalCluster(3)
+    for i in cluster.ids:
+        seed_log(cluster, i, [1] * 1000, term=1)
+    sent: list[int] = []
+    probes_lost: set[int] = set()
+
+    def lose_first_probe(env: Envelope) -> bool:
+        if env.src == 1 and isinstance(env.msg, AppendRequest):
+            if env.msg.entries and env.dst not in probes_lost:
+                probes_lost.add(env.dst)
+                return True
+            sent.append(len(env.msg.entries))
+        return False
+
+    cluster.drop_filter = lose_first_probe
+    elect_node(cluster, 1)
+    cluster.tick([1], times=3)
+    assert probes_lost == {2, 3}
+    assert cluster.node(2).commit_index == cluster.node(3).commit_index == 1001
+    assert sum(sent) == 2, "followers already hold the 1000 entries: only the no-op travels"
+
+
+def test_lost_appends_to_a_follower_whose_match_was_compacted_are_recovered() -> None:
+    """The follower acked entries but never learned they committed (commit < match);
+    then the leader compacted past its match while the appends after it were lost."""
+    config = Config(inflight_msgs_max=2, append_bytes_max=100)
+    cluster = LocalCluster(3, config, compact_threshold=5)
+    leader = cluster.node(cluster.elect())
+    lagging = next(i for i in cluster.ids if i != leader.id)
+    phase = {"drop": "empty"}
+
+    def drop(env: Envelope) -> bool:
+        msg = env.msg
+        if env.dst != lagging or not isinstance(msg, AppendRequest):
+            return False
+        return phase["drop"] == "all" or (phase["drop"] == "empty" and not msg.entries)
+
+    cluster.drop_filter = drop
+    leader.propose_batch([b"a%d" % k for k in range(6)])
+    cluster.run()
+    match = cluster.members[lagging].log.last_index()
+    assert cluster.node(lagging).commit_index < match
+    phase["drop"] = "all"
+    for k in range(6):
+        leader.propose_batch([b"b%d-%d" % (k, j) for j in range(4)])
+        cluster.run()
+    assert cluster.members[leader.id].log.first_index() > match + 1
+    phase["drop"] = "none"
+    cluster.tick(times=10)
+    assert cluster.members[lagging].sm.entries == cluster.members[leader.id].sm.entries
