@@ -287,3 +287,26 @@ class LocalCluster:
                 return leader
             self.tick()
         raise AssertionError("no leader elected")
+
+    def drive_load(
+        self, entries_total: int, batch: int, data: bytes, backlog_max: int = 16384
+    ) -> int:
+        """Propose `entries_total` entries of `data` in batches on the leader and run
+        until every live node applied them; returns the number of messages delivered.
+        The benchmark times this call (raft/ has no clock); keeping at most
+        `backlog_max` entries uncommitted is the client-side flow control."""
+        leader_id = self.elect()
+        leader = self.node(leader_id)
+        log = self.members[leader_id].log
+        datas = [data] * batch
+        target = log.last_index() + entries_total
+        delivered_before = self.delivered
+        while log.last_index() < target or leader.commit_index < target:
+            last = log.last_index()
+            if last < target and last - leader.commit_index < backlog_max:
+                leader.propose_batch(datas[: target - last])
+            if not self.pump():
+                raise AssertionError("the cluster stalled under load")
+        self.run()
+        assert all(self.members[i].sm.last_index == target for i in self.up())
+        return self.delivered - delivered_before

@@ -230,6 +230,7 @@ class RaftNode:
 
     def ready(self) -> Ready | None:
         """What the driver must persist, send and apply now; None if nothing."""
+        assert self._applied <= self._handed_out <= self._commit <= self._log.last_index()
         if self._bcast_pending:
             self._bcast_pending = False
             if self._role is _LEADER:

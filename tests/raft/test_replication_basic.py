@@ -67,3 +67,10 @@ def test_ready_is_none_when_quiet() -> None:
     cluster.elect()
     for i in cluster.ids:
         assert cluster.node(i).ready() is None
+
+
+def test_drive_load_commits_everything_on_every_node() -> None:
+    cluster = LocalCluster(3, Config(append_bytes_max=4096), record=False)
+    messages = cluster.drive_load(5000, batch=100, data=b"x" * 100, backlog_max=1000)
+    assert messages > 0
+    assert all(cluster.members[i].sm.applied_count == 5001 for i in cluster.ids)
