@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from raft.config import Config, RandomSource
-from raft.log_store import MemoryLogStore
+from raft.log_store import LogStore, MemoryLogStore
 from raft.messages import Entry, EntryKind, Envelope, HardState
 from raft.node import RaftNode, Role
 from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
@@ -97,9 +97,9 @@ class StateMachine:
 class LocalNode:
     """One member: its durable state (log, hard state, state machine) and the core."""
 
-    def __init__(self, node_id: int, record: bool) -> None:
+    def __init__(self, node_id: int, record: bool, log: LogStore | None = None) -> None:
         self.id = node_id
-        self.log = MemoryLogStore()
+        self.log: LogStore = log if log is not None else MemoryLogStore()
         self.hard_state = HardState()
         self.sm = StateMachine(record)
         self.raft: RaftNode | None = None
@@ -119,15 +119,21 @@ class LocalCluster:
         record: bool = True,
         rng_factory: Callable[[int], RandomSource] | None = None,
         compact_threshold: int | None = None,
+        log_factory: Callable[[int], LogStore] | None = None,
     ) -> None:
         """`compact_threshold`: once a node applied that many entries past its log's
-        snapshot boundary, it compacts its log up to its applied index."""
+        snapshot boundary, it compacts its log up to its applied index. `log_factory`
+        gives each node its LogStore (default: in memory; the benchmark passes the
+        CommitLog-backed one)."""
         self.ids = tuple(range(1, size + 1))
         self.config = config or Config()
         self.seed = seed
         self.compact_threshold = compact_threshold
         self._rng_factory = rng_factory or (lambda node_id: SplitMix64(seed * 1000 + node_id))
-        self.members = {i: LocalNode(i, record) for i in self.ids}
+        self.members = {
+            i: LocalNode(i, record, None if log_factory is None else log_factory(i))
+            for i in self.ids
+        }
         self.network: deque[Envelope] = deque()
         self.blocked: set[tuple[int, int]] = set()  # (src, dst) links that drop messages
         self.drop_filter: Callable[[Envelope], bool] | None = None
@@ -147,6 +153,7 @@ class LocalCluster:
         """Stop the node; log entries it had not synced are lost."""
         member = self.members[node_id]
         member.raft = None
+        assert isinstance(member.log, MemoryLogStore), "crashes are modelled on the in-memory log"
         member.log.crash()
 
     def crash_mid_ready(self, node_id: int) -> None:

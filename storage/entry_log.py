@@ -19,6 +19,7 @@ touch the disk index-by-index.
 from __future__ import annotations
 
 import struct
+import zlib
 from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -29,6 +30,9 @@ from storage.files import FileSystem
 from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
 
 ENTRY_HEADER = struct.Struct("<QQB")  # term, index, kind
+_ENTRY_FRAME = struct.Struct("<IIIQQB")  # frame header + entry header
+_ENTRY_FRAME_OVERHEAD = _ENTRY_FRAME.size
+_CRC = struct.Struct("<I")
 _META = struct.Struct("<QQQ")  # base index, base term, commit offset where the log begins
 
 
@@ -107,6 +111,8 @@ class EntryLog:
         return self._base_index + len(self._terms)
 
     def term_at(self, index: int) -> int | None:
+        if index == 0:
+            return 0
         if index == self._base_index:
             return self._base_term
         pos = index - self._base_index - 1
@@ -124,37 +130,74 @@ class EntryLog:
             return self._offsets[0] if self._offsets else self._log.max_offset
         return self._ends[index - self._base_index - 1]
 
+    def span_end(self, lo: int, hi: int, bytes_max: int) -> int:
+        """One past the last index in [lo, hi) that `entries(lo, hi, bytes_max)` returns."""
+        hi = min(hi, self.last_index() + 1)
+        if lo >= hi:
+            return lo
+        first = lo - self._base_index - 1
+        stop = hi - self._base_index - 1
+        ends = self._ends
+        # At least one entry, then as many as fit in bytes_max.
+        limit = self._offsets[first] + max(bytes_max, ends[first] - self._offsets[first])
+        return self._base_index + 1 + min(stop, bisect_right(ends, limit, first, stop))
+
     def entries(self, lo: int, hi: int, bytes_max: int) -> list[StoredEntry]:
         assert lo >= self.first_index(), "entries below the snapshot were compacted"
-        hi = min(hi, self.last_index() + 1)
+        hi = self.span_end(lo, hi, bytes_max)
+        if lo >= hi:
+            return []
+        first = lo - self._base_index - 1
+        stop = hi - self._base_index - 1
+        offsets, ends = self._offsets, self._ends
         out: list[StoredEntry] = []
-        total = 0
-        header = FRAME_HEADER_BYTES
-        for pos in range(lo - self._base_index - 1, hi - self._base_index - 1):
-            offset = self._offsets[pos]
-            size = self._ends[pos] - offset
-            total += size
-            if out and total > bytes_max:
-                break
-            frame = self._log.read(offset, size)
-            term, index, kind = ENTRY_HEADER.unpack_from(frame, header)
-            out.append(StoredEntry(term, index, kind, bytes(frame[header + ENTRY_HEADER.size :])))
+        skip = FRAME_HEADER_BYTES + ENTRY_HEADER.size
+        unpack = ENTRY_HEADER.unpack_from
+        pos = first
+        while pos < stop:
+            # One read per segment: entries never span segments, and consecutive entries in
+            # one segment are contiguous (blank fillers only sit at segment tails).
+            run_end = pos + 1
+            segment = offsets[pos] // self._log.segment_bytes
+            while run_end < stop and offsets[run_end] // self._log.segment_bytes == segment:
+                run_end += 1
+            base = offsets[pos]
+            view = self._log.read(base, ends[run_end - 1] - base)
+            for i in range(pos, run_end):
+                at = offsets[i] - base
+                term, index, kind = unpack(view, at + FRAME_HEADER_BYTES)
+                out.append(StoredEntry(term, index, kind, bytes(view[at + skip : ends[i] - base])))
+            pos = run_end
         return out
 
     def append(self, entries: Sequence[StoredEntry]) -> None:
         if not entries:
             return
         expected = self.last_index() + 1
-        frames = []
+        total = 0
         for entry in entries:
             if entry.index != expected:
                 raise EntryLogError(f"append of index {entry.index}, expected {expected}")
             expected += 1
-            frames.append(encode_entry(entry.term, entry.index, entry.kind, entry.data))
-        offsets = self._log.append(frames)
-        for entry, offset, frame in zip(entries, offsets, frames, strict=True):
+            total += _ENTRY_FRAME_OVERHEAD + len(entry.data)
+        buf = bytearray(total)
+        sizes: list[int] = []
+        pos = 0
+        for entry in entries:
+            size = _ENTRY_FRAME_OVERHEAD + len(entry.data)
+            _ENTRY_FRAME.pack_into(
+                buf, pos, size, MAGIC_ENTRY, 0, entry.term, entry.index, entry.kind
+            )
+            buf[pos + _ENTRY_FRAME_OVERHEAD : pos + size] = entry.data
+            crc = zlib.crc32(memoryview(buf)[pos + FRAME_HEADER_BYTES : pos + size])
+            _CRC.pack_into(buf, pos + 8, crc)
+            sizes.append(size)
+            pos += size
+        # CRCs were computed just above, in this process: no need to re-check them.
+        offsets = self._log.append_buffer(buf, sizes, verify_crc=False)
+        for entry, offset, size in zip(entries, offsets, sizes, strict=True):
             self._offsets.append(offset)
-            self._ends.append(offset + len(frame))
+            self._ends.append(offset + size)
             self._terms.append(entry.term)
 
     def truncate_suffix(self, index: int) -> None:

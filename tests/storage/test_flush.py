@@ -22,7 +22,9 @@ def test_async_flush_waits_for_the_interval_and_enough_bytes():
 
 
 def test_async_flush_syncs_a_trickle_after_the_thorough_interval():
-    policy = FlushPolicy(FlushMode.ASYNC, interval_ms=500, bytes_min=1000, thorough_interval_ms=10_000)
+    policy = FlushPolicy(
+        FlushMode.ASYNC, interval_ms=500, bytes_min=1000, thorough_interval_ms=10_000
+    )
     assert not policy.due(now_ms=10_999, max_offset=1, flushed_offset=0, last_flush_ms=1000)
     assert policy.due(now_ms=11_000, max_offset=1, flushed_offset=0, last_flush_ms=1000)
 

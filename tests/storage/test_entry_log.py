@@ -1,0 +1,88 @@
+"""The Raft log kept in the CommitLog: indexing, truncation, durability, reopen."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from storage.commit_log import CommitLog
+from storage.entry_log import EntryLog, EntryLogError, StoredEntry
+from storage.files import SimFileSystem
+
+
+def open_log(fs: SimFileSystem) -> EntryLog:
+    log = CommitLog(fs, "/n/commitlog", 4096)
+    if not log.recovered:
+        log.recover(log.min_offset)
+    return EntryLog(fs, log, "/n/raft-meta")
+
+
+def entries(first: int, count: int, term: int) -> list[StoredEntry]:
+    return [
+        StoredEntry(term, i, 0, f"entry-{i}".encode() * 20) for i in range(first, first + count)
+    ]
+
+
+def test_append_read_back_across_segments_and_bound_by_bytes():
+    log = open_log(SimFileSystem(random.Random(1)))
+    log.append(entries(1, 60, term=1))
+    assert (log.first_index(), log.last_index()) == (1, 60)
+    assert [e.index for e in log.entries(1, 61, 1 << 20)] == list(range(1, 61))
+    assert log.entries(5, 6, 1 << 20)[0] == entries(5, 1, term=1)[0]
+    few = log.entries(1, 61, 600)
+    assert 1 <= len(few) < 60 and log.span_end(1, 61, 600) == 1 + len(few)
+    assert log.entries(7, 8, 0)[0].index == 7, "at least one entry, whatever the bound"
+    assert log.term_at(0) == 0 and log.term_at(60) == 1 and log.term_at(61) is None
+
+
+def test_append_must_be_contiguous():
+    log = open_log(SimFileSystem(random.Random(1)))
+    log.append(entries(1, 3, term=1))
+    with pytest.raises(EntryLogError):
+        log.append(entries(5, 1, term=1))
+
+
+def test_only_synced_entries_survive_a_crash_and_reopen_rebuilds_the_index():
+    fs = SimFileSystem(random.Random(3))
+    log = open_log(fs)
+    log.append(entries(1, 10, term=1))
+    log.sync()
+    assert log.durable_index() == 10
+    log.append(entries(11, 10, term=2))
+    assert log.durable_index() == 10
+    fs.crash()
+    again = open_log(fs)
+    assert 10 <= again.last_index() <= 20
+    assert [e.index for e in again.entries(1, 11, 1 << 20)] == list(range(1, 11))
+
+
+def test_truncated_suffix_never_comes_back():
+    fs = SimFileSystem(random.Random(4))
+    log = open_log(fs)
+    log.append(entries(1, 20, term=1))
+    log.sync()
+    log.truncate_suffix(8)
+    log.append(entries(8, 2, term=3))
+    log.sync()
+    fs.crash()
+    again = open_log(fs)
+    assert again.last_index() == 9
+    assert [again.term_at(i) for i in (7, 8, 9)] == [1, 3, 3]
+
+
+def test_compaction_and_reset_persist_the_snapshot_boundary():
+    fs = SimFileSystem(random.Random(5))
+    log = open_log(fs)
+    log.append(entries(1, 30, term=2))
+    log.sync()
+    log.compact(12, 2)
+    assert (log.first_index(), log.term_at(12), log.term_at(11)) == (13, 2, None)
+    again = open_log(fs)
+    assert (again.first_index(), again.last_index()) == (13, 30)
+    again.reset(100, 7)
+    assert (again.first_index(), again.last_index(), again.term_at(100)) == (101, 100, 7)
+    again.append(entries(101, 2, term=7))
+    again.sync()
+    third = open_log(fs)
+    assert (third.first_index(), third.last_index()) == (101, 102)
