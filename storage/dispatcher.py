@@ -62,6 +62,7 @@ class Dispatcher:
         self._on_record = on_record
         self.dispatched_offset = dispatched_offset
         self._resuming = False
+        self._interrupted = False
 
     def dispatch(self, upto: int, *, resuming: bool = False) -> list[Dispatched]:
         """Dispatch every frame that starts below `upto` (a committed frame boundary).
@@ -70,7 +71,8 @@ class Dispatcher:
         was appended or recovered. `resuming` (after opening the store) turns on the
         per-message check for units that survived the crash.
         """
-        self._resuming = resuming
+        self._resuming = resuming or self._interrupted
+        self._interrupted = True  # until this call returns: a failure (disk full) resumes
         out: list[Dispatched] = []
         offset = max(self.dispatched_offset, self._log.min_offset)
         while offset < upto:
@@ -82,8 +84,8 @@ class Dispatcher:
                 self._dispatch_entry(offset, frame, out)
             elif self._on_record is not None:
                 self._on_record(magic, offset, frame)
-            offset = next_offset
-        self.dispatched_offset = max(self.dispatched_offset, offset)
+            offset = self.dispatched_offset = next_offset
+        self._interrupted = False
         return out
 
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
@@ -105,6 +107,8 @@ class Dispatcher:
         topic = head.topic
         indexed = self._index.last_commit_offset
         if indexed is None or indexed < offset:
+            keys = head.keys.count(" ") + 1 if head.keys else 0
+            self._index.ensure_room(keys + 1, offset, head.store_timestamp_ms)
             if head.msg_id:
                 self._index.put(f"{topic}#{head.msg_id}", offset, head.store_timestamp_ms)
             for key in head.keys.split(" ") if head.keys else ():

@@ -542,6 +542,13 @@ class IndexService:
             assert stored, "a new index file takes at least one entry"
         self._last_commit_offset = commit_offset
 
+    def ensure_room(self, entries: int, commit_offset: int, store_timestamp_ms: int) -> None:
+        """Roll now unless the newest file takes `entries` more, so that the puts of one
+        message all land or (DiskFullError from the roll) none does."""
+        files = self._files
+        if not files or files[-1].entry_count + entries > self.entry_count_max:
+            self._roll(commit_offset, store_timestamp_ms)
+
     def _roll(self, commit_offset: int, store_timestamp_ms: int) -> None:
         """Seal the newest file (flush it) and create the next one, durably."""
         if self._files:
