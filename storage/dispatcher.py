@@ -23,12 +23,15 @@ from typing import NamedTuple
 from storage.commit_log import CommitLog
 from storage.consume_queue import ConsumeQueueSet
 from storage.entry_log import ENTRY_HEADER
+from storage.errors import CorruptRecordError
 from storage.index_file import IndexService
 from storage.record import (
+    BLANK_HEADER_BYTES,
     FRAME_HEADER_BYTES,
+    MAGIC_BLANK,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
-    decode_message_header,
+    dispatch_fields,
     tag_hash,
 )
 
@@ -74,16 +77,36 @@ class Dispatcher:
         self._resuming = resuming or self._interrupted
         self._interrupted = True  # until this call returns: a failure (disk full) resumes
         out: list[Dispatched] = []
-        offset = max(self.dispatched_offset, self._log.min_offset)
+        log = self._log
+        segment_bytes = log.segment_bytes
+        offset = max(self.dispatched_offset, log.min_offset)
         while offset < upto:
-            frame, next_offset = self._log.frame_at(offset, verify_crc=False)
-            magic = int.from_bytes(frame[4:8], "little")
-            if magic == MAGIC_MESSAGE:
-                self._dispatch_message(offset, frame, out)
-            elif magic == MAGIC_ENTRY:
-                self._dispatch_entry(offset, frame, out)
-            elif self._on_record is not None:
-                self._on_record(magic, offset, frame)
+            # One zero-copy view per segment; frames inside it are walked by their sizes.
+            segment_end = offset - offset % segment_bytes + segment_bytes
+            span = min(upto, segment_end) - offset
+            view = log.read(offset, span)
+            next_offset = offset + span
+            pos = 0
+            while pos < span:
+                if span - pos < BLANK_HEADER_BYTES:
+                    next_offset = segment_end  # a tail too short for any frame
+                    break
+                size = int.from_bytes(view[pos : pos + 4], "little")
+                magic = int.from_bytes(view[pos + 4 : pos + 8], "little")
+                if magic == MAGIC_BLANK:
+                    next_offset = segment_end
+                    break
+                if size < FRAME_HEADER_BYTES or pos + size > span:
+                    raise CorruptRecordError(f"frame at {offset + pos}: bad size {size}")
+                frame = view[pos : pos + size]
+                if magic == MAGIC_MESSAGE:
+                    self._dispatch_message(offset + pos, frame, out)
+                elif magic == MAGIC_ENTRY:
+                    self._dispatch_entry(offset + pos, frame, out)
+                elif self._on_record is not None:
+                    self._on_record(magic, offset + pos, frame)
+                pos += size
+                self.dispatched_offset = offset + pos
             offset = self.dispatched_offset = next_offset
         self._interrupted = False
         return out
@@ -103,22 +126,22 @@ class Dispatcher:
             pos += size
 
     def _dispatch_message(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
-        head = decode_message_header(frame, verify_crc=False)
-        topic = head.topic
-        indexed = self._index.last_commit_offset
+        msg_id, topic, queue_id, store_ms, tags, keys = dispatch_fields(frame)
+        index = self._index
+        indexed = index.last_commit_offset
         if indexed is None or indexed < offset:
-            keys = head.keys.count(" ") + 1 if head.keys else 0
-            self._index.ensure_room(keys + 1, offset, head.store_timestamp_ms)
-            if head.msg_id:
-                self._index.put(f"{topic}#{head.msg_id}", offset, head.store_timestamp_ms)
-            for key in head.keys.split(" ") if head.keys else ():
-                if key:
-                    self._index.put(f"{topic}#{key}", offset, head.store_timestamp_ms)
-        queue = self._queues.get_or_create(topic, head.queue_id)
+            index.ensure_room(keys.count(" ") + 2, offset, store_ms)
+            if msg_id:
+                index.put(f"{topic}#{msg_id}", offset, store_ms)
+            if keys:
+                for key in keys.split(" "):
+                    if key:
+                        index.put(f"{topic}#{key}", offset, store_ms)
+        queue = self._queues.get_or_create(topic, queue_id)
         if self._resuming:
             last = queue.last_unit()
             if last is not None and last.commit_offset >= offset:
                 return  # dispatched before a crash: its unit survived
         queue_offset = queue.max_offset
-        queue.put(queue_offset, offset, len(frame), tag_hash(head.tags))
-        out.append(Dispatched(offset, len(frame), topic, head.queue_id, queue_offset, head.msg_id))
+        queue.put(queue_offset, offset, len(frame), tag_hash(tags))
+        out.append(Dispatched(offset, len(frame), topic, queue_id, queue_offset, msg_id))

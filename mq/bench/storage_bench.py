@@ -121,25 +121,47 @@ def bench_fsync(path: str, seconds: float) -> float:
 
 
 def bench_group_commit(root: str, producers: int, seconds: float) -> tuple[float, float]:
+    """Sync flush as a broker does it: producers hand records to one appender task, which
+    appends whatever has queued up as one batch; each producer is acknowledged once the
+    fdatasync covering its record returned. Appends go on while an fsync runs."""
     store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.SYNC))
     flusher = Flusher(store.commit_log, FlushPolicy(FlushMode.SYNC))
     body = os.urandom(MESSAGE_BYTES)
     acked = 0
+    queued: list[tuple[MessageRecord, list[int], trio.Event]] = []
+    work = trio.Event()
+
+    async def appender() -> None:
+        nonlocal work
+        while True:
+            await work.wait()
+            work = trio.Event()
+            batch = queued[:]
+            queued.clear()
+            ends = store.put_messages([record for record, _, _ in batch])
+            store.dispatch()
+            for (_, slot, appended), end in zip(batch, ends, strict=True):
+                slot.append(end)
+                appended.set()
+            await trio.lowlevel.checkpoint()
 
     async def producer(seq0: int, deadline: float) -> None:
         nonlocal acked
         seq = seq0
         while trio.current_time() < deadline:
-            record = _records(1, body, 0, seq)
-            store.put_messages(record)
-            store.dispatch()
-            await flusher.wait_durable(store.commit_log.max_offset)
+            slot: list[int] = []
+            appended = trio.Event()
+            queued.append((_records(1, body, 0, seq)[0], slot, appended))
+            work.set()
+            await appended.wait()
+            await flusher.wait_durable(slot[0] + 1)
             acked += 1
             seq += producers
 
     async def main() -> float:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flusher.run_sync_mode)
+            nursery.start_soon(appender)
             start = trio.current_time()
             deadline = start + seconds
             async with trio.open_nursery() as workers:

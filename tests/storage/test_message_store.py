@@ -123,7 +123,9 @@ def test_disk_full_fails_the_append_keeps_reads_and_recovers_after_space_is_free
     got = store.get_messages("t", 0, 0, max_count=1000, max_bytes=1 << 30)
     ids = [MessageRecord.decode(f).msg_id for _, f in got.messages]
     assert ids == [f"id{i:04d}" for i in range(appended)] + ["id0500"], "each message exactly once"
-    assert [r.msg_id for r in store.query_by_key("t", f"key{appended - 1}")] == [f"id{appended - 1:04d}"]
+    assert [r.msg_id for r in store.query_by_key("t", f"key{appended - 1}")] == [
+        f"id{appended - 1:04d}"
+    ]
 
 
 def test_crash_recovery_truncates_the_torn_tail_and_rebuilds_queues_and_index():
