@@ -477,15 +477,9 @@ class Producer:
         avoid_group: str | None = None
         failure: BaseException | None = None
         code: int | None = None
+        contacted = False  # whether any request reached (or was sent towards) a broker
         for attempt in range(1, attempts_max + 1):
-            try:
-                route = await client.routes.get(batch.topic)
-            except NoRouteError as exc:
-                raise SendError(
-                    f"no route for topic {batch.topic!r}: {exc}",
-                    attempts=attempt - 1,
-                    msg_ids=batch.msg_ids,
-                ) from exc
+            route = await client.routes.get(batch.topic)  # NoRouteError: nowhere to send
             if selector is not None:
                 if queue is None:
                     queue = self._select_ordered(route, batch, selector, arg)
@@ -493,8 +487,10 @@ class Producer:
                 try:
                     queue = self._select_queue(batch.topic, route, avoid_group)
                 except NoRouteError as exc:
+                    # No group has a leader now (an election): asking the NameServer
+                    # before the next try both learns the outcome and paces the retries.
                     failure, code = exc, None
-                    client.routes.request_refresh(batch.topic)
+                    await self._refresh_quietly(batch.topic)
                     continue
             assert queue is not None
             address = redirect or self._leader(route, queue)
@@ -503,11 +499,9 @@ class Producer:
                 # Only an ordered send can get here (selection skips leaderless groups):
                 # it must stay on this queue, so learn the leader before the next try.
                 failure, code = NoRouteError(f"group {queue.group!r} has no known leader"), None
-                try:
-                    await client.routes.refresh(batch.topic)
-                except NoRouteError as exc:
-                    failure = exc
+                await self._refresh_quietly(batch.topic)
                 continue
+            contacted = True
             started_ms = self._now_ms()
             try:
                 response = await client.pool.request(
@@ -530,6 +524,8 @@ class Producer:
                 client.routes.request_refresh(batch.topic)
                 if leader is not None:
                     redirect = leader
+                elif selector is not None:
+                    await self._refresh_quietly(batch.topic)  # pinned: wait for news
                 else:
                     avoid_group = queue.group
                 continue
@@ -545,12 +541,20 @@ class Producer:
                 attempts=attempt,
                 msg_ids=batch.msg_ids,
             ) from failure
+        if isinstance(failure, NoRouteError) and not contacted:
+            raise failure
         raise SendError(
             f"send to topic {batch.topic!r} failed after {attempts_max} attempts: {failure}",
             code=None if code is None else _as_error_code(code),
             attempts=attempts_max,
             msg_ids=batch.msg_ids,
         ) from failure
+
+    async def _refresh_quietly(self, topic: str) -> None:
+        try:
+            await self._client.routes.refresh(topic)
+        except NoRouteError as exc:
+            _log.info("route_refresh_failed", topic=topic, error=str(exc))
 
     def _on_unreachable(self, topic: str, group: str, address: str, latency_ms: int) -> None:
         if self.latency_fault_tolerance:
@@ -573,14 +577,17 @@ class Producer:
                 attempts=attempts,
                 msg_ids=batch.msg_ids,
             ) from exc
-        if queue_id != queue.queue_id or len(msg_ids) != len(batch.msg_ids):
-            _log.warning(
-                "send_response_mismatch",
-                queue=str(queue),
-                queue_id=queue_id,
-                msg_ids=len(msg_ids),
-                sent=len(batch.msg_ids),
+        if len(msg_ids) != len(batch.msg_ids):
+            raise SendError(
+                f"group {queue.group!r} acknowledged {len(msg_ids)} of {len(batch.msg_ids)} "
+                "messages",
+                attempts=attempts,
+                msg_ids=batch.msg_ids,
             )
+        if queue_id != queue.queue_id:
+            # A duplicate: an earlier attempt stored the batch in another queue of this
+            # group, and the group answered with where it really is.
+            queue = MessageQueue(queue.topic, queue.group, queue_id)
         return SendResult(
             status=SendStatus.SEND_OK,
             msg_id=msg_ids[0] if msg_ids else batch.msg_ids[0],

@@ -34,7 +34,8 @@ SEND_CODES = (RequestCode.SEND_MESSAGE, RequestCode.SEND_BATCH)
 class Fault:
     """Applied to the next `times` requests with `code` (None: any) reaching `node`
     (None: any node of the group). `action`: "error" answers `error` with `fields`;
-    "hang" never answers; "store_then_hang" handles the request, then never answers."""
+    "hang" never answers; "store_then_hang" handles the request, then never answers;
+    "delay" handles it after `delay_ms` (on trio's clock: virtual under MockClock)."""
 
     code: int | None
     action: str = "error"
@@ -42,6 +43,7 @@ class Fault:
     fields: dict[str, Any] = field(default_factory=dict)
     times: int = 1
     node: int | None = None
+    delay_ms: int = 0
 
 
 @dataclass
@@ -53,11 +55,13 @@ class Stored:
 
 @dataclass
 class Received:
+    group: str
     node: int
     address: str
     code: int
     fields: dict[str, Any]
     body: bytes
+    oneway: bool = False
 
 
 class FakeNode:
@@ -84,15 +88,19 @@ class FakeNode:
     async def handle(self, frame: Frame, peer: Peer) -> Frame | None:
         group = self.group
         fields = dict(frame.fields)
-        group.requests.append(
-            Received(self.node_id, self.address, frame.code, fields, bytes(frame.body))
+        received = Received(
+            group.name, self.node_id, self.address, frame.code, fields, frame.body, frame.is_oneway
         )
+        group.requests.append(received)
+        group.cluster.requests.append(received)
         fault = group.take_fault(frame.code, self.node_id)
         if fault is not None:
             if fault.action == "error":
                 return frame.make_response(fault.fields, error=fault.error, remark="injected")
             if fault.action == "hang":
                 await trio.sleep_forever()
+            if fault.action == "delay":
+                await trio.sleep(fault.delay_ms / 1000)
             if fault.action == "store_then_hang":
                 group.handle_now(self, frame)
                 await trio.sleep_forever()
@@ -338,6 +346,8 @@ class FakeCluster:
         self.namesrv = namesrv
         self.name = name
         self.groups: dict[str, FakeGroup] = {}
+        self.requests: list[Received] = []
+        """Every request any node received, in arrival order."""
         self.wall_ms = 1_700_000_000_000
 
     async def add_group(
@@ -352,6 +362,9 @@ class FakeCluster:
 
     def group(self, name: str) -> FakeGroup:
         return self.groups[name]
+
+    def sends(self) -> list[Received]:
+        return [r for r in self.requests if r.code in SEND_CODES]
 
 
 @dataclass
