@@ -83,11 +83,13 @@ async def test_async_sends_complete_futures_and_callbacks_in_call_order_of_seq()
     async with fake_env() as env, Producer(env.namesrv) as producer:
         seen: list[tuple[SendResult | None, BaseException | None]] = []
         futures = [
-            await producer.send_async(Message("orders", bytes([i])), lambda r, e: seen.append((r, e)))
+            await producer.send_async(
+                Message("orders", bytes([i])), lambda r, e: seen.append((r, e))
+            )
             for i in range(20)
         ]
         results = [await future for future in futures]
-        assert all(future.done() and future.result() is r for future, r in zip(futures, results))
+        assert all(future.done() and future.result() is r for future, r in zip(futures, results, strict=True))
         assert len(seen) == 20 and all(e is None for _, e in seen)
         by_seq = sorted(
             (r for g in ("g1", "g2") for r in env.group(g).sends()), key=lambda r: r.fields["seq"]
@@ -261,7 +263,7 @@ async def test_ordered_sends_never_fall_over_to_another_queue() -> None:
         group.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY, times=3))
         with pytest.raises(SendError):
             await producer.send(Message("orders", b"d"), selector=selector, arg="k")
-        other = [g for g in ("g1", "g2") if g != queue.group][0]
+        other = next(g for g in ("g1", "g2") if g != queue.group)
         assert not env.group(other).sends()
 
 
