@@ -14,6 +14,7 @@ from mq.client.errors import (
     NoRouteError,
     NotLeaderError,
     SendError,
+    SendTimeoutError,
 )
 from mq.client.fault import LatencyFaultTolerance
 from mq.client.producer import Producer, SendCallback, SendFuture, SendResult, SendStatus
@@ -46,5 +47,6 @@ __all__ = [
     "SendFuture",
     "SendResult",
     "SendStatus",
+    "SendTimeoutError",
     "TagFilter",
 ]

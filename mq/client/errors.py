@@ -68,7 +68,8 @@ class SendError(MQClientError):
     """A send failed for good: retries exhausted, or an error that no retry can fix.
 
     `code` is the broker's last `ErrorCode` when a broker answered (None when the last
-    failure was a timeout or a connection error: see `__cause__`); `attempts` is how many
+    failure was a timeout or a connection error: see `__cause__`; a final timeout raises
+    the subclass `SendTimeoutError`); `attempts` is how many
     requests were made. The messages were not acknowledged, but may have been stored
     (after a timeout): their `msg_ids` let a consumer recognise them.
     """
@@ -85,3 +86,9 @@ class SendError(MQClientError):
         self.code = code
         self.attempts = attempts
         self.msg_ids = msg_ids
+
+
+class SendTimeoutError(SendError, MQTimeoutError):
+    """A send whose last attempt timed out: both a `SendError` and a `TimeoutError`.
+    The batch may be stored; a later retry by the application would be a new batch
+    (new sequence number), so consumers should be ready to see it twice."""

@@ -53,6 +53,7 @@ from mq.client.errors import (
     NoRouteError,
     NotLeaderError,
     SendError,
+    SendTimeoutError,
 )
 from mq.client.fault import LatencyFaultTolerance
 from mq.client.host import local_ipv4
@@ -543,7 +544,8 @@ class Producer:
             ) from failure
         if isinstance(failure, NoRouteError) and not contacted:
             raise failure
-        raise SendError(
+        error_type = SendTimeoutError if isinstance(failure, MQTimeoutError) else SendError
+        raise error_type(
             f"send to topic {batch.topic!r} failed after {attempts_max} attempts: {failure}",
             code=None if code is None else _as_error_code(code),
             attempts=attempts_max,

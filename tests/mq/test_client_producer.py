@@ -19,6 +19,7 @@ from mq.client import (
     SelectByHash,
     SendError,
     SendResult,
+    SendTimeoutError,
 )
 from mq.client.queues import stable_hash
 from mq.protocol import ErrorCode, RequestCode
@@ -89,7 +90,10 @@ async def test_async_sends_complete_futures_and_callbacks_in_call_order_of_seq()
             for i in range(20)
         ]
         results = [await future for future in futures]
-        assert all(future.done() and future.result() is r for future, r in zip(futures, results, strict=True))
+        assert all(
+            future.done() and future.result() is r
+            for future, r in zip(futures, results, strict=True)
+        )
         assert len(seen) == 20 and all(e is None for _, e in seen)
         by_seq = sorted(
             (r for g in ("g1", "g2") for r in env.group(g).sends()), key=lambda r: r.fields["seq"]
@@ -284,3 +288,15 @@ async def test_invalid_messages_and_closed_producers_fail_before_sending() -> No
             with pytest.raises(ValueError):
                 await producer.send(Message("orders", b"x", delay_ms=1000))
         assert not env.group("g1").sends()
+
+
+async def test_a_send_that_keeps_timing_out_raises_a_timeout_send_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv, send_timeout_ms=500) as p:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, action="hang", times=3))
+        with pytest.raises(SendTimeoutError) as caught:
+            await p.send(Message("orders", b"x"))
+        assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, SendError)
+        assert caught.value.attempts == 3 and caught.value.code is None
+        assert 1.5 <= trio.current_time() < 3  # three attempts of 0.5 s each
