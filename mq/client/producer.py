@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +48,7 @@ import anyio.abc
 import structlog
 
 from mq.client.errors import (
+    BrokerError,
     ClientClosedError,
     MQClientError,
     MQConnectionError,
@@ -64,7 +67,7 @@ from mq.fields import FieldError, get_int, get_list
 from mq.message import Message, MessageIdGenerator
 from mq.protocol import ErrorCode, Frame, RequestCode, error_name, request
 from mq.route import GroupRoute, TopicRoute
-from storage.record import MESSAGE_BYTES_MAX, encode_messages
+from storage.record import FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, encode_messages
 
 SEND_TIMEOUT_MS_DEFAULT = 3_000
 RETRIES_DEFAULT = 2
@@ -169,37 +172,46 @@ class SendFuture:
         self._done.set()
 
 
+_U32 = struct.Struct("<I")
+_QUEUE_ID_AT = FRAME_HEADER_BYTES
+"""Byte position of a message frame's queue id: right after the 12-byte frame header
+(size, magic, crc), as docs/broker-api.md and storage/FORMAT.md lay it out."""
+_CRC_AT = 8
+
+
 @dataclass(slots=True)
 class _Batch:
-    """A batch as sent, fixed before the first attempt so that retries repeat it."""
+    """A batch as sent: encoded once, before the first attempt, so every retry sends the
+    same bytes (ids, born time, and what the application put in the messages then, even
+    if it changes them later) except for the queue id, which a retry to another queue
+    patches in place like the broker patches the store timestamp."""
 
     topic: str
-    messages: list[Message]
+    first: Message
+    """The first message, for a selector to look at."""
+    count: int
     msg_ids: tuple[str, ...]
     seq: int
-    born_timestamp_ms: int
     code: RequestCode
-    _bodies: dict[int, bytes]
+    frames: bytes
+    sizes: list[int]
+    queue_id: int = 0
 
-    def body(self, queue_id: int, born_host: str, message_bytes_max: int) -> bytes:
-        """The frames for `queue_id` (the queue id is inside each frame, so a retry on
-        another queue re-encodes; everything else is identical)."""
-        body = self._bodies.get(queue_id)
-        if body is None:
-            records = [
-                m.to_record(
-                    msg_id=msg_id,
-                    queue_id=queue_id,
-                    born_timestamp_ms=self.born_timestamp_ms,
-                    born_host=born_host,
+    def body(self, queue_id: int) -> bytes:
+        """The frames with `queue_id` in each (and each CRC recomputed)."""
+        if queue_id != self.queue_id:
+            buf = bytearray(self.frames)
+            view = memoryview(buf)
+            pos = 0
+            for size in self.sizes:
+                _U32.pack_into(buf, pos + _QUEUE_ID_AT, queue_id)
+                _U32.pack_into(
+                    buf, pos + _CRC_AT, zlib.crc32(view[pos + _QUEUE_ID_AT : pos + size])
                 )
-                for m, msg_id in zip(self.messages, self.msg_ids, strict=True)
-            ]
-            buf, _ = encode_messages(records, message_bytes_max=message_bytes_max)
-            body = bytes(buf)
-            self._bodies.clear()  # keep one: memory stays bounded by one batch
-            self._bodies[queue_id] = body
-        return body
+                pos += size
+            view.release()
+            self.frames, self.queue_id = bytes(buf), queue_id
+        return self.frames
 
 
 def _wall_clock_ms() -> int:
@@ -397,25 +409,38 @@ class Producer:
             total += len(message.body)
         if total > self.batch_bytes_max:
             raise ValueError(f"batch bodies total {total} bytes, limit {self.batch_bytes_max}")
+        msg_ids = tuple(self._ids.next_id() for _ in messages)
+        born_timestamp_ms = self._wall_clock_ms()
+        records = [
+            m.to_record(
+                msg_id=msg_id,
+                queue_id=0,
+                born_timestamp_ms=born_timestamp_ms,
+                born_host=self.born_host,
+            )
+            for m, msg_id in zip(messages, msg_ids, strict=True)
+        ]
+        frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
         self._seq += 1
         return _Batch(
             topic=topic,
-            messages=messages,
-            msg_ids=tuple(self._ids.next_id() for _ in messages),
+            first=messages[0],
+            count=len(messages),
+            msg_ids=msg_ids,
             seq=self._seq,
-            born_timestamp_ms=self._wall_clock_ms(),
             code=code,
-            _bodies={},
+            frames=bytes(frames),
+            sizes=sizes,
         )
 
     def _frame(self, batch: _Batch, queue: MessageQueue, *, oneway: bool = False) -> Frame:
-        body = batch.body(queue.queue_id, self.born_host, self.message_bytes_max)
+        body = batch.body(queue.queue_id)
         fields = {
             "topic": batch.topic,
             "queue_id": queue.queue_id,
             "producer_id": self.producer_id,
             "seq": batch.seq,
-            "count": len(batch.messages),
+            "count": batch.count,
         }
         return request(batch.code, fields, body, oneway=oneway)
 
@@ -434,7 +459,7 @@ class Producer:
         queues = writable_queues(route)
         if not queues:
             raise NoRouteError(f"topic {batch.topic!r} has no writable queue")
-        queue = selector.select(queues, batch.messages[0], arg)
+        queue = selector.select(queues, batch.first, arg)
         if queue not in queues:
             raise ValueError(f"the selector returned {queue}, not one of the topic's queues")
         return queue
@@ -646,8 +671,6 @@ def _as_error_code(code: int) -> ErrorCode | int:
 
 
 def _broker_error(response: Frame, address: str, group: str) -> MQClientError:
-    from mq.client.errors import BrokerError
-
     if response.error == ErrorCode.NOT_LEADER:
         leader = response.fields.get("leader")
         return NotLeaderError(

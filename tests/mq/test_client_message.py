@@ -94,3 +94,28 @@ def test_ids_stay_unique_when_the_wall_clock_steps_back() -> None:
 def test_two_generators_in_one_process_differ() -> None:
     a, b = MessageIdGenerator(clock_ms=lambda: 1), MessageIdGenerator(clock_ms=lambda: 1)
     assert a.next_id() != b.next_id()
+
+
+def test_a_retry_on_another_queue_patches_only_the_queue_id_and_crc() -> None:
+    from mq.client.producer import _Batch
+    from mq.protocol import RequestCode
+
+    records = [
+        Message("t", f"body{i}".encode(), tags="x").to_record(
+            msg_id=f"{i:032X}", queue_id=0, born_timestamp_ms=7, born_host="h"
+        )
+        for i in range(3)
+    ]
+    frames, sizes = encode_messages(records)
+    batch = _Batch("t", Message("t", b""), 3, ("a", "b", "c"), 1, RequestCode.SEND_BATCH,
+                   bytes(frames), sizes)  # fmt: skip
+    assert batch.body(0) == bytes(frames)
+    patched = batch.body(5)
+    expected, _ = encode_messages([_with_queue(r, 5) for r in records])
+    assert patched == bytes(expected)  # byte for byte what encoding for queue 5 gives
+
+
+def _with_queue(record: MessageRecord, queue_id: int) -> MessageRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, queue_id=queue_id)
