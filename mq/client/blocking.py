@@ -36,7 +36,7 @@ Client = TypeVar("Client", Producer, PullConsumer, Admin)
 
 class _Facade(Generic[Client]):
     def __init__(self, client: Client, backend: str) -> None:
-        self._client = client
+        self._client: Client = client
         self._backend = backend
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
