@@ -12,9 +12,11 @@ Retry rules (`retries`, default 2, so at most 3 requests per send):
 
 - NOT_LEADER naming a leader: retry the same queue at that leader (it is remembered as
   the group's leader until a route refresh confirms it), and refresh the route.
-- NOT_LEADER without a leader (an election), a connection failure, a timeout: the group
-  is avoided (latency fault tolerance, `mq.client.fault`) and the next attempt goes to a
-  queue of another group when there is one; the route is refreshed.
+- NOT_LEADER without a leader (an election): the next attempt goes to another group
+  (an ordered send re-reads the route and stays).
+- A connection failure or a timeout: the group is avoided (latency fault tolerance,
+  `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
+  which goes to a queue of another group when there is one.
 - SYSTEM_BUSY, SYSTEM_ERROR, SERVICE_NOT_AVAILABLE, REPLICATION_TIMEOUT, FLUSH_TIMEOUT,
   TOPIC_NOT_EXIST, NO_PERMISSION: the group's latency is recorded, the next attempt
   prefers another group (RocketMQ's retryable broker codes, plus our replication ones).
@@ -536,6 +538,11 @@ class Producer:
             except (MQConnectionError, MQTimeoutError) as exc:
                 self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - started_ms)
                 failure, code, avoid_group = exc, None, queue.group
+                if attempt < attempts_max:
+                    # The node may be gone for good and the NameServer may know its
+                    # successor: learn it before the next try (which may have nowhere
+                    # else to go: an ordered send, a one-group topic).
+                    await self._refresh_quietly(batch.topic)
                 continue
             latency_ms = self._now_ms() - started_ms
             if response.ok:

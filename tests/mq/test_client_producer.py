@@ -300,3 +300,23 @@ async def test_a_send_that_keeps_timing_out_raises_a_timeout_send_error(
         assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, SendError)
         assert caught.value.attempts == 3 and caught.value.code is None
         assert 1.5 <= trio.current_time() < 3  # three attempts of 0.5 s each
+
+
+async def test_during_an_election_sends_go_to_another_group() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        await producer.send(Message("orders", b"warm"))
+        await env.group("g1").elect(None, register=False)  # every g1 node: NOT_LEADER, no leader
+        results = [await producer.send(Message("orders", b"x")) for _ in range(6)]
+        assert {r.group for r in results} == {"g2"}
+
+
+async def test_after_a_connection_failure_the_route_is_read_again_before_retrying() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        await producer.send(Message("orders", b"warm"))
+        await group.elect(1)  # the NameServer learns of node 1 ...
+        group.node(0).kill()  # ... and the old leader is gone
+        result = await producer.send(Message("orders", b"x"))
+        assert result.attempts == 2
+        assert group.sends()[-1].node == 1
+        assert [m.body for m in group.all_messages()] == [b"warm", b"x"]
