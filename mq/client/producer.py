@@ -1,0 +1,691 @@
+"""The producer: sends messages to the leader of a broker group, with retries that
+cannot duplicate a batch inside a group.
+
+Every batch (one message is a batch of one) gets, once, before its first attempt:
+message ids from the producer's `MessageIdGenerator`, and a sequence number `seq`,
+strictly increasing per producer, sent with the producer's `producer_id`. Every retry
+of the batch carries the same ids and the same (producer_id, seq), so a group that
+already stored it (the answer was lost, or timed out) answers with the original result
+instead of storing it twice (see docs/broker-api.md, SEND_MESSAGE).
+
+Retry rules (`retries`, default 2, so at most 3 requests per send):
+
+- NOT_LEADER naming a leader: retry the same queue at that leader (it is remembered as
+  the group's leader until a route refresh confirms it), and refresh the route.
+- NOT_LEADER without a leader (an election): the next attempt goes to another group
+  (an ordered send re-reads the route and stays).
+- A connection failure or a timeout: the group is avoided (latency fault tolerance,
+  `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
+  which goes to a queue of another group when there is one.
+- SYSTEM_BUSY, SYSTEM_ERROR, SERVICE_NOT_AVAILABLE, REPLICATION_TIMEOUT, FLUSH_TIMEOUT,
+  TOPIC_NOT_EXIST, NO_PERMISSION: the group's latency is recorded, the next attempt
+  prefers another group (RocketMQ's retryable broker codes, plus our replication ones).
+- Anything else (INVALID_TOPIC, MESSAGE_TOO_LARGE, INVALID_REQUEST, ...): no retry.
+
+Ordered sends (`selector=`): the selector picks the queue once and every retry stays
+on that queue (possibly at its group's new leader); an ordered message never falls
+over to another queue, since that would reorder it against its shard's other messages.
+
+Queue selection for other sends is RocketMQ's with latency fault tolerance on: round-
+robin over the writable queues of groups that are available and have a known leader,
+preferring a group other than the one that just failed; if no group is available, one
+of the least bad half (`LatencyFaultTolerance.pick_one_at_least`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from mq.client.errors import (
+    BrokerError,
+    ClientClosedError,
+    MQClientError,
+    MQConnectionError,
+    MQTimeoutError,
+    NoRouteError,
+    NotLeaderError,
+    SendError,
+    SendTimeoutError,
+)
+from mq.client.fault import LatencyFaultTolerance
+from mq.client.host import local_ipv4
+from mq.client.instance import ClientInstance
+from mq.client.queues import MessageQueue, MessageQueueSelector, writable_queues
+from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
+from mq.fields import FieldError, get_int, get_list
+from mq.message import Message, MessageIdGenerator
+from mq.protocol import ErrorCode, Frame, RequestCode, error_name, request
+from mq.route import GroupRoute, TopicRoute
+from storage.record import FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, encode_messages
+
+SEND_TIMEOUT_MS_DEFAULT = 3_000
+RETRIES_DEFAULT = 2
+BATCH_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
+"""Largest encoded batch (RocketMQ's 4 MiB); well under the 16 MiB frame limit."""
+BATCH_COUNT_MAX = 1024
+ASYNC_IN_FLIGHT_MAX_DEFAULT = 1024
+"""`send_async` calls running at once; more wait in `send_async` (back-pressure)."""
+
+RETRYABLE_ERRORS = frozenset(
+    {
+        ErrorCode.SYSTEM_BUSY,
+        ErrorCode.SYSTEM_ERROR,
+        ErrorCode.SERVICE_NOT_AVAILABLE,
+        ErrorCode.REPLICATION_TIMEOUT,
+        ErrorCode.FLUSH_TIMEOUT,
+        ErrorCode.TOPIC_NOT_EXIST,
+        ErrorCode.NO_PERMISSION,
+    }
+)
+ROUTE_ERRORS = frozenset({ErrorCode.TOPIC_NOT_EXIST, ErrorCode.NO_PERMISSION})
+"""Errors that mean our route is stale: refresh it."""
+
+_log = structlog.get_logger("mq.client")
+
+
+class SendStatus(StrEnum):
+    """RocketMQ's send statuses. Our broker answers only once the batch is committed by
+    a majority and flushed as configured, and fails the request otherwise, so SEND_OK
+    is the only status a result can have."""
+
+    SEND_OK = "SEND_OK"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: SendStatus
+    msg_id: str
+    """The first (for a single send, the only) message id."""
+    msg_ids: tuple[str, ...]
+    queue: MessageQueue
+    queue_offset: int
+    """Queue offset of the first message; a batch's messages are contiguous."""
+    commit_offset: int | None = None
+    duplicate: bool = False
+    """The group had stored this batch already (a retry of a lost answer)."""
+    attempts: int = 1
+
+    @property
+    def topic(self) -> str:
+        return self.queue.topic
+
+    @property
+    def group(self) -> str:
+        return self.queue.group
+
+    @property
+    def queue_id(self) -> int:
+        return self.queue.queue_id
+
+
+SendCallback = Callable[[SendResult | None, BaseException | None], object]
+"""Called with (result, None) or (None, error) when an async send completes. It may be a
+coroutine function; it runs in the producer's task group, so it should be quick."""
+
+
+class SendFuture:
+    """The pending result of `send_async`: `await future` returns the SendResult or
+    raises the send's error. Works under trio and asyncio alike."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._result: SendResult | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> SendResult:
+        """The result now; raises the send's error, or RuntimeError if not done."""
+        if not self.done():
+            raise RuntimeError("the send has not completed")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        if not self.done():
+            raise RuntimeError("the send has not completed")
+        return self._error
+
+    async def wait(self) -> SendResult:
+        await self._done.wait()
+        return self.result()
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+    def _set(self, result: SendResult | None, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+
+_U32 = struct.Struct("<I")
+_QUEUE_ID_AT = FRAME_HEADER_BYTES
+"""Byte position of a message frame's queue id: right after the 12-byte frame header
+(size, magic, crc), as docs/broker-api.md and storage/FORMAT.md lay it out."""
+_CRC_AT = 8
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch as sent: encoded once, before the first attempt, so every retry sends the
+    same bytes (ids, born time, and what the application put in the messages then, even
+    if it changes them later) except for the queue id, which a retry to another queue
+    patches in place like the broker patches the store timestamp."""
+
+    topic: str
+    first: Message
+    """The first message, for a selector to look at."""
+    count: int
+    msg_ids: tuple[str, ...]
+    seq: int
+    code: RequestCode
+    frames: bytes
+    sizes: list[int]
+    queue_id: int = 0
+
+    def body(self, queue_id: int) -> bytes:
+        """The frames with `queue_id` in each (and each CRC recomputed)."""
+        if queue_id != self.queue_id:
+            buf = bytearray(self.frames)
+            view = memoryview(buf)
+            pos = 0
+            for size in self.sizes:
+                _U32.pack_into(buf, pos + _QUEUE_ID_AT, queue_id)
+                _U32.pack_into(
+                    buf, pos + _CRC_AT, zlib.crc32(view[pos + _QUEUE_ID_AT : pos + size])
+                )
+                pos += size
+            view.release()
+            self.frames, self.queue_id = bytes(buf), queue_id
+        return self.frames
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Producer:
+    """Sends messages. Use as `async with Producer(namesrv=[...]) as producer:`.
+
+    Options: `group` (producer group name, informational for now), `producer_id`
+    (default: a fresh uuid4; it must not be shared by two live producers),
+    `send_timeout_ms` per request, `retries` per send, `latency_fault_tolerance`,
+    `route_refresh_ms`, `connect_timeout_ms`, `message_bytes_max` (per body),
+    `batch_bytes_max`, `async_in_flight_max`.
+    """
+
+    def __init__(
+        self,
+        namesrv: Sequence[str] | str,
+        *,
+        group: str | None = None,
+        producer_id: str | None = None,
+        send_timeout_ms: int = SEND_TIMEOUT_MS_DEFAULT,
+        retries: int = RETRIES_DEFAULT,
+        latency_fault_tolerance: bool = True,
+        route_refresh_ms: int = REFRESH_INTERVAL_MS_DEFAULT,
+        connect_timeout_ms: int = 3_000,
+        message_bytes_max: int = MESSAGE_BYTES_MAX,
+        batch_bytes_max: int = BATCH_BYTES_MAX_DEFAULT,
+        async_in_flight_max: int = ASYNC_IN_FLIGHT_MAX_DEFAULT,
+        born_host: str | None = None,
+        id_generator: MessageIdGenerator | None = None,
+        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if async_in_flight_max <= 0:
+            raise ValueError("async_in_flight_max must be positive")
+        self.group = group
+        self.retries = retries
+        self.send_timeout_ms = send_timeout_ms
+        self.message_bytes_max = message_bytes_max
+        self.batch_bytes_max = batch_bytes_max
+        self.latency_fault_tolerance = latency_fault_tolerance
+        self._client = ClientInstance(
+            namesrv,
+            request_timeout_ms=send_timeout_ms,
+            connect_timeout_ms=connect_timeout_ms,
+            route_refresh_ms=route_refresh_ms,
+        )
+        if producer_id is None:
+            self.producer_id = uuid.uuid4().hex
+            first_seq = 1
+        else:
+            # A caller-chosen id may be reused by a restarted process: start above any
+            # sequence number its previous incarnation can have used.
+            self.producer_id = producer_id
+            first_seq = time.time_ns() // 1000
+        self._seq = first_seq - 1
+        ip = local_ipv4()
+        self.born_host = born_host if born_host is not None else ip
+        self._ids = id_generator or MessageIdGenerator(ip=ip)
+        self._wall_clock_ms = wall_clock_ms
+        self.fault = LatencyFaultTolerance(self._now_ms)
+        self._round_robin: dict[str, itertools.count[int]] = {}
+        self._async_in_flight_max = async_in_flight_max
+        self._async_slots = anyio.Semaphore(async_in_flight_max)
+        self._async_group: anyio.abc.TaskGroup | None = None
+        self._open = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        await self._client.start()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._async_group = group
+        self._open = True
+
+    async def aclose(self) -> None:
+        """Wait for the async sends in flight (each bounded by its timeouts), then close."""
+        if not self._open:
+            await self._client.aclose()
+            return
+        self._open = False
+        try:
+            if self._async_group is not None:
+                await self._async_group.__aexit__(None, None, None)
+        finally:
+            await self._client.aclose()
+
+    # --- sending ---------------------------------------------------------------------
+
+    async def send(
+        self,
+        message: Message,
+        *,
+        selector: MessageQueueSelector | None = None,
+        arg: Any = None,
+    ) -> SendResult:
+        """Send one message and wait until the group has committed it.
+
+        With `selector`, the queue is `selector.select(queues, message, arg)` and the
+        send never moves to another queue (ordered messages). Raises SendError,
+        NoRouteError, ValueError (invalid message), ClientClosedError.
+        """
+        batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+        return await self._deliver(batch, selector, arg)
+
+    async def send_batch(
+        self,
+        messages: Sequence[Message],
+        *,
+        selector: MessageQueueSelector | None = None,
+        arg: Any = None,
+    ) -> SendResult:
+        """Send messages of one topic as one request: stored together in one queue,
+        contiguous, all or nothing. `result.msg_ids` follows the input order."""
+        batch = self._prepare(list(messages), RequestCode.SEND_BATCH)
+        return await self._deliver(batch, selector, arg)
+
+    async def send_async(
+        self,
+        message: Message,
+        callback: SendCallback | None = None,
+        *,
+        selector: MessageQueueSelector | None = None,
+        arg: Any = None,
+    ) -> SendFuture:
+        """Start sending and return a `SendFuture` at once; `callback`, if given, is
+        called when it completes. Waits only when `async_in_flight_max` sends are already
+        running. The send belongs to the producer: closing it waits for the send."""
+        batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+        future = SendFuture()
+        await self._async_slots.acquire()
+        if self._async_group is None or not self._open:
+            self._async_slots.release()
+            raise ClientClosedError("the producer is closed")
+        self._async_group.start_soon(self._run_async, batch, selector, arg, future, callback)
+        return future
+
+    async def send_oneway(
+        self,
+        message: Message,
+        *,
+        selector: MessageQueueSelector | None = None,
+        arg: Any = None,
+    ) -> None:
+        """Send without waiting for (or getting) an answer: one attempt, no retry; the
+        message may be lost. Returns once the request is written to the socket."""
+        batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+        route = await self._client.routes.get(batch.topic)
+        if selector is not None:
+            queue = self._select_ordered(route, batch, selector, arg)
+        else:
+            queue = self._select_queue(batch.topic, route, None)
+        address = self._leader(route, queue)
+        if address is None:
+            raise NoRouteError(f"group {queue.group!r} has no known leader")
+        try:
+            await self._client.pool.send_oneway(address, self._frame(batch, queue, oneway=True))
+        except MQConnectionError:
+            self._on_unreachable(batch.topic, queue.group, address, 0)
+            raise
+
+    # --- internals: preparing a batch -------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ClientClosedError("the producer is not started (use `async with`) or closed")
+
+    def _prepare(self, messages: list[Message], code: RequestCode) -> _Batch:
+        self._check_open()
+        if not messages:
+            raise ValueError("a batch needs at least one message")
+        if len(messages) > BATCH_COUNT_MAX:
+            raise ValueError(f"a batch holds at most {BATCH_COUNT_MAX} messages")
+        topic = messages[0].topic
+        total = 0
+        for message in messages:
+            if not isinstance(message, Message):
+                raise TypeError(f"expected a Message, got {type(message).__name__}")
+            message.validate(body_bytes_max=self.message_bytes_max)
+            if message.topic != topic:
+                raise ValueError("every message of a batch must have the same topic")
+            if message.delay_ms is not None:
+                raise ValueError("delayed delivery (delay_ms) is not supported by the broker yet")
+            total += len(message.body)
+        if total > self.batch_bytes_max:
+            raise ValueError(f"batch bodies total {total} bytes, limit {self.batch_bytes_max}")
+        msg_ids = tuple(self._ids.next_id() for _ in messages)
+        born_timestamp_ms = self._wall_clock_ms()
+        records = [
+            m.to_record(
+                msg_id=msg_id,
+                queue_id=0,
+                born_timestamp_ms=born_timestamp_ms,
+                born_host=self.born_host,
+            )
+            for m, msg_id in zip(messages, msg_ids, strict=True)
+        ]
+        frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
+        self._seq += 1
+        return _Batch(
+            topic=topic,
+            first=messages[0],
+            count=len(messages),
+            msg_ids=msg_ids,
+            seq=self._seq,
+            code=code,
+            frames=bytes(frames),
+            sizes=sizes,
+        )
+
+    def _frame(self, batch: _Batch, queue: MessageQueue, *, oneway: bool = False) -> Frame:
+        body = batch.body(queue.queue_id)
+        fields = {
+            "topic": batch.topic,
+            "queue_id": queue.queue_id,
+            "producer_id": self.producer_id,
+            "seq": batch.seq,
+            "count": batch.count,
+        }
+        return request(batch.code, fields, body, oneway=oneway)
+
+    # --- internals: choosing a queue ------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(anyio.current_time() * 1000)
+
+    def _leader(self, route: TopicRoute, queue: MessageQueue) -> str | None:
+        group = _group_route(route, queue.group)
+        return None if group is None else self._client.routes.leader_of(group.info)
+
+    def _select_ordered(
+        self, route: TopicRoute, batch: _Batch, selector: MessageQueueSelector, arg: Any
+    ) -> MessageQueue:
+        queues = writable_queues(route)
+        if not queues:
+            raise NoRouteError(f"topic {batch.topic!r} has no writable queue")
+        queue = selector.select(queues, batch.first, arg)
+        if queue not in queues:
+            raise ValueError(f"the selector returned {queue}, not one of the topic's queues")
+        return queue
+
+    def _select_queue(self, topic: str, route: TopicRoute, avoid_group: str | None) -> MessageQueue:
+        """RocketMQ's selectOneMessageQueue, with latency fault tolerance."""
+        routes = self._client.routes
+        queues = [
+            q for q in writable_queues(route)
+            if (g := _group_route(route, q.group)) and routes.leader_of(g.info) is not None
+        ]  # fmt: skip
+        if not queues:
+            raise NoRouteError(f"topic {topic!r} has no writable queue in a group with a leader")
+        counter = self._round_robin.get(topic)
+        if counter is None:
+            counter = self._round_robin[topic] = itertools.count(random.randrange(1024))
+        start = next(counter)
+        n = len(queues)
+        ordered = [queues[(start + i) % n] for i in range(n)]
+        if not self.latency_fault_tolerance:
+            return next((q for q in ordered if q.group != avoid_group), ordered[0])
+        fault = self.fault
+        for q in ordered:
+            if q.group != avoid_group and fault.available(q.group):
+                return q
+        for q in ordered:
+            if fault.available(q.group):
+                return q
+        best = fault.pick_one_at_least(q.group for q in ordered)
+        return next(q for q in ordered if q.group == best)
+
+    # --- internals: the attempts ----------------------------------------------------
+
+    async def _deliver(
+        self, batch: _Batch, selector: MessageQueueSelector | None, arg: Any
+    ) -> SendResult:
+        client = self._client
+        attempts_max = 1 + self.retries
+        queue: MessageQueue | None = None
+        redirect: str | None = None  # the leader a NOT_LEADER answer named
+        avoid_group: str | None = None
+        failure: BaseException | None = None
+        code: int | None = None
+        contacted = False  # whether any request reached (or was sent towards) a broker
+        for attempt in range(1, attempts_max + 1):
+            route = await client.routes.get(batch.topic)  # NoRouteError: nowhere to send
+            if selector is not None:
+                if queue is None:
+                    queue = self._select_ordered(route, batch, selector, arg)
+            elif redirect is None:
+                try:
+                    queue = self._select_queue(batch.topic, route, avoid_group)
+                except NoRouteError as exc:
+                    # No group has a leader now (an election): asking the NameServer
+                    # before the next try both learns the outcome and paces the retries.
+                    failure, code = exc, None
+                    await self._refresh_quietly(batch.topic)
+                    continue
+            assert queue is not None
+            address = redirect or self._leader(route, queue)
+            redirect = None
+            if address is None:
+                # Only an ordered send can get here (selection skips leaderless groups):
+                # it must stay on this queue, so learn the leader before the next try.
+                failure, code = NoRouteError(f"group {queue.group!r} has no known leader"), None
+                await self._refresh_quietly(batch.topic)
+                continue
+            contacted = True
+            started_ms = self._now_ms()
+            try:
+                response = await client.pool.request(
+                    address, self._frame(batch, queue), timeout_s=self.send_timeout_ms / 1000
+                )
+            except (MQConnectionError, MQTimeoutError) as exc:
+                self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - started_ms)
+                failure, code, avoid_group = exc, None, queue.group
+                if attempt < attempts_max:
+                    # The node may be gone for good and the NameServer may know its
+                    # successor: learn it before the next try (which may have nowhere
+                    # else to go: an ordered send, a one-group topic).
+                    await self._refresh_quietly(batch.topic)
+                continue
+            latency_ms = self._now_ms() - started_ms
+            if response.ok:
+                self.fault.update(queue.group, latency_ms)
+                return self._result(batch, queue, response, attempt)
+            code = response.error
+            failure = _broker_error(response, address, queue.group)
+            if code == ErrorCode.NOT_LEADER:
+                assert isinstance(failure, NotLeaderError)
+                leader = failure.leader if failure.leader != address else None
+                client.routes.note_leader(queue.group, leader)
+                client.routes.request_refresh(batch.topic)
+                if leader is not None:
+                    redirect = leader
+                elif selector is not None:
+                    await self._refresh_quietly(batch.topic)  # pinned: wait for news
+                else:
+                    avoid_group = queue.group
+                continue
+            if code in RETRYABLE_ERRORS:
+                self.fault.update(queue.group, latency_ms)
+                if code in ROUTE_ERRORS:
+                    client.routes.request_refresh(batch.topic)
+                avoid_group = queue.group
+                continue
+            raise SendError(
+                f"send to {queue} at {address} failed: {failure}",
+                code=_as_error_code(code),
+                attempts=attempt,
+                msg_ids=batch.msg_ids,
+            ) from failure
+        if isinstance(failure, NoRouteError) and not contacted:
+            raise failure
+        error_type = SendTimeoutError if isinstance(failure, MQTimeoutError) else SendError
+        raise error_type(
+            f"send to topic {batch.topic!r} failed after {attempts_max} attempts: {failure}",
+            code=None if code is None else _as_error_code(code),
+            attempts=attempts_max,
+            msg_ids=batch.msg_ids,
+        ) from failure
+
+    async def _refresh_quietly(self, topic: str) -> None:
+        try:
+            await self._client.routes.refresh(topic)
+        except NoRouteError as exc:
+            _log.info("route_refresh_failed", topic=topic, error=str(exc))
+
+    def _on_unreachable(self, topic: str, group: str, address: str, latency_ms: int) -> None:
+        if self.latency_fault_tolerance:
+            self.fault.update(group, latency_ms, isolation=True)
+        self._client.routes.forget_leader(group, address)
+        self._client.routes.request_refresh(topic)
+
+    def _result(
+        self, batch: _Batch, queue: MessageQueue, response: Frame, attempts: int
+    ) -> SendResult:
+        fields = response.fields
+        try:
+            msg_ids = tuple(str(m) for m in get_list(fields, "msg_ids", default=batch.msg_ids))
+            queue_offset = get_int(fields, "queue_offset")
+            commit_offset = fields.get("commit_offset")
+            queue_id = get_int(fields, "queue_id", default=queue.queue_id)
+        except FieldError as exc:
+            raise SendError(
+                f"malformed send response from group {queue.group!r}: {exc}",
+                attempts=attempts,
+                msg_ids=batch.msg_ids,
+            ) from exc
+        if len(msg_ids) != len(batch.msg_ids):
+            raise SendError(
+                f"group {queue.group!r} acknowledged {len(msg_ids)} of {len(batch.msg_ids)} "
+                "messages",
+                attempts=attempts,
+                msg_ids=batch.msg_ids,
+            )
+        if queue_id != queue.queue_id:
+            # A duplicate: an earlier attempt stored the batch in another queue of this
+            # group, and the group answered with where it really is.
+            queue = MessageQueue(queue.topic, queue.group, queue_id)
+        return SendResult(
+            status=SendStatus.SEND_OK,
+            msg_id=msg_ids[0] if msg_ids else batch.msg_ids[0],
+            msg_ids=msg_ids,
+            queue=queue,
+            queue_offset=queue_offset,
+            commit_offset=commit_offset if isinstance(commit_offset, int) else None,
+            duplicate=bool(fields.get("duplicate", False)),
+            attempts=attempts,
+        )
+
+    async def _run_async(
+        self,
+        batch: _Batch,
+        selector: MessageQueueSelector | None,
+        arg: Any,
+        future: SendFuture,
+        callback: SendCallback | None,
+    ) -> None:
+        result: SendResult | None = None
+        error: BaseException | None = None
+        try:
+            result = await self._deliver(batch, selector, arg)
+        except anyio.get_cancelled_exc_class():
+            future._set(None, ClientClosedError("the send was cancelled"))
+            self._async_slots.release()
+            raise
+        except Exception as exc:
+            # Every failure belongs to the caller's future, never to the task group:
+            # one failed send must not take the producer down.
+            error = exc
+        finally:
+            if not future.done():
+                future._set(result, error)
+                self._async_slots.release()
+        if callback is not None:
+            try:
+                outcome = callback(result, error)
+                if isinstance(outcome, Awaitable):
+                    await outcome
+            except Exception:
+                _log.exception("send_callback_failed", topic=batch.topic)
+
+
+def _group_route(route: TopicRoute, group: str) -> GroupRoute | None:
+    return next((g for g in route.groups if g.group == group), None)
+
+
+def _as_error_code(code: int) -> ErrorCode | int:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code
+
+
+def _broker_error(response: Frame, address: str, group: str) -> MQClientError:
+    if response.error == ErrorCode.NOT_LEADER:
+        leader = response.fields.get("leader")
+        return NotLeaderError(
+            response.remark,
+            address=address,
+            leader=leader if isinstance(leader, str) and leader else None,
+            group=str(response.fields.get("group") or group),
+        )
+    return BrokerError(
+        response.error, response.remark or error_name(response.error), address=address
+    )

@@ -1,0 +1,123 @@
+"""The same client scenarios under asyncio and trio, and the blocking facade.
+
+The fake brokers and the NameServer run on trio in a thread of their own (an anyio
+blocking portal), so the client under test owns its event loop, whichever it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from mq.client import (
+    Admin,
+    Message,
+    MessageQueue,
+    Producer,
+    PullConsumer,
+    PullStatus,
+    SelectByHash,
+    SendError,
+)
+from mq.client.blocking import BlockingAdmin, BlockingProducer, BlockingPullConsumer
+from mq.protocol import ErrorCode, RequestCode
+from tests.mq.fake_broker import Env, Fault, fake_env
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with (
+        start_blocking_portal("trio") as portal,
+        portal.wrap_async_context_manager(fake_env()) as running,
+    ):
+        yield running
+
+
+async def produce_and_consume(env: Env, topic: str) -> None:
+    """Create a topic, send every way there is, pull it all back with tag filtering."""
+    async with Admin(env.namesrv) as admin:
+        await admin.create_topic(topic, queues=1, group="g1")
+    queue = MessageQueue(topic, "g1", 0)
+    async with Producer(env.namesrv) as producer:
+        ids = [(await producer.send(Message(topic, b"one", tags="a"))).msg_id]
+        batch = await producer.send_batch([Message(topic, b"two", tags="b"), Message(topic, b"3")])
+        ids += batch.msg_ids
+        seen = []
+        future = await producer.send_async(
+            Message(topic, b"four", tags="a"), lambda r, e: seen.append(r)
+        )
+        ids.append((await future).msg_id)
+        ordered = await producer.send(Message(topic, b"five"), selector=SelectByHash(), arg=7)
+        ids.append(ordered.msg_id)
+        assert ordered.queue == queue and seen[0].msg_id == ids[3]
+    async with PullConsumer(env.namesrv) as consumer:
+        everything = await consumer.pull(queue, 0)
+        assert [m.msg_id for m in everything.messages] == ids
+        tagged = await consumer.pull(queue, 0, tags="a || b")
+        assert [m.body for m in tagged.messages] == [b"one", b"two", b"four"]
+        assert (await consumer.pull(queue, 5)).status is PullStatus.NO_NEW_MSG
+        assert await consumer.max_offset(queue) == 5
+
+
+async def send_errors_are_clear(env: Env, topic: str) -> None:
+    async with Admin(env.namesrv) as admin:
+        await admin.create_topic(topic, queues=1, group="g2")
+    env.group("g2").fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.MESSAGE_TOO_LARGE))
+    async with Producer(env.namesrv) as producer:
+        with pytest.raises(SendError) as caught:
+            await producer.send(Message(topic, b"x"))
+        assert caught.value.code == ErrorCode.MESSAGE_TOO_LARGE
+
+
+SCENARIOS = [produce_and_consume, send_errors_are_clear]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_client_runs_under(env: Env, backend: str, scenario) -> None:  # type: ignore[no-untyped-def]
+    topic = f"{scenario.__name__}-{backend}"
+    anyio.run(scenario, env, topic, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_blocking_facade_from_threads(env: Env, backend: str) -> None:
+    topic = f"blocking-{backend}"
+    with BlockingAdmin(env.namesrv, backend=backend) as admin:
+        assert admin.create_topic(topic, 1, group="g1") == ["g1"]
+        assert admin.cluster_info().clusters() == {"c1": ["g1", "g2"]}
+        assert [g.group for g in admin.topic_route(topic).groups] == ["g1"]
+    queue = MessageQueue(topic, "g1", 0)
+    with BlockingProducer(env.namesrv, backend=backend) as producer:
+        results = []
+
+        def worker(i: int) -> None:
+            results.append(producer.send(Message(topic, f"t{i}".encode())))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 4
+        futures = [producer.send_async(Message(topic, b"async")) for _ in range(3)]
+        assert all(f.result(timeout=30).status == "SEND_OK" for f in futures)
+        producer.send_batch([Message(topic, b"b1"), Message(topic, b"b2")])
+        producer.send_oneway(Message(topic, b"oneway"))
+    with BlockingPullConsumer(env.namesrv, backend=backend) as consumer:
+        assert consumer.fetch_queues(topic) == [queue]
+        pulled = consumer.pull(queue, 0)
+        assert len(pulled.messages) >= 9  # the one-way send may still be on its way
+        assert consumer.min_offset(queue) == 0
+        assert consumer.view_message(topic, pulled.messages[0].msg_id) is not None
+
+
+def test_blocking_facade_must_be_started(env: Env) -> None:
+    from mq.client import ClientClosedError
+
+    producer = BlockingProducer(env.namesrv)
+    with pytest.raises(ClientClosedError):
+        producer.send(Message("orders", b"x"))

@@ -1,0 +1,322 @@
+"""Producer against fake broker groups and a real NameServer over loopback (trio).
+
+Timing-dependent tests run on trio's MockClock (autojump): a hung broker or a 30 s
+avoidance period costs no wall-clock time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from mq.client import (
+    ClientClosedError,
+    Message,
+    MessageQueue,
+    NoRouteError,
+    Producer,
+    SelectByHash,
+    SendError,
+    SendResult,
+    SendTimeoutError,
+)
+from mq.client.queues import stable_hash
+from mq.protocol import ErrorCode, RequestCode
+from storage.record import MessageRecord
+from tests.mq.fake_broker import Fault, fake_env
+
+
+def decode_body(body: bytes) -> list[MessageRecord]:
+    records, pos = [], 0
+    while pos < len(body):
+        size = int.from_bytes(body[pos : pos + 4], "little")
+        records.append(MessageRecord.decode(body[pos : pos + size]))
+        pos += size
+    return records
+
+
+async def test_send_is_stored_at_the_leader_with_its_fields() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        message = Message("orders", b"hello", tags="a", keys=["k1", "k2"], properties={"p": "v"})
+        result = await producer.send(message)
+        assert result.status == "SEND_OK" and result.attempts == 1 and not result.duplicate
+        group = env.group(result.group)
+        (stored,) = group.messages("orders", result.queue_id)
+        assert stored.msg_id == result.msg_id == result.msg_ids[0]
+        assert (stored.body, stored.tags, stored.keys) == (b"hello", "a", "k1 k2")
+        assert stored.properties == {"p": "v"} and stored.born_host == producer.born_host
+        (request,) = group.sends()
+        assert request.address == group.leader.address
+        assert request.code == RequestCode.SEND_MESSAGE
+        assert request.fields["producer_id"] == producer.producer_id
+        assert request.fields["count"] == 1
+
+
+async def test_sends_round_robin_over_every_queue_of_every_group() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        results = [await producer.send(Message("orders", b"x")) for _ in range(8)]
+        assert {r.queue for r in results} == {
+            MessageQueue("orders", g, q) for g in ("g1", "g2") for q in range(4)
+        }
+        seqs = [r.fields["seq"] for g in ("g1", "g2") for r in env.group(g).sends()]
+        assert sorted(seqs) == list(range(1, 9))
+
+
+async def test_batch_is_one_request_with_contiguous_offsets() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        await producer.send(Message("orders", b"first"))
+        messages = [Message("orders", f"m{i}".encode(), keys=[f"k{i}"]) for i in range(5)]
+        result = await producer.send_batch(messages)
+        group = env.group(result.group)
+        batch_requests = [r for r in group.sends() if r.code == RequestCode.SEND_BATCH]
+        assert len(batch_requests) == 1 and batch_requests[0].fields["count"] == 5
+        stored = group.messages("orders", result.queue_id)[result.queue_offset :]
+        assert [s.body for s in stored] == [m.body for m in messages]
+        assert [s.msg_id for s in stored] == list(result.msg_ids)
+        with pytest.raises(ValueError):
+            await producer.send_batch([Message("orders", b""), Message("other", b"")])
+        with pytest.raises(ValueError):
+            await producer.send_batch([])
+
+
+async def test_async_sends_complete_futures_and_callbacks_in_call_order_of_seq() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        seen: list[tuple[SendResult | None, BaseException | None]] = []
+        futures = [
+            await producer.send_async(
+                Message("orders", bytes([i])), lambda r, e: seen.append((r, e))
+            )
+            for i in range(20)
+        ]
+        results = [await future for future in futures]
+        assert all(
+            future.done() and future.result() is r
+            for future, r in zip(futures, results, strict=True)
+        )
+        assert len(seen) == 20 and all(e is None for _, e in seen)
+        by_seq = sorted(
+            (r for g in ("g1", "g2") for r in env.group(g).sends()), key=lambda r: r.fields["seq"]
+        )
+        assert [decode_body(r.body)[0].body for r in by_seq] == [bytes([i]) for i in range(20)]
+
+
+async def test_async_send_failure_goes_to_the_future_not_the_producer() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.INVALID_REQUEST))
+        errors: list[BaseException | None] = []
+        future = await producer.send_async(Message("orders", b"x"), lambda r, e: errors.append(e))
+        with pytest.raises(SendError):
+            await future
+        assert isinstance(errors[0], SendError)
+        assert (await producer.send(Message("orders", b"y"))).status == "SEND_OK"
+
+
+async def test_closing_the_producer_waits_for_async_sends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, action="delay", delay_ms=2000))
+        async with Producer(env.namesrv) as producer:
+            future = await producer.send_async(Message("orders", b"x"))
+        assert future.done() and future.result().status == "SEND_OK"
+        with pytest.raises(ClientClosedError):
+            await producer.send(Message("orders", b"x"))
+
+
+async def test_oneway_send_is_delivered_without_an_answer() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        assert await producer.send_oneway(Message("orders", b"fire")) is None
+        await trio.testing.wait_all_tasks_blocked()  # the broker has read and handled it
+        (stored,) = env.group("g1").all_messages()
+        assert stored.body == b"fire"
+        assert env.group("g1").sends()[0].oneway
+
+
+async def test_not_leader_retries_at_the_named_leader_with_the_same_seq_and_ids() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        await producer.send(Message("orders", b"warm the route"))
+        await group.elect(2, register=False)  # the NameServer still names node 0
+        result = await producer.send(Message("orders", b"x"))
+        assert result.attempts == 2
+        first, second = group.sends()[1:]
+        assert first.address == group.node(0).address
+        assert second.address == group.node(2).address
+        assert first.fields["seq"] == second.fields["seq"]
+        assert first.body == second.body  # same ids, same born time, same frames
+        assert [r.msg_id for r in decode_body(second.body)] == [result.msg_id]
+        # The named leader is remembered: the next send goes straight to it.
+        await producer.send(Message("orders", b"y"))
+        assert group.sends()[-1].address == group.node(2).address
+        assert len(group.sends()) == 4
+
+
+async def test_a_lost_answer_is_retried_with_the_same_seq_and_stored_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv, send_timeout_ms=1000) as p:
+        group = env.group("g1")
+        group.fault(Fault(RequestCode.SEND_MESSAGE, action="store_then_hang"))
+        result = await p.send(Message("orders", b"once"))
+        assert result.duplicate and result.attempts == 2
+        assert [m.body for m in group.all_messages()] == [b"once"]
+        first, second = group.sends()
+        assert first.fields["seq"] == second.fields["seq"]
+        assert [r.msg_id for r in decode_body(first.body)] == [result.msg_id]
+        assert [r.msg_id for r in decode_body(second.body)] == [result.msg_id]
+        stored_at = group.sends()[0].fields["queue_id"]
+        assert result.queue_id == stored_at  # where the first attempt stored it
+
+
+async def test_a_dead_leader_makes_the_send_fall_over_to_another_group(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        g1 = env.group("g1")
+        g1.leader.kill()
+        results = [await producer.send(Message("orders", b"x")) for _ in range(6)]
+        assert {r.group for r in results} == {"g2"}
+        assert producer.fault.item("g1") is not None and not producer.fault.available("g1")
+        await trio.sleep(601)  # RocketMQ isolates a failed group for 600 s
+        assert producer.fault.available("g1")
+
+
+async def test_retryable_broker_errors_move_to_another_group() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        for name in ("g1", "g2"):
+            env.group(name).fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY))
+        result = await producer.send(Message("orders", b"x"))
+        assert result.attempts == 3
+        groups = [r.group for r in env.cluster.sends()]
+        assert groups[0] != groups[1] and groups[2] == groups[0] == result.group
+        assert len({r.fields["seq"] for r in env.cluster.sends()}) == 1
+        assert [m.body for m in env.group(result.group).all_messages()] == [b"x"]
+
+
+async def test_errors_no_retry_can_fix_fail_at_once() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        for name in ("g1", "g2"):
+            env.group(name).fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.INVALID_REQUEST))
+        with pytest.raises(SendError) as caught:
+            await producer.send(Message("orders", b"x"))
+        assert caught.value.code == ErrorCode.INVALID_REQUEST and caught.value.attempts == 1
+
+
+async def test_retries_are_bounded_and_the_last_error_is_reported() -> None:
+    async with fake_env() as env, Producer(env.namesrv, retries=2) as producer:
+        for name in ("g1", "g2"):
+            env.group(name).fault(
+                Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY, times=10)
+            )
+        with pytest.raises(SendError) as caught:
+            await producer.send(Message("orders", b"x"))
+        assert caught.value.attempts == 3 and caught.value.code == ErrorCode.SYSTEM_BUSY
+        sends = [r for g in ("g1", "g2") for r in env.group(g).sends()]
+        assert len(sends) == 3 and len({r.fields["seq"] for r in sends}) == 1
+        assert len(caught.value.msg_ids) == 1
+
+
+async def test_a_slow_group_is_avoided_for_30_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, action="delay", delay_ms=600))
+        for _ in range(5):  # round-robin reaches g1 within 5 sends
+            if (await producer.send(Message("orders", b"x"))).group == "g1":
+                break  # that one took 600 ms: the 30 s level
+        else:
+            raise AssertionError("no send reached g1")
+        fast = "g2"
+        others = [await producer.send(Message("orders", b"x")) for _ in range(4)]
+        assert {r.group for r in others} == {fast}
+        await trio.sleep(30)
+        later = [await producer.send(Message("orders", b"x")) for _ in range(4)]
+        assert {r.group for r in later} == {"g1", "g2"}
+
+
+async def test_ordered_sends_with_one_shard_key_use_one_queue() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        selector = SelectByHash()
+        queues = {
+            (await producer.send(Message("orders", b"x"), selector=selector, arg=order_id)).queue
+            for order_id in [17] * 10
+        }
+        assert len(queues) == 1
+        (queue,) = queues
+        assert queue.queue_id == stable_hash(17) % 8 % 4  # 8 queues: g1#0-3, g2#0-3
+        spread = {
+            (await producer.send(Message("orders", b"x"), selector=selector, arg=k)).queue
+            for k in range(16)
+        }
+        assert len(spread) == 8
+
+
+async def test_ordered_sends_never_fall_over_to_another_queue() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        selector = SelectByHash()
+        queue = (await producer.send(Message("orders", b"a"), selector=selector, arg="k")).queue
+        group = env.group(queue.group)
+        group.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY))
+        result = await producer.send(Message("orders", b"b"), selector=selector, arg="k")
+        assert result.queue == queue and result.attempts == 2
+        await group.elect(1, register=False)
+        result = await producer.send(Message("orders", b"c"), selector=selector, arg="k")
+        assert result.queue == queue and result.attempts == 2
+        assert [m.body for m in group.messages("orders", queue.queue_id)] == [b"a", b"b", b"c"]
+        group.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY, times=3))
+        with pytest.raises(SendError):
+            await producer.send(Message("orders", b"d"), selector=selector, arg="k")
+        other = next(g for g in ("g1", "g2") if g != queue.group)
+        assert not env.group(other).sends()
+
+
+async def test_unknown_topic_raises_no_route_error() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        with pytest.raises(NoRouteError):
+            await producer.send(Message("unknown", b"x"))
+
+
+async def test_invalid_messages_and_closed_producers_fail_before_sending() -> None:
+    async with fake_env(groups=["g1"]) as env:
+        producer = Producer(env.namesrv, message_bytes_max=4)
+        with pytest.raises(ClientClosedError):
+            await producer.send(Message("orders", b"x"))
+        async with producer:
+            with pytest.raises(ValueError):
+                await producer.send(Message("orders", b"too long"))
+            with pytest.raises(ValueError):
+                await producer.send(Message("orders", b"x", delay_ms=1000))
+        assert not env.group("g1").sends()
+
+
+async def test_a_send_that_keeps_timing_out_raises_a_timeout_send_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv, send_timeout_ms=500) as p:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, action="hang", times=3))
+        with pytest.raises(SendTimeoutError) as caught:
+            await p.send(Message("orders", b"x"))
+        assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, SendError)
+        assert caught.value.attempts == 3 and caught.value.code is None
+        assert 1.5 <= trio.current_time() < 3  # three attempts of 0.5 s each
+
+
+async def test_during_an_election_sends_go_to_another_group() -> None:
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        await producer.send(Message("orders", b"warm"))
+        await env.group("g1").elect(None, register=False)  # every g1 node: NOT_LEADER, no leader
+        results = [await producer.send(Message("orders", b"x")) for _ in range(6)]
+        assert {r.group for r in results} == {"g2"}
+
+
+async def test_after_a_connection_failure_the_route_is_read_again_before_retrying() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        await producer.send(Message("orders", b"warm"))
+        await group.elect(1)  # the NameServer learns of node 1 ...
+        group.node(0).kill()  # ... and the old leader is gone
+        result = await producer.send(Message("orders", b"x"))
+        assert result.attempts == 2
+        assert group.sends()[-1].node == 1
+        assert [m.body for m in group.all_messages()] == [b"warm", b"x"]
