@@ -17,9 +17,11 @@ from mq.rpc.address import parse_address
 from raft.config import Config as RaftConfig
 from storage.commit_log import SEGMENT_BYTES_DEFAULT
 from storage.flush import FlushMode
+from storage.message_store import StoreConfig
 from storage.record import MESSAGE_BYTES_MAX
 
 LISTEN_DEFAULT = "127.0.0.1:10911"
+_STORE_DEFAULTS = StoreConfig()
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,10 @@ class BrokerConfig:
     majority (survives kill -9, not power loss); fsync every flush_interval_ms."""
     segment_bytes: int = SEGMENT_BYTES_DEFAULT
     message_bytes_max: int = MESSAGE_BYTES_MAX
+    cq_units_per_segment: int = _STORE_DEFAULTS.cq_units_per_segment
+    index_slots: int = _STORE_DEFAULTS.index_slots
+    index_entries_max: int = _STORE_DEFAULTS.index_entries_max
+    """ConsumeQueue segment and IndexFile sizes (RocketMQ's defaults; tests shrink them)."""
     tick_ms: int = 10
     election_ms: int = 1000
     heartbeat_ms: int = 100
@@ -88,6 +94,9 @@ class BrokerConfig:
             "state_snapshot_interval_ms",
             "held_pulls_max",
             "message_bytes_max",
+            "cq_units_per_segment",
+            "index_slots",
+            "index_entries_max",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

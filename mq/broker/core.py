@@ -288,6 +288,9 @@ class BrokerCore:
 
         store_config = StoreConfig(
             segment_bytes=config.segment_bytes,
+            cq_units_per_segment=config.cq_units_per_segment,
+            index_slots=config.index_slots,
+            index_entries_max=config.index_entries_max,
             message_bytes_max=config.message_bytes_max,
             flush_mode=config.flush,
             flush_interval_ms=config.flush_interval_ms,
@@ -367,14 +370,21 @@ class BrokerCore:
                 "state_snapshot_ahead_of_checkpoint", snapshot=snapshot[1], dispatched=dispatched
             )
         self._replay(max(start, self.commit_log.min_offset), dispatched)
+        # Units a crash left in the ConsumeQueues past the checkpoint are skipped, not
+        # added twice, by dispatching in resuming mode until past the last of them.
+        self._resume_until = self.store.queues.max_commit_end()
         log = self.entry_log
         commit = min(hard_state.commit, log.last_index())
         if commit >= log.first_index():
-            end = log.end_of(commit)
-            if end > dispatcher.dispatched_offset:
-                dispatcher.dispatch(end, resuming=True)
+            self._dispatch(log.end_of(commit))
         self._applied_ops.clear()
         return self._index_at(dispatcher.dispatched_offset)
+
+    def _dispatch(self, end: int) -> list[Dispatched]:
+        dispatcher = self.store.dispatcher
+        if end <= dispatcher.dispatched_offset:
+            return []
+        return dispatcher.dispatch(end, resuming=dispatcher.dispatched_offset < self._resume_until)
 
     def _replay(self, start: int, end: int) -> None:
         """Re-apply the commands in [start, end) to the state, dispatching nothing."""
@@ -616,11 +626,10 @@ class BrokerCore:
 
     def _apply(self, entries: list[Entry], now_ms: int) -> None:
         log = self.entry_log
-        store = self.store
         self._stats.applied_entries += len(entries)
         if not self._pending:
             self._applied_ops.clear()
-            dispatched = store.dispatch(log.end_of(entries[-1].index))
+            dispatched = self._dispatch(log.end_of(entries[-1].index))
             self._applied_ops.clear()
             self._wake_pulls(dispatched, now_ms)
             return
@@ -628,7 +637,7 @@ class BrokerCore:
         for entry in entries:
             self._applied_ops.clear()
             end = log.end_of(entry.index)
-            dispatched = store.dispatch(end)
+            dispatched = self._dispatch(end)
             everything.extend(dispatched)
             pending = self._pending.pop(entry.index, None)
             if pending is None:

@@ -28,7 +28,9 @@ def message_body(
     topic: str, queue_id: int, bodies: Sequence[bytes], prefix: str = "m", **extra: Any
 ) -> bytes:
     records = [
-        MessageRecord(topic, body, queue_id, msg_id=f"{prefix}{i:030d}", born_timestamp_ms=1, **extra)
+        MessageRecord(
+            topic, body, queue_id, msg_id=f"{prefix}{i:030d}", born_timestamp_ms=1, **extra
+        )
         for i, body in enumerate(bodies)
     ]
     buf, _sizes = encode_messages(records)
@@ -62,6 +64,9 @@ class CoreCluster:
             "group": "g1",
             "peers": peers,
             "segment_bytes": 256 << 10,
+            "cq_units_per_segment": 1024,
+            "index_slots": 512,
+            "index_entries_max": 2048,
             "election_ms": 100,
             "heartbeat_ms": 10,
             "tick_ms": TICK_MS,
@@ -219,7 +224,9 @@ class CoreCluster:
             self.tick()
         raise AssertionError(f"no response to {frame.code} from node {node_id}")
 
-    def pull(self, node_id: int, topic: str, queue_id: int = 0, offset: int = 0, **fields: Any) -> Frame:
+    def pull(
+        self, node_id: int, topic: str, queue_id: int = 0, offset: int = 0, **fields: Any
+    ) -> Frame:
         frame = request(
             RequestCode.PULL_MESSAGE,
             {"topic": topic, "queue_id": queue_id, "offset": offset, **fields},
