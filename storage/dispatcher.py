@@ -30,6 +30,7 @@ from storage.entry_log import ENTRY_HEADER
 from storage.index_file import IndexService
 from storage.record import (
     FRAME_HEADER_BYTES,
+    MAGIC_BLANK,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
     decode_message_header,
@@ -37,7 +38,8 @@ from storage.record import (
 )
 
 RecordHook = Callable[[int, int, memoryview], "bool | None"]
-"""on_record(magic, commit_offset, frame) for frames that are not messages. Returning
+"""on_record(magic, commit_offset, frame) for frames that are neither messages nor
+entries nor segment-tail blank fillers. Returning
 False skips the message frames that follow the record in the same entry."""
 
 
@@ -85,7 +87,7 @@ class Dispatcher:
                 self._dispatch_message(offset, frame, out)
             elif magic == MAGIC_ENTRY:
                 self._dispatch_entry(offset, frame, out)
-            elif self._on_record is not None:
+            elif magic != MAGIC_BLANK and self._on_record is not None:
                 self._on_record(magic, offset, frame)
             offset = next_offset
         self.dispatched_offset = max(self.dispatched_offset, offset)
