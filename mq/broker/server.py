@@ -47,6 +47,7 @@ IN_FLIGHT_PER_CONNECTION_MAX = 1024
 RECONNECT_BACKOFF_S_MIN = 0.05
 RECONNECT_BACKOFF_S_MAX = 1.0
 REGISTER_TIMEOUT_S = 3.0
+UNREGISTER_TIMEOUT_S = 1.0
 
 _log = structlog.get_logger("mq.broker")
 
@@ -121,6 +122,7 @@ class BrokerServer:
                     task_status.started(self)
             finally:
                 with trio.CancelScope(shield=True):
+                    await self._unregister()
                     self._close(core)
         finally:
             if lock is not None:
@@ -163,6 +165,32 @@ class BrokerServer:
             flush=config.flush.value,
             namesrv=list(config.namesrv),
         )
+
+    async def _unregister(self) -> None:
+        """Tell every NameServer we are going, so clients stop routing to us at once
+        (best effort, bounded: a NameServer that is down expires us instead)."""
+        if self.port == 0:
+            return
+        fields = {
+            "group": self.config.group,
+            "node_id": self.config.node_id,
+            "address": self.address,
+        }
+
+        async def one(address: str) -> None:
+            with trio.move_on_after(UNREGISTER_TIMEOUT_S):
+                try:
+                    async with connect(address, timeout=UNREGISTER_TIMEOUT_S) as conn:
+                        await conn.request(
+                            request(RequestCode.UNREGISTER_BROKER, fields),
+                            timeout=UNREGISTER_TIMEOUT_S,
+                        )
+                except (TransportError, OSError) as exc:
+                    _log.info("unregister_failed", namesrv=address, reason=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for address in self.config.namesrv:
+                nursery.start_soon(one, address)
 
     def _close(self, core: BrokerCore) -> None:
         try:

@@ -413,3 +413,21 @@ def test_async_flush_mode_acknowledges_and_replicates() -> None:
         log = cluster.cores[node].commit_log
         assert log.flushed_offset == log.max_offset, "the periodic flush ran"
         assert all_bodies(cluster, node, "t") == [b"a"]
+
+
+def test_commands_after_the_state_snapshot_are_replayed_on_restart() -> None:
+    # Checkpoints move the store's dispatched point past commands no snapshot has seen:
+    # only the replay of the log between snapshot and checkpoint brings them back.
+    cluster = CoreCluster(checkpoint_interval_ms=20, state_snapshot_interval_ms=10_000_000)
+    leader = cluster.elect()
+    cluster.request(leader, request(RequestCode.CREATE_TOPIC, {"topic": "made", "write_queues": 2}))
+    cluster.request(leader, send_request("auto", [b"1"], producer_id="p", seq=5))
+    cluster.settle(10)
+    for node in cluster.ids:
+        assert cluster.cores[node].store.recovery is not None
+        cluster.crash(node)
+    for node in cluster.ids:
+        core = cluster.start(node)
+        assert core.store.dispatcher.dispatched_offset > 0, "the checkpoint covered the commands"
+        assert set(core.topics) == {"made", "auto"}
+        assert core._state.last_send("p") is not None

@@ -180,6 +180,14 @@ async def test_a_new_leader_takes_over_and_a_restarted_node_catches_up(
         group.stop(old_id)
         new = await group.leader()
         assert new.config.node_id != old_id
+
+        async def old_node_unregistered() -> bool:
+            async with connect(group.nameserver.address) as ns:
+                info = await ns.request(request(RequestCode.GET_CLUSTER_INFO))
+            nodes = info.fields["groups"][0]["nodes"]
+            return old_id not in [n["node_id"] for n in nodes]
+
+        await wait_for(old_node_unregistered)
         async with connect(new.address) as producer:
             await producer.request(send_request("t", [b"after"]))
         restarted = await group.start(old_id)
