@@ -74,6 +74,16 @@ class BrokerConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        # Accept the forms a TOML file or a caller naturally gives, stored normalised.
+        if not isinstance(self.flush, FlushMode):
+            try:
+                object.__setattr__(self, "flush", FlushMode(str(self.flush).lower()))
+            except ValueError:
+                raise ConfigError("flush must be 'sync' or 'async'") from None
+        if not isinstance(self.peers, Mapping):
+            object.__setattr__(self, "peers", parse_peers(self.peers))
+        if isinstance(self.namesrv, str | list):
+            object.__setattr__(self, "namesrv", _parse_namesrv(self.namesrv))
         if self.node_id < 0:
             raise ConfigError("node_id must be non-negative")
         parse_or_fail("listen", self.listen, allow_port_zero=True)
@@ -180,10 +190,7 @@ def config_from_mapping(
         elif key == "namesrv":
             value = _parse_namesrv(value)
         elif key == "flush":
-            try:
-                value = value if isinstance(value, FlushMode) else FlushMode(str(value).lower())
-            except ValueError:
-                raise ConfigError("flush must be 'sync' or 'async'") from None
+            pass  # normalised by BrokerConfig itself
         else:
             default = getattr(base or BrokerConfig(), key)
             if isinstance(default, bool):

@@ -54,7 +54,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -250,7 +250,6 @@ class _Stats:
     proposals: int = 0
     applied_entries: int = 0
     timeouts: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class BrokerCore:
@@ -755,7 +754,9 @@ class BrokerCore:
             error, remark = self._not_leader_error()
             for index in list(self._pending):
                 self._fail_pending(index, error, remark)
-        _log.info(
+        # Campaigns of a cut-off node repeat every election timeout: keep them quiet.
+        log_at = _log.debug if raft.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) else _log.info
+        log_at(
             "role_changed",
             role=_ROLE_NAMES[raft.role],
             term=raft.term,

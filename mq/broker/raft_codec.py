@@ -85,7 +85,9 @@ def decode_envelope(frame: Frame) -> tuple[str, Envelope]:
     group = f.get("group")
     src = f.get("src")
     dst = f.get("dst")
-    if not isinstance(group, str) or not _is_int(src) or not _is_int(dst):
+    if not (isinstance(group, str) and isinstance(src, int) and isinstance(dst, int)) or (
+        isinstance(src, bool) or isinstance(dst, bool)
+    ):
         raise RaftCodecError("raft message needs group, src and dst")
     kwargs: dict[str, Any] = {}
     for name, kind in _SCALARS[cls]:

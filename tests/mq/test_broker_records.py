@@ -130,3 +130,15 @@ def test_the_state_snapshot_round_trips_in_lru_order_and_refuses_damage() -> Non
     assert list(copy.producers.items()) == list(state.producers.items())
     assert BrokerState.decode(data[:-1] + bytes([data[-1] ^ 1]), 10) is None
     assert BrokerState.decode(None, 10) is None
+
+
+def test_a_config_built_in_code_is_normalised() -> None:
+    from mq.broker.config import BrokerConfig, ConfigError
+    from storage.flush import FlushMode
+
+    config = BrokerConfig(flush="ASYNC", peers="1=h:1,2=h:2", namesrv="a:1,b:2")  # type: ignore[arg-type]
+    assert config.flush is FlushMode.ASYNC
+    assert config.peers == {1: "h:1", 2: "h:2"}
+    assert config.namesrv == ("a:1", "b:2")
+    with pytest.raises(ConfigError):
+        BrokerConfig(flush="sometimes")  # type: ignore[arg-type]
