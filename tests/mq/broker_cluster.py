@@ -135,8 +135,19 @@ class CoreCluster:
             elif isinstance(out, Reply):
                 assert out.reply_to not in self.replies, "one response per request"
                 self.replies[out.reply_to] = out.frame
+                self._check_flushed(src, out.frame)
             else:
                 self.events.append((src, out))
+
+    def _check_flushed(self, node_id: int, frame: Frame) -> None:
+        """Sync flush: a send is acknowledged only once the answering node's log is
+        fsynced past its messages."""
+        core = self.cores.get(node_id)
+        offset = frame.fields.get("commit_offset") if frame.ok else None
+        if core is None or not isinstance(offset, int) or offset < 0:
+            return
+        if core.config.flush.value == "sync":
+            assert core.commit_log.flushed_offset > offset, "acknowledged before fsync"
 
     def process(self, node_id: int) -> bool:
         core = self.cores.get(node_id)

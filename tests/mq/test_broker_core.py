@@ -431,3 +431,31 @@ def test_commands_after_the_state_snapshot_are_replayed_on_restart() -> None:
         assert core.store.dispatcher.dispatched_offset > 0, "the checkpoint covered the commands"
         assert set(core.topics) == {"made", "auto"}
         assert core._state.last_send("p") is not None
+
+
+def test_raft_messages_wait_while_an_fsync_is_in_flight(cluster: CoreCluster) -> None:
+    # Stepping a message could truncate the log under the fsync in flight, so the core
+    # holds messages back between ready() and advance().
+    leader = cluster.elect()
+    follower = cluster.followers()[0]
+    core = cluster.cores[follower]
+    cluster.call(leader, send_request("t", [b"a"]))
+    cluster.process(leader)
+    appends = [m for m in cluster.network if m[1] == follower]
+    cluster.network.clear()
+    assert appends
+    cluster.deliver(*appends[0])
+    work = core.ready(cluster.now_ms)
+    assert work is not None and work.plan is not None, "the append needs an fsync"
+    last = core.log.last_index()
+    cluster.call(leader, send_request("t", [b"b"]))
+    cluster.process(leader)
+    for message in [m for m in cluster.network if m[1] == follower]:
+        cluster.deliver(*message)
+    assert core.log.last_index() == last, "held back while the fsync runs"
+    work.run()
+    core.advance(work, cluster.now_ms)
+    assert core.log.last_index() > last, "stepped once the fsync is reported"
+    cluster.network.clear()
+    cluster.settle()
+    assert all_bodies(cluster, follower, "t") == [b"a", b"b"]
