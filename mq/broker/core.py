@@ -1137,6 +1137,20 @@ class BrokerCore:
             "pid": self.pid,
         }
 
+    def stats(self) -> dict[str, int]:
+        """Counters for logs and debugging (not part of the wire API)."""
+        stats = self._stats
+        return {
+            "proposals": stats.proposals,
+            "applied_entries": stats.applied_entries,
+            "fsync_works": stats.fsync_works,
+            "timeouts": stats.timeouts,
+            "deferred_dropped": stats.deferred_dropped,
+            "bad_raft_frames": stats.bad_raft_frames,
+            "pending": len(self._pending),
+            "held_pulls": self._held_count,
+        }
+
     _simple_handlers: dict[int, Callable[[BrokerCore, Frame, int, int], Frame | None]] = {
         RequestCode.CREATE_TOPIC: _handle_create_topic,
         RequestCode.GET_ALL_TOPICS: _handle_get_all_topics,

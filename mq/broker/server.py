@@ -323,6 +323,7 @@ class BrokerServer:
 
     def status(self) -> dict[str, Any]:
         status = self.core.status()
+        status.update(self.core.stats())
         status["dropped_peer_frames"] = self.dropped_peer_frames
         return status
 
