@@ -204,6 +204,10 @@ class BrokerServer:
     async def _handle(self, request: Frame, peer: Peer) -> Frame | None:
         core = self.core
         if request.code == RequestCode.RAFT_MESSAGE:
+            # Stepped before this handler's first await: serve_connection starts one
+            # task per frame, in arrival order, each in a later scheduling batch than
+            # the one before, so a peer's frames are stepped in the order it sent them.
+            # (Raft stays safe if they were not; it would only retry more.)
             core.receive_raft(request)
             self._after_input()
             return None
