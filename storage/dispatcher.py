@@ -13,6 +13,10 @@ A CommitLog frame is either a message record or a Raft entry whose data is a
 sequence of frames (DESIGN.md: "Raft entry framing wraps a batch of records").
 Records that are not messages (consumer offsets, topic config, ...) are handed to
 `on_record`, which is how the broker's state machine sees them in commit order.
+Inside an entry, a hook that returns False for a record drops the message frames that
+follow it in that entry (up to the next record): that is how the broker leaves a
+duplicate idempotent send undispatched. The decision must be a deterministic function
+of the committed log, so every replica drops the same messages.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from storage.record import (
     tag_hash,
 )
 
-RecordHook = Callable[[int, int, memoryview], None]
-"""on_record(magic, commit_offset, frame) for frames that are not messages."""
+RecordHook = Callable[[int, int, memoryview], "bool | None"]
+"""on_record(magic, commit_offset, frame) for frames that are neither messages nor
+entries nor segment-tail blank fillers. Returning
+False skips the message frames that follow the record in the same entry."""
 
 
 class Dispatched(NamedTuple):
@@ -114,15 +120,17 @@ class Dispatcher:
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         pos = FRAME_HEADER_BYTES + ENTRY_HEADER.size
         end = len(frame)
+        skipping = False
         while pos + 12 <= end:
             size = int.from_bytes(frame[pos : pos + 4], "little")
             assert 12 <= size <= end - pos, "entry data is a sequence of whole frames"
             inner = frame[pos : pos + size]
             magic = int.from_bytes(inner[4:8], "little")
             if magic == MAGIC_MESSAGE:
-                self._dispatch_message(offset + pos, inner, out)
+                if not skipping:
+                    self._dispatch_message(offset + pos, inner, out)
             elif self._on_record is not None:
-                self._on_record(magic, offset + pos, inner)
+                skipping = self._on_record(magic, offset + pos, inner) is False
             pos += size
 
     def _dispatch_message(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:

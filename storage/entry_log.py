@@ -219,6 +219,12 @@ class EntryLog:
     def durable_index(self) -> int:
         return self._durable
 
+    def refresh_durable(self) -> int:
+        """Re-derive the durable index after the owner flushed the CommitLog itself (e.g.
+        off-thread with prepare_flush / complete_flush instead of `sync`); returns it."""
+        self._durable = self._durable_from_flushed()
+        return self._durable
+
     def compact(self, index: int, term: int) -> None:
         """Forget entries up to `index`; their bytes stay until retention deletes segments."""
         if index <= self._base_index:

@@ -203,11 +203,19 @@ class MessageStore:
     def flush(self, now_ms: int) -> int:
         """Sync CommitLog, queues and index, then record the checkpoint; returns flushed offset."""
         flushed = self.commit_log.flush()
+        self.checkpoint(now_ms)
+        return flushed
+
+    def checkpoint(self, now_ms: int) -> int:
+        """Sync queues and index and record the checkpoint at the CommitLog's flushed offset,
+        without flushing the CommitLog: for an owner that flushes it itself (off-thread,
+        with prepare_flush / complete_flush). Returns the checkpointed dispatched offset."""
+        flushed = self.commit_log.flushed_offset
         dispatched = self.dispatcher.dispatched_offset
         self.queues.flush()
         self.index.flush()
         self._write_checkpoint(flushed, dispatched, now_ms)
-        return flushed
+        return min(dispatched, flushed)
 
     def _write_checkpoint(self, flushed: int, dispatched: int, now_ms: int) -> None:
         self._store_checkpoint(Checkpoint(flushed, min(dispatched, flushed), now_ms))

@@ -9,7 +9,7 @@ the cost of replication in Python (DLedger keeps a similar in-memory tail).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from raft.messages import Entry, EntryKind
 from storage.entry_log import EntryLog, StoredEntry
@@ -20,13 +20,29 @@ CACHE_ENTRIES_MAX = 65_536
 
 
 class CommitLogStore:
-    """A raft.LogStore whose entries are MAGIC_ENTRY frames in the CommitLog."""
+    """A raft.LogStore whose entries are MAGIC_ENTRY frames in the CommitLog.
 
-    def __init__(self, entry_log: EntryLog, cache_entries_max: int = CACHE_ENTRIES_MAX) -> None:
+    `durable_on_append` is the broker's async flush mode: an entry counts as durable
+    once it is in the page cache (it survives the process being killed, not a power
+    cut), so neither votes nor acknowledgements wait for an fsync. `before_truncate`
+    is told the commit offset a truncation will cut at, before it happens (the broker's
+    store must fix its checkpoint first).
+    """
+
+    def __init__(
+        self,
+        entry_log: EntryLog,
+        cache_entries_max: int = CACHE_ENTRIES_MAX,
+        *,
+        durable_on_append: bool = False,
+        before_truncate: Callable[[int], None] | None = None,
+    ) -> None:
         self.entry_log = entry_log
         self._cache: list[Entry] = []
         self._cache_first = entry_log.last_index() + 1
         self._cache_max = cache_entries_max
+        self._durable_on_append = durable_on_append
+        self._before_truncate = before_truncate
 
     def first_index(self) -> int:
         return self.entry_log.first_index()
@@ -63,6 +79,8 @@ class CommitLogStore:
             self._cache_first += excess
 
     def truncate_suffix(self, index: int) -> None:
+        if self._before_truncate is not None and index <= self.entry_log.last_index():
+            self._before_truncate(self.entry_log.offset_of(index))
         self.entry_log.truncate_suffix(index)
         if index <= self._cache_first:
             self._cache.clear()
@@ -74,6 +92,8 @@ class CommitLogStore:
         self.entry_log.sync()
 
     def durable_index(self) -> int:
+        if self._durable_on_append:
+            return self.entry_log.last_index()
         return self.entry_log.durable_index()
 
     def compact(self, index: int, term: int) -> None:

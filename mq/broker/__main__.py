@@ -1,0 +1,109 @@
+"""`python -m mq.broker`: run one broker node in the foreground until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from mq.broker.config import BrokerConfig, ConfigError, load_config
+from mq.broker.server import BrokerServer, DataDirLockedError, run_broker
+from mq.logs import LOG_LEVELS, configure_logging
+
+_log = structlog.get_logger("mq.broker")
+
+# flag -> config key; values are only applied when the flag is given.
+_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--cluster", "cluster", {"help": "cluster name"}),
+    ("--group", "group", {"help": "broker group (RocketMQ broker name); one Raft group"}),
+    ("--node-id", "node_id", {"type": int, "help": "this node's id within the group"}),
+    ("--listen", "listen", {"help": "host:port for clients and peers (port 0: any free)"}),
+    ("--peers", "peers", {"help": "every voter as id=host:port,... (this node included)"}),
+    ("--data", "data_dir", {"help": "data directory"}),
+    ("--namesrv", "namesrv", {"help": "NameServer addresses, host:port[,host:port]"}),
+    ("--flush", "flush", {"choices": ["sync", "async"], "help": "log flush mode"}),
+    ("--segment-bytes", "segment_bytes", {"type": int, "help": "CommitLog segment size"}),
+    ("--election-ms", "election_ms", {"type": int, "help": "Raft election timeout"}),
+    ("--heartbeat-ms", "heartbeat_ms", {"type": int, "help": "Raft heartbeat interval"}),
+    ("--tick-ms", "tick_ms", {"type": int, "help": "Raft tick length"}),
+    (
+        "--register-interval-ms",
+        "register_interval_ms",
+        {"type": int, "help": "how often to re-register with every NameServer"},
+    ),
+    ("--send-timeout-ms", "send_timeout_ms", {"type": int, "help": "replication timeout"}),
+    (
+        "--auto-create-topics",
+        "auto_create_topics",
+        {"action": argparse.BooleanOptionalAction, "help": "create unknown topics on send"},
+    ),
+    ("--log-level", "log_level", {"choices": LOG_LEVELS, "help": "log level"}),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mq.broker",
+        description="Run one broker node: a member of a Raft-replicated broker group.",
+        epilog="Flags override the --config TOML file, whose keys are documented in docs/broker.md.",
+    )
+    parser.add_argument("--config", help="TOML file with the node's settings")
+    for flag, key, options in _FLAGS:
+        parser.add_argument(flag, dest=key, default=None, **options)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> BrokerConfig:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        key: getattr(args, key) for _f, key, _o in _FLAGS if getattr(args, key) is not None
+    }
+    return load_config(args.config, overrides)
+
+
+async def _main(config: BrokerConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            server: BrokerServer = await nursery.start(partial_run(config))
+            print(
+                f"mq broker {config.group}/{config.node_id} listening on {server.address}",
+                flush=True,
+            )
+            async for signum in signals:
+                _log.info("broker_stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def partial_run(config: BrokerConfig) -> Any:
+    async def run(task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED) -> None:
+        await run_broker(config, task_status=task_status)
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    failure: BaseException | None = None
+    try:
+        trio.run(_main, config)
+    except* (OSError, DataDirLockedError) as group:  # port taken, data dir in use, ...
+        failure = group.exceptions[0]
+    if failure is not None:
+        print(f"broker failed to start: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

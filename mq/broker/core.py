@@ -1,0 +1,1193 @@
+"""BrokerCore: one broker node, sans-IO — requests and peer messages in, outputs out.
+
+A node owns a MessageStore whose CommitLog holds only Raft entries (the Raft log *is*
+the CommitLog, as in DLedger), the Raft node over it, and the replicated state
+(mq/broker/state.py). It never touches a socket or a clock: time enters as `now_ms`
+arguments, fsyncs are handed to the driver as `Work`, and everything to send leaves
+through `take_outputs()`. The trio server (mq/broker/server.py) and the simulator
+drive the same object.
+
+The driver's loop (the Raft Ready contract of raft/ready.py, plus our checkpoints):
+
+    work = core.ready(now_ms)        # None: nothing to do until the next input
+    send core.take_outputs()         # Raft appends may leave before the fsync
+    work.run()                       # blocking: hard state write + CommitLog fsync;
+                                     # may run in a worker thread
+    core.advance(work, now_ms)       # acks/votes go out, committed entries apply
+    send core.take_outputs()         # responses, acks, role changes
+
+Inputs may arrive at any time, even while `work.run()` is in flight: `handle()`
+serves reads and proposes writes (appending to the CommitLog is safe while an fsync
+of it runs), and Raft messages that arrive then are queued and stepped in `advance`:
+stepping one could truncate the log under the fsync in flight.
+
+Write path (docs/broker-api.md). The leader validates a batch, patches each message's
+store timestamp (and CRC) in place, and proposes one entry = a command frame
+(mq/broker/commands.py) + the message frames. Once the entry is committed, `advance`
+dispatches the store up to its end: the dispatcher hands the command to `_on_record`,
+which applies it to the replicated state and decides whether the messages after it
+are dispatched (not for a duplicate idempotent send), and assigns queue offsets. The
+SendResult is built from what was dispatched and answered once the entry is also
+flushed on this node as the flush mode requires.
+
+Sync flush holds by construction: the leader counts itself towards a commit only up
+to its durable index, and even where a majority of followers alone commits an entry,
+they can only acknowledge entries they were sent in an earlier Ready, whose fsync
+finished before `advance` steps their (queued) acknowledgements. The response still
+checks `flushed_offset` and waits for a flush if needed, so the rule does not rest
+on that reasoning alone.
+
+Restart. The store is opened without re-dispatching (`ReplicatedMessageStore`); the
+replicated state is loaded from its snapshot and the commands between the snapshot
+and the store's dispatched checkpoint are re-applied (`_replay`); then the store is
+re-dispatched up to the persisted commit index, with the live hook. Only committed
+entries are ever dispatched: the uncommitted tail of the log stays invisible until
+the leader says it is committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mq.broker.commands import (
+    MAGIC_COMMAND,
+    CommandError,
+    CreateTopicCommand,
+    SendCommand,
+    decode_command,
+    encode_command,
+)
+from mq.broker.config import BrokerConfig
+from mq.broker.hard_state import decode_hard_state, encode_hard_state
+from mq.broker.raft_codec import RaftCodecError, decode_envelope, encode_envelope
+from mq.broker.raft_log import CommitLogStore
+from mq.broker.state import BrokerState, SendOutcome, SendRecord
+from mq.fields import FieldError, get_int, get_list, get_str
+from mq.protocol import ErrorCode, Frame, RequestCode
+from mq.route import PERM_READ_WRITE, QUEUES_MAX, BrokerRegistration, Perm, TopicConfig
+from mq.route import Role as RouteRole
+from raft.config import RandomSource
+from raft.errors import BacklogFullError, NotLeaderError
+from raft.messages import Entry, Envelope, HardState
+from raft.node import RaftNode, Role
+from raft.ready import Ready
+from storage.commit_log import FlushPlan
+from storage.dispatcher import Dispatched
+from storage.entry_log import EntryLog
+from storage.errors import (
+    CorruptRecordError,
+    InvalidTopicError,
+    OffsetOutOfRangeError,
+    StorageError,
+)
+from storage.files import FileSystem
+from storage.flush import FlushMode
+from storage.message_store import GetStatus, MessageStore, StoreConfig
+from storage.record import (
+    FRAME_HEADER_BYTES,
+    MAGIC_ENTRY,
+    MAGIC_MESSAGE,
+    MESSAGE_OVERHEAD_BYTES,
+    decode_message_header,
+    validate_topic,
+)
+
+_log = structlog.get_logger("mq.broker")
+
+BATCH_COUNT_MAX = 65_536
+"""Most messages one SEND_BATCH may carry (the frame size bounds it further)."""
+DEFERRED_RAFT_MAX = 16_384
+"""Raft messages queued while an fsync is in flight; more are dropped (Raft retries)."""
+PULL_COUNT_MAX = 1024
+ENTRY_FRAME_OVERHEAD_BYTES = FRAME_HEADER_BYTES + 17  # entry header: term, index, kind
+
+_STORE_TS_OFFSET = FRAME_HEADER_BYTES + 16  # queue_id u32, flag u32, born u64
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+_PULL_STATUS = {
+    GetStatus.FOUND: "FOUND",
+    GetStatus.OFFSET_OVERFLOW_ONE: "NO_NEW_MSG",
+    GetStatus.NO_MESSAGE_IN_QUEUE: "NO_NEW_MSG",
+    GetStatus.NO_MATCHED_LOGIC_QUEUE: "NO_NEW_MSG",
+    GetStatus.NO_MATCHED_MESSAGE: "NO_MATCHED_MSG",
+    GetStatus.OFFSET_TOO_SMALL: "OFFSET_ILLEGAL",
+    GetStatus.OFFSET_OVERFLOW_BADLY: "OFFSET_ILLEGAL",
+}
+_ROLE_NAMES = {
+    Role.LEADER: "leader",
+    Role.FOLLOWER: "follower",
+    Role.CANDIDATE: "candidate",
+    Role.PRE_CANDIDATE: "candidate",
+}
+
+
+# ---------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The response to the request the driver handed in with `reply_to`."""
+
+    reply_to: int
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    """A one-way RAFT_MESSAGE frame for another node of the group (drop it if the peer
+    is unreachable: Raft retries)."""
+
+    node_id: int
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    """This node's role, term or known leader changed: re-register with NameServers."""
+
+    role: str
+    term: int
+    leader_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsChanged:
+    """The replicated topic table changed: re-register with NameServers."""
+
+
+Output = Reply | PeerMessage | RoleChanged | TopicsChanged
+
+
+@dataclass(slots=True)
+class Work:
+    """Blocking work for the driver: `run()` it (in a worker thread if it likes), then
+    hand it back to `BrokerCore.advance`. `run` only writes the hard state file and
+    fsyncs CommitLog segments; it is safe against concurrent `handle()` calls."""
+
+    fs: FileSystem
+    hard_state_path: str
+    ready: Ready | None = None
+    hard_state: bytes | None = None
+    plan: FlushPlan | None = None
+    checkpoint: bool = False
+
+    @property
+    def blocking(self) -> bool:
+        """Whether `run` does any I/O at all (the driver may skip the thread hop)."""
+        return self.hard_state is not None or (self.plan is not None and bool(self.plan.segments))
+
+    def run(self) -> None:
+        if self.hard_state is not None:
+            self.fs.write_atomic(self.hard_state_path, self.hard_state)
+        if self.plan is not None:
+            self.plan.sync()
+
+
+# ---------------------------------------------------------------------- internals
+
+
+class ReplicatedMessageStore(MessageStore):
+    """A MessageStore that does not re-dispatch on open: what is committed is only known
+    once the Raft log is open, and the replicated state must be rebuilt first."""
+
+    def dispatch_limit_on_open(self) -> int:
+        return 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    reply_to: int
+    request: Frame
+    term: int
+    deadline_ms: int
+
+
+@dataclass(slots=True)
+class _Held:
+    """A long-polling pull waiting for messages in its queue."""
+
+    reply_to: int
+    request: Frame
+    deadline_ms: int
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Applied:
+    """What `_on_record` applied for the entry being dispatched."""
+
+    command: SendCommand | CreateTopicCommand
+    outcome: SendOutcome | None
+    offset: int
+
+
+class RequestError(Exception):
+    """Refuse a request with `error`; raised inside handlers, answered by `handle`."""
+
+    def __init__(self, error: ErrorCode, remark: str = "", fields: dict[str, Any] | None = None):
+        super().__init__(remark)
+        self.error = error
+        self.remark = remark
+        self.fields = fields
+
+
+@dataclass(slots=True)
+class _Stats:
+    deferred_dropped: int = 0
+    bad_raft_frames: int = 0
+    fsync_works: int = 0
+    proposals: int = 0
+    applied_entries: int = 0
+    timeouts: int = 0
+
+
+class BrokerCore:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        fs: FileSystem,
+        now_ms: int,
+        *,
+        rng: RandomSource | None = None,
+        wall_offset_ms: int = 0,
+        pid: int = 0,
+    ) -> None:
+        """Open (and recover) the node's data under `config.data_dir` on `fs`.
+
+        `wall_offset_ms` turns the driver's monotonic `now_ms` into wall-clock time for
+        store timestamps (wall = now + offset). `pid` is reported by GET_BROKER_STATUS.
+        """
+        self.config = config
+        self.fs = fs
+        self.pid = pid
+        self.wall_offset_ms = wall_offset_ms
+        self.voters = config.voters
+        self.address = self.voters[config.node_id]
+        self._sync_flush = config.flush is FlushMode.SYNC
+        root = config.data_dir.rstrip("/") or "/"
+        fs.makedirs(root)
+        self._hard_state_path = f"{root}/hardstate"
+        self._state_path = f"{root}/state"
+        self._outbox: list[Output] = []
+        self._stats = _Stats()
+        self._state = BrokerState(config.producers_max)
+        self._applied_ops: list[_Applied] = []
+        self._topics_changed = False
+
+        store_config = StoreConfig(
+            segment_bytes=config.segment_bytes,
+            cq_units_per_segment=config.cq_units_per_segment,
+            index_slots=config.index_slots,
+            index_entries_max=config.index_entries_max,
+            message_bytes_max=config.message_bytes_max,
+            flush_mode=config.flush,
+            flush_interval_ms=config.flush_interval_ms,
+        )
+        self.store = ReplicatedMessageStore(
+            fs, f"{root}/store", store_config, on_record=self._on_record
+        )
+        self.commit_log = self.store.commit_log
+        self.entry_log = EntryLog(fs, self.commit_log, f"{root}/raft-meta")
+        self.log = CommitLogStore(
+            self.entry_log,
+            durable_on_append=not self._sync_flush,
+            before_truncate=self.store.truncate,
+        )
+        hard_state = decode_hard_state(fs.read_bytes(self._hard_state_path))
+        self._hard_state = hard_state
+        self._hs_persisted = hard_state
+        applied = self._recover(hard_state)
+        self.raft = RaftNode(
+            config.node_id,
+            sorted(self.voters),
+            self.log,
+            hard_state,
+            config.raft_config(),
+            rng if rng is not None else random.Random(),
+            applied=applied,
+        )
+        self._topics_changed = False
+
+        self._in_flight = False
+        self._deferred: deque[Envelope] = deque()
+        self._pending: dict[int, _Pending] = {}  # entry index -> request, in index order
+        self._flush_waiters: deque[tuple[int, Reply]] = deque()
+        self._held: dict[tuple[str, int], list[_Held]] = {}
+        self._held_count = 0
+        self._held_deadlines: list[tuple[int, int, _Held, tuple[str, int]]] = []
+        self._held_seq = itertools.count()
+        self._last_store_ms = 0
+        self._last_flush_ms = now_ms
+        self._next_checkpoint_ms = now_ms + config.checkpoint_interval_ms
+        self._next_snapshot_ms = now_ms + config.state_snapshot_interval_ms
+        self._checkpointed = (self.store.dispatcher.dispatched_offset, hard_state.commit)
+        self._role_view = (self.raft.role, self.raft.term, self.raft.leader_id)
+        _log.info(
+            "broker_opened",
+            group=config.group,
+            node_id=config.node_id,
+            term=hard_state.term,
+            commit=hard_state.commit,
+            applied=applied,
+            last_index=self.log.last_index(),
+            dispatched=self.store.dispatcher.dispatched_offset,
+            recovery_clean=self.store.recovery.clean,
+            topics=len(self._state.topics),
+        )
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self, hard_state: HardState) -> int:
+        """Rebuild the replicated state and dispatch up to the persisted commit index;
+        returns the Raft index the state machine has applied."""
+        dispatcher = self.store.dispatcher
+        dispatched = dispatcher.dispatched_offset
+        if dispatched > self.commit_log.max_offset:
+            raise StorageError(
+                f"dispatched offset {dispatched} is past the end of the Raft log "
+                f"({self.commit_log.max_offset}): the CommitLog lost committed entries"
+            )
+        snapshot = BrokerState.decode(
+            self.fs.read_bytes(self._state_path), self.config.producers_max
+        )
+        start = self.commit_log.min_offset
+        if snapshot is not None and snapshot[1] <= dispatched:
+            self._state, start = snapshot
+        elif snapshot is not None:
+            _log.warning(
+                "state_snapshot_ahead_of_checkpoint", snapshot=snapshot[1], dispatched=dispatched
+            )
+        self._replay(max(start, self.commit_log.min_offset), dispatched)
+        # Units a crash left in the ConsumeQueues past the checkpoint are skipped, not
+        # added twice, by dispatching in resuming mode until past the last of them.
+        self._resume_until = self.store.queues.max_commit_end()
+        log = self.entry_log
+        commit = min(hard_state.commit, log.last_index())
+        if commit >= log.first_index():
+            self._dispatch(log.end_of(commit))
+        self._applied_ops.clear()
+        return self._index_at(dispatcher.dispatched_offset)
+
+    def _dispatch(self, end: int) -> list[Dispatched]:
+        dispatcher = self.store.dispatcher
+        if end <= dispatcher.dispatched_offset:
+            return []
+        return dispatcher.dispatch(end, resuming=dispatcher.dispatched_offset < self._resume_until)
+
+    def _replay(self, start: int, end: int) -> None:
+        """Re-apply the commands in [start, end) to the state, dispatching nothing."""
+        replayed = 0
+        for _offset, frame in self.commit_log.iter_frames(start, end, verify_crc=False):
+            if int.from_bytes(frame[4:8], "little") != MAGIC_ENTRY:
+                continue
+            pos = FRAME_HEADER_BYTES + 17
+            size_total = len(frame)
+            while pos + FRAME_HEADER_BYTES <= size_total:
+                size = int.from_bytes(frame[pos : pos + 4], "little")
+                magic = int.from_bytes(frame[pos + 4 : pos + 8], "little")
+                if magic == MAGIC_COMMAND:
+                    self._apply_command(_offset + pos, frame[pos : pos + size])
+                    replayed += 1
+                pos += size
+        self._applied_ops.clear()
+        if replayed:
+            _log.info("state_replayed", start=start, end=end, commands=replayed)
+
+    def _index_at(self, offset: int) -> int:
+        """The last Raft index whose entry ends at or before commit offset `offset`."""
+        log = self.entry_log
+        lo, hi = log.first_index(), log.last_index()
+        answer = lo - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if log.end_of(mid) <= offset:
+                answer = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return answer
+
+    # ------------------------------------------------------------------ state machine
+
+    def _on_record(self, magic: int, offset: int, frame: memoryview) -> bool | None:
+        """The dispatcher's hook: apply a command; False drops the messages after it."""
+        if magic != MAGIC_COMMAND:
+            _log.warning("unknown_record_skipped", magic=magic, offset=offset)
+            return None
+        applied = self._apply_command(offset, frame)
+        if applied.outcome is not None and applied.outcome.duplicate:
+            return False
+        return None
+
+    def _apply_command(self, offset: int, frame: memoryview) -> _Applied:
+        try:
+            command = decode_command(frame)
+        except CommandError as exc:
+            # Committed, so every replica has it: skip it the same way everywhere.
+            _log.error("bad_command_skipped", offset=offset, error=str(exc))
+            applied = _Applied(CreateTopicCommand("", 0, 0, 0), SendOutcome(True, None), offset)
+            self._applied_ops.append(applied)
+            return applied
+        state = self._state
+        if isinstance(command, SendCommand):
+            known = command.topic in state.topics
+            outcome = state.apply_send(command, offset + len(frame))
+            if not known and command.topic in state.topics:
+                self._topics_changed = True
+            applied = _Applied(command, outcome, offset)
+        else:
+            state.apply_create_topic(command)
+            self._topics_changed = True
+            applied = _Applied(command, None, offset)
+        self._applied_ops.append(applied)
+        return applied
+
+    @property
+    def topics(self) -> dict[str, TopicConfig]:
+        return dict(self._state.topics)
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        """Serve one request. Returns its response now, or None when it will come later
+        as a `Reply(reply_to, ...)` output (writes, long polls) or never (one-way)."""
+        code = request.code
+        try:
+            if code == RequestCode.RAFT_MESSAGE:
+                self.receive_raft(request)
+                return None
+            if code == RequestCode.SEND_MESSAGE or code == RequestCode.SEND_BATCH:
+                return self._handle_send(request, reply_to, now_ms)
+            if code == RequestCode.PULL_MESSAGE:
+                return self._handle_pull(request, reply_to, now_ms)
+            handler = self._simple_handlers.get(code)
+            if handler is not None:
+                return handler(self, request, reply_to, now_ms)
+            return request.make_error(
+                ErrorCode.REQUEST_CODE_NOT_SUPPORTED, f"broker does not serve code {code}"
+            )
+        except RequestError as exc:
+            return request.make_response(exc.fields, error=exc.error, remark=exc.remark)
+        except FieldError as exc:
+            return request.make_error(ErrorCode.INVALID_REQUEST, str(exc))
+        finally:
+            self._check_role()
+
+    def receive_raft(self, frame: Frame) -> None:
+        """A RAFT_MESSAGE from a peer; dropped if malformed or not for us."""
+        try:
+            group, env = decode_envelope(frame)
+        except RaftCodecError as exc:
+            self._stats.bad_raft_frames += 1
+            _log.warning("bad_raft_message", error=str(exc))
+            return
+        if group != self.config.group or env.dst != self.config.node_id:
+            self._stats.bad_raft_frames += 1
+            return
+        if self._in_flight:
+            if len(self._deferred) >= DEFERRED_RAFT_MAX:
+                self._stats.deferred_dropped += 1
+                return
+            self._deferred.append(env)
+            return
+        self.raft.step(env)
+        self._check_role()
+
+    def step(self, env: Envelope) -> None:
+        """Step an already decoded envelope (the simulator's path; same rules)."""
+        if self._in_flight:
+            if len(self._deferred) < DEFERRED_RAFT_MAX:
+                self._deferred.append(env)
+            return
+        self.raft.step(env)
+        self._check_role()
+
+    def tick(self, now_ms: int) -> None:
+        """One Raft tick (config.tick_ms) passed; also expires timed-out requests."""
+        self.raft.tick()
+        self._expire(now_ms)
+        self._check_role()
+
+    # ------------------------------------------------------------------ driver loop
+
+    def ready(self, now_ms: int) -> Work | None:
+        """The next piece of work, or None. Between `ready` and `advance(work)` the core
+        holds back Raft messages; `ready` must not be called again before `advance`."""
+        assert not self._in_flight, "advance() the previous Work first"
+        rd = self.raft.ready()
+        if rd is None:
+            return self._timed_work(now_ms)
+        assert rd.snapshot is None, "the broker never compacts, so it never gets a snapshot"
+        group = self.config.group
+        for env in rd.messages:
+            self._outbox.append(PeerMessage(env.dst, encode_envelope(group, env)))
+        work = Work(self.fs, self._hard_state_path, ready=rd)
+        if rd.hard_state is not None:
+            hs = rd.hard_state
+            self._hard_state = hs
+            persisted = self._hs_persisted
+            # Term and vote must be durable before we answer anyone; the commit index
+            # is volatile in Raft and is written with the next checkpoint.
+            if hs.term != persisted.term or hs.vote != persisted.vote:
+                work.hard_state = encode_hard_state(hs)
+        if rd.sync_log and self._sync_flush:
+            work.plan = self.commit_log.prepare_flush()
+        self._in_flight = True
+        return work
+
+    def _timed_work(self, now_ms: int) -> Work | None:
+        """A periodic flush (async mode, or sync-mode responses waiting for one) or a
+        checkpoint, when one is due."""
+        log = self.commit_log
+        unflushed = log.max_offset > log.flushed_offset
+        checkpoint = now_ms >= self._next_checkpoint_ms and (
+            (self.store.dispatcher.dispatched_offset, self._hard_state.commit) != self._checkpointed
+            or unflushed
+        )
+        flush = unflushed and (
+            bool(self._flush_waiters)
+            or (
+                not self._sync_flush
+                and now_ms - self._last_flush_ms >= self.config.flush_interval_ms
+            )
+        )
+        if not (checkpoint or flush):
+            if now_ms >= self._next_checkpoint_ms:
+                self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
+            return None
+        work = Work(self.fs, self._hard_state_path, plan=log.prepare_flush(), checkpoint=checkpoint)
+        if checkpoint and self._hard_state != self._hs_persisted:
+            work.hard_state = encode_hard_state(self._hard_state)
+        self._in_flight = True
+        return work
+
+    def advance(self, work: Work, now_ms: int) -> None:
+        """`work.run()` has returned: publish what became durable, send what waited for
+        it, apply committed entries, and step the Raft messages held back meanwhile."""
+        assert self._in_flight
+        if work.plan is not None:
+            self.commit_log.complete_flush(work.plan)
+            self.entry_log.refresh_durable()
+            self._last_flush_ms = now_ms
+            self._stats.fsync_works += 1
+        if work.hard_state is not None:
+            self._hs_persisted = decode_hard_state(work.hard_state)
+        rd = work.ready
+        if rd is not None:
+            group = self.config.group
+            for env in rd.persisted_messages:
+                self._outbox.append(PeerMessage(env.dst, encode_envelope(group, env)))
+            if rd.committed:
+                self._apply(rd.committed, now_ms)
+            self.raft.advance(rd)
+        if work.checkpoint:
+            self._checkpoint(now_ms)
+        self._in_flight = False
+        deferred = self._deferred
+        while deferred:
+            self.raft.step(deferred.popleft())
+        self._release_flush_waiters()
+        if self._topics_changed:
+            self._topics_changed = False
+            self._outbox.append(TopicsChanged())
+        self._check_role()
+
+    def take_outputs(self) -> list[Output]:
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    def close(self, now_ms: int) -> None:
+        """Clean stop: everything flushed, checkpoint + state snapshot + hard state
+        written, the store closed (its next open skips the recovery scan)."""
+        assert not self._in_flight, "finish the Work in flight before closing"
+        wall = now_ms + self.wall_offset_ms
+        self.store.flush(wall)
+        self.entry_log.refresh_durable()
+        self._write_state_snapshot()
+        self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
+        self.store.close(wall)
+        for index in list(self._pending):
+            self._fail_pending(index, ErrorCode.SERVICE_NOT_AVAILABLE, "broker shutting down")
+
+    # ------------------------------------------------------------------ apply
+
+    def _apply(self, entries: list[Entry], now_ms: int) -> None:
+        log = self.entry_log
+        self._stats.applied_entries += len(entries)
+        if not self._pending:
+            self._applied_ops.clear()
+            dispatched = self._dispatch(log.end_of(entries[-1].index))
+            self._applied_ops.clear()
+            self._wake_pulls(dispatched, now_ms)
+            return
+        everything: list[Dispatched] = []
+        for entry in entries:
+            self._applied_ops.clear()
+            end = log.end_of(entry.index)
+            dispatched = self._dispatch(end)
+            everything.extend(dispatched)
+            pending = self._pending.pop(entry.index, None)
+            if pending is None:
+                continue
+            if pending.term != entry.term:
+                self._reply(pending, pending.request.make_error(*self._not_leader_error()))
+                continue
+            self._complete(pending, dispatched, end)
+        self._applied_ops.clear()
+        self._wake_pulls(everything, now_ms)
+
+    def _complete(self, pending: _Pending, dispatched: list[Dispatched], end: int) -> None:
+        request = pending.request
+        ops = self._applied_ops
+        if not ops:
+            response = request.make_error(ErrorCode.SYSTEM_ERROR, "entry applied no command")
+        elif isinstance(ops[0].command, CreateTopicCommand):
+            response = request.make_response({})
+        else:
+            op = ops[0]
+            command = op.command
+            assert isinstance(command, SendCommand) and op.outcome is not None
+            if op.outcome.duplicate:
+                response = request.make_response(self._duplicate_result(command, op.outcome))
+            else:
+                response = request.make_response(_send_result(command.queue_id, dispatched))
+        reply = Reply(pending.reply_to, response)
+        if self._sync_flush and self.commit_log.flushed_offset < end:
+            self._flush_waiters.append((end, reply))
+        else:
+            self._outbox.append(reply)
+
+    def _duplicate_result(self, command: SendCommand, outcome: SendOutcome) -> dict[str, Any]:
+        if outcome.original is None:
+            return {
+                "msg_ids": [],
+                "queue_id": command.queue_id,
+                "queue_offset": -1,
+                "commit_offset": -1,
+                "duplicate": True,
+            }
+        return self._result_of(outcome.original)
+
+    def _result_of(self, record: SendRecord) -> dict[str, Any]:
+        """The SendResult of a stored idempotent batch, read back from the store."""
+        msg_ids: list[str] = []
+        offset = record.commit_offset
+        try:
+            for _ in range(record.count):
+                frame, offset = self.commit_log.frame_at(offset, verify_crc=False)
+                msg_ids.append(decode_message_header(frame, verify_crc=False).msg_id)
+        except (CorruptRecordError, OffsetOutOfRangeError):
+            msg_ids = []
+        return {
+            "msg_ids": msg_ids,
+            "queue_id": record.queue_id,
+            "queue_offset": self._queue_offset_of(
+                record.topic, record.queue_id, record.commit_offset
+            ),
+            "commit_offset": record.commit_offset,
+            "duplicate": True,
+        }
+
+    def _queue_offset_of(self, topic: str, queue_id: int, commit_offset: int) -> int:
+        """Binary search the ConsumeQueue for the unit of `commit_offset`; -1 if gone."""
+        queue = self.store.queues.get(topic, queue_id)
+        if queue is None:
+            return -1
+        lo, hi = queue.min_offset, queue.max_offset
+        while lo < hi:
+            mid = (lo + hi) // 2
+            unit = queue.get(mid)
+            assert unit is not None
+            if unit.commit_offset < commit_offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        unit = queue.get(lo)
+        return lo if unit is not None and unit.commit_offset == commit_offset else -1
+
+    def _release_flush_waiters(self) -> None:
+        flushed = self.commit_log.flushed_offset
+        waiters = self._flush_waiters
+        while waiters and waiters[0][0] <= flushed:
+            self._outbox.append(waiters.popleft()[1])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self, now_ms: int) -> None:
+        """After the CommitLog flush of this Work: sync queues and index, write the
+        checkpoint, then (if due) the state snapshot at the checkpoint's offset."""
+        store = self.store
+        checkpointed = store.checkpoint(now_ms + self.wall_offset_ms)
+        self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
+        self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
+        if now_ms >= self._next_snapshot_ms and checkpointed == store.dispatcher.dispatched_offset:
+            self._write_state_snapshot()
+            self._next_snapshot_ms = now_ms + self.config.state_snapshot_interval_ms
+
+    def _write_state_snapshot(self) -> None:
+        offset = self.store.dispatcher.dispatched_offset
+        assert offset <= self.commit_log.flushed_offset
+        self.fs.write_atomic(self._state_path, self._state.encode(offset))
+
+    # ------------------------------------------------------------------ role
+
+    def _check_role(self) -> None:
+        raft = self.raft
+        view = (raft.role, raft.term, raft.leader_id)
+        if view == self._role_view:
+            return
+        was_leader = self._role_view[0] is Role.LEADER
+        self._role_view = view
+        if was_leader and raft.role is not Role.LEADER:
+            error, remark = self._not_leader_error()
+            for index in list(self._pending):
+                self._fail_pending(index, error, remark)
+        # Campaigns of a cut-off node repeat every election timeout: keep them quiet.
+        log_at = _log.debug if raft.role in (Role.PRE_CANDIDATE, Role.CANDIDATE) else _log.info
+        log_at(
+            "role_changed",
+            role=_ROLE_NAMES[raft.role],
+            term=raft.term,
+            leader=raft.leader_id,
+            node_id=self.config.node_id,
+        )
+        self._outbox.append(RoleChanged(_ROLE_NAMES[raft.role], raft.term, raft.leader_id))
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    @property
+    def leader_address(self) -> str | None:
+        leader = self.raft.leader_id
+        return None if leader is None else self.voters.get(leader)
+
+    def _not_leader_error(self) -> tuple[ErrorCode, str]:
+        return ErrorCode.NOT_LEADER, f"leader is {self.leader_address}"
+
+    def _not_leader(self) -> RequestError:
+        return RequestError(
+            ErrorCode.NOT_LEADER,
+            f"node {self.config.node_id} is not the leader of {self.config.group}",
+            {"leader": self.leader_address, "group": self.config.group},
+        )
+
+    def _fail_pending(self, index: int, error: ErrorCode, remark: str) -> None:
+        pending = self._pending.pop(index)
+        fields = None
+        if error == ErrorCode.NOT_LEADER:
+            fields = {"leader": self.leader_address, "group": self.config.group}
+        self._reply(pending, pending.request.make_response(fields, error=error, remark=remark))
+
+    def _reply(self, pending: _Pending, frame: Frame) -> None:
+        self._outbox.append(Reply(pending.reply_to, frame))
+
+    def registration(self) -> BrokerRegistration:
+        return BrokerRegistration(
+            cluster=self.config.cluster,
+            group=self.config.group,
+            node_id=self.config.node_id,
+            address=self.address,
+            role=RouteRole.LEADER if self.is_leader else RouteRole.FOLLOWER,
+            term=self.raft.term,
+            topics=dict(self._state.topics),
+        )
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _expire(self, now_ms: int) -> None:
+        pending = self._pending
+        if pending:
+            expired = [
+                i for i, p in itertools.islice(pending.items(), 64) if p.deadline_ms <= now_ms
+            ]
+            # Deadlines grow with the index (same timeout, non-decreasing clock), so the
+            # oldest few are the only candidates; the slice bounds the work per tick.
+            for index in expired:
+                self._stats.timeouts += 1
+                self._fail_pending(
+                    index,
+                    ErrorCode.REPLICATION_TIMEOUT,
+                    f"not committed within {self.config.send_timeout_ms} ms",
+                )
+        heap = self._held_deadlines
+        while heap and heap[0][0] <= now_ms:
+            _, _, held, key = heapq.heappop(heap)
+            if held.done:
+                continue
+            waiting = self._held.get(key)
+            if waiting is not None:
+                waiting.remove(held)
+                if not waiting:
+                    del self._held[key]
+            response = self._pull_response(held.request)
+            assert response is not None
+            self._finish_held(held, response)
+
+    # ------------------------------------------------------------------ sends
+
+    def _handle_send(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        if self.raft.role is not Role.LEADER:
+            raise self._not_leader()
+        f = request.fields
+        topic = get_str(f, "topic")
+        try:
+            validate_topic(topic)
+        except InvalidTopicError as exc:
+            raise RequestError(ErrorCode.INVALID_TOPIC, str(exc)) from None
+        queue_id = get_int(f, "queue_id", high=QUEUES_MAX - 1)
+        count = get_int(f, "count", default=1, low=1, high=BATCH_COUNT_MAX)
+        producer_id = f.get("producer_id")
+        seq: int | None = None
+        if producer_id is not None:
+            producer_id = get_str(f, "producer_id")
+            seq = get_int(f, "seq")
+        config = self._state.topics.get(topic)
+        create_queues = 0
+        if config is None:
+            if not self.config.auto_create_topics:
+                raise RequestError(ErrorCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist")
+            create_queues = write_queues = self.config.default_queues
+        else:
+            if not config.perm & Perm.WRITE:
+                raise RequestError(ErrorCode.NO_PERMISSION, f"topic {topic} is not writable")
+            write_queues = config.write_queues
+        if queue_id >= write_queues:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST, f"queue_id {queue_id} >= write queues {write_queues}"
+            )
+        if producer_id is not None:
+            assert seq is not None
+            last = self._state.last_send(producer_id)
+            if last is not None and seq <= last.seq:
+                # Stored before and already applied here: answer from the table.
+                if last.seq == seq:
+                    return request.make_response(self._result_of(last))
+                return request.make_response(
+                    self._duplicate_result(
+                        SendCommand(topic, queue_id, count), SendOutcome(True, None)
+                    )
+                )
+        if len(self._pending) >= self.config.pending_requests_max:
+            raise RequestError(ErrorCode.SYSTEM_BUSY, "too many sends await replication")
+        store_ms = max(now_ms + self.wall_offset_ms, self._last_store_ms)
+        self._last_store_ms = store_ms
+        body = bytearray(request.body)
+        self._prepare_batch(body, topic, queue_id, count, store_ms)
+        command = encode_command(
+            SendCommand(topic, queue_id, count, producer_id, seq, create_queues)
+        )
+        data = command + body
+        if len(data) + ENTRY_FRAME_OVERHEAD_BYTES > self.commit_log.segment_bytes:
+            raise RequestError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"batch of {len(data)} bytes does not fit a {self.commit_log.segment_bytes}-byte segment",
+            )
+        self._propose(request, reply_to, data, now_ms)
+        return None
+
+    def _prepare_batch(
+        self, body: bytearray, topic: str, queue_id: int, count: int, store_ms: int
+    ) -> None:
+        """Check every frame of the batch (CRC, fields, topic/queue, size) and stamp the
+        store time in place, re-computing the frame's CRC."""
+        view = memoryview(body)
+        end = len(body)
+        pos = 0
+        frames = 0
+        body_max = self.config.message_bytes_max
+        while pos < end:
+            if end - pos < MESSAGE_OVERHEAD_BYTES:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"truncated frame at {pos}")
+            size = _U32.unpack_from(body, pos)[0]
+            if size < MESSAGE_OVERHEAD_BYTES or size > end - pos:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"bad frame size {size} at {pos}")
+            frame = view[pos : pos + size]
+            try:
+                head = decode_message_header(frame, verify_crc=True)
+            except CorruptRecordError as exc:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"frame {frames}: {exc}") from None
+            if head.topic != topic or head.queue_id != queue_id:
+                raise RequestError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"frame {frames} is for {head.topic}/{head.queue_id}, not {topic}/{queue_id}",
+                )
+            if head.body_span[1] - head.body_span[0] > body_max:
+                raise RequestError(
+                    ErrorCode.MESSAGE_TOO_LARGE, f"message body over {body_max} bytes"
+                )
+            _U64.pack_into(body, pos + _STORE_TS_OFFSET, store_ms)
+            _U32.pack_into(body, pos + 8, zlib.crc32(view[pos + FRAME_HEADER_BYTES : pos + size]))
+            pos += size
+            frames += 1
+        if frames != count:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST, f"count is {count}, body has {frames} frames"
+            )
+
+    def _propose(self, request: Frame, reply_to: int, data: bytes | bytearray, now_ms: int) -> None:
+        try:
+            index = self.raft.propose(bytes(data))
+        except NotLeaderError:
+            raise self._not_leader() from None
+        except BacklogFullError as exc:
+            raise RequestError(ErrorCode.SYSTEM_BUSY, str(exc)) from None
+        except StorageError as exc:
+            _log.error("append_failed", error=str(exc))
+            raise RequestError(ErrorCode.SYSTEM_ERROR, f"append failed: {exc}") from None
+        self._stats.proposals += 1
+        self._pending[index] = _Pending(
+            reply_to, request, self.raft.term, now_ms + self.config.send_timeout_ms
+        )
+
+    # ------------------------------------------------------------------ topics
+
+    def _handle_create_topic(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        if self.raft.role is not Role.LEADER:
+            raise self._not_leader()
+        f = request.fields
+        topic = get_str(f, "topic")
+        try:
+            validate_topic(topic)
+        except InvalidTopicError as exc:
+            raise RequestError(ErrorCode.INVALID_TOPIC, str(exc)) from None
+        read_queues = get_int(
+            f, "read_queues", default=self.config.default_queues, low=1, high=QUEUES_MAX
+        )
+        write_queues = get_int(
+            f, "write_queues", default=self.config.default_queues, low=1, high=QUEUES_MAX
+        )
+        perm = get_int(f, "perm", default=int(PERM_READ_WRITE), high=0xFF)
+        if len(self._pending) >= self.config.pending_requests_max:
+            raise RequestError(ErrorCode.SYSTEM_BUSY, "too many requests await replication")
+        command = encode_command(CreateTopicCommand(topic, read_queues, write_queues, perm))
+        self._propose(request, reply_to, command, now_ms)
+        return None
+
+    def _handle_get_all_topics(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        return request.make_response(
+            {"topics": {name: c.to_fields() for name, c in self._state.topics.items()}}
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def _handle_pull(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        f = request.fields
+        topic = get_str(f, "topic")
+        queue_id = get_int(f, "queue_id", high=QUEUES_MAX - 1)
+        get_int(f, "offset")
+        get_int(f, "max_count", default=32, low=1, high=PULL_COUNT_MAX)
+        if f.get("max_bytes") is not None:
+            get_int(f, "max_bytes", low=1)
+        for value in get_list(f, "tag_hashes", default=[]):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise FieldError("field 'tag_hashes' must be a list of integers")
+        suspend_ms = min(get_int(f, "suspend_ms", default=0), self.config.pull_suspend_ms_max)
+        if suspend_ms <= 0 or self._held_count >= self.config.held_pulls_max:
+            return self._pull_response(request)
+        response = self._pull_response(request, hold=True)
+        if response is not None:
+            return response
+        key = (topic, queue_id)
+        held = _Held(reply_to, request, now_ms + suspend_ms)
+        self._held.setdefault(key, []).append(held)
+        self._held_count += 1
+        heapq.heappush(self._held_deadlines, (held.deadline_ms, next(self._held_seq), held, key))
+        return None
+
+    def _pull_response(self, request: Frame, *, hold: bool = False) -> Frame | None:
+        """The pull's answer; with `hold`, None instead of an answer with nothing new."""
+        f = request.fields
+        tag_hashes = f.get("tag_hashes")
+        result = self.store.get_messages(
+            f["topic"],
+            f["queue_id"],
+            f["offset"],
+            f.get("max_count", 32),
+            f.get("max_bytes"),
+            frozenset(tag_hashes) if tag_hashes else None,
+        )
+        status = _PULL_STATUS[result.status]
+        if hold and status == "NO_NEW_MSG":
+            return None
+        messages = result.messages
+        return request.make_response(
+            {
+                "status": status,
+                "next_offset": result.next_offset,
+                "min_offset": result.min_offset,
+                "max_offset": result.max_offset,
+                "queue_offsets": [offset for offset, _ in messages],
+            },
+            b"".join(frame for _, frame in messages),
+        )
+
+    def _wake_pulls(self, dispatched: list[Dispatched], now_ms: int) -> None:
+        """Answer held pulls whose queue just got messages."""
+        if not self._held or not dispatched:
+            return
+        for key in {(d.topic, d.queue_id) for d in dispatched}:
+            waiting = self._held.get(key)
+            if not waiting:
+                continue
+            still: list[_Held] = []
+            for held in waiting:
+                response = self._pull_response(held.request, hold=True)
+                if response is None:
+                    still.append(held)
+                else:
+                    self._finish_held(held, response)
+            if still:
+                self._held[key] = still
+            else:
+                del self._held[key]
+
+    def _finish_held(self, held: _Held, response: Frame) -> None:
+        held.done = True
+        self._held_count -= 1
+        self._outbox.append(Reply(held.reply_to, response))
+
+    def _handle_min_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        topic, queue_id = _topic_queue(request)
+        return request.make_response({"offset": self.store.min_offset(topic, queue_id)})
+
+    def _handle_max_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        topic, queue_id = _topic_queue(request)
+        return request.make_response({"offset": self.store.max_offset(topic, queue_id)})
+
+    def _handle_search_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        topic, queue_id = _topic_queue(request)
+        ts = get_int(request.fields, "timestamp_ms")
+        return request.make_response(
+            {"offset": self.store.offset_for_timestamp(topic, queue_id, ts)}
+        )
+
+    def _handle_query(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        f = request.fields
+        topic = get_str(f, "topic")
+        key = get_str(f, "key", chars_max=0xFFFF)
+        begin = get_int(f, "begin_ms", default=0)
+        end = get_int(f, "end_ms", default=2**63 - 1)
+        max_count = get_int(f, "max_count", default=32, low=1, high=PULL_COUNT_MAX)
+        frames = self._indexed_frames(
+            f"{topic}#{key}", begin, end, max_count,
+            lambda h: h.topic == topic and key in h.keys.split(" "),
+        )  # fmt: skip
+        return request.make_response({"count": len(frames)}, b"".join(frames))
+
+    def _handle_view(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        f = request.fields
+        topic = get_str(f, "topic")
+        msg_id = get_str(f, "msg_id")
+        frames = self._indexed_frames(
+            f"{topic}#{msg_id}", 0, 2**63 - 1, 1, lambda h: h.topic == topic and h.msg_id == msg_id
+        )
+        if not frames:
+            raise RequestError(ErrorCode.QUERY_NOT_FOUND, f"no message {msg_id} in {topic}")
+        return request.make_response({}, frames[0])
+
+    def _indexed_frames(
+        self, key: str, begin_ms: int, end_ms: int, max_count: int, keep: Callable[[Any], bool]
+    ) -> list[bytes]:
+        out: list[bytes] = []
+        for offset in self.store.index.query(key, begin_ms, end_ms, max_count * 2):
+            try:
+                frame, _ = self.commit_log.frame_at(offset)
+                head = decode_message_header(frame, verify_crc=False)
+            except (CorruptRecordError, OffsetOutOfRangeError):
+                continue
+            if int.from_bytes(frame[4:8], "little") == MAGIC_MESSAGE and keep(head):
+                out.append(bytes(frame))
+                if len(out) >= max_count:
+                    break
+        return out
+
+    def _handle_status(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        return request.make_response(self.status())
+
+    def _handle_ping(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        return request.make_response({})
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft
+        return {
+            "cluster": self.config.cluster,
+            "group": self.config.group,
+            "node_id": self.config.node_id,
+            "address": self.address,
+            "role": _ROLE_NAMES[raft.role],
+            "term": raft.term,
+            "leader": self.leader_address,
+            "commit_index": raft.commit_index,
+            "applied_index": raft.applied_index,
+            "commit_offset": self.store.dispatcher.dispatched_offset,
+            "max_offset": self.commit_log.max_offset,
+            "pid": self.pid,
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters for logs and debugging (not part of the wire API)."""
+        stats = self._stats
+        return {
+            "proposals": stats.proposals,
+            "applied_entries": stats.applied_entries,
+            "fsync_works": stats.fsync_works,
+            "timeouts": stats.timeouts,
+            "deferred_dropped": stats.deferred_dropped,
+            "bad_raft_frames": stats.bad_raft_frames,
+            "pending": len(self._pending),
+            "held_pulls": self._held_count,
+        }
+
+    _simple_handlers: dict[int, Callable[[BrokerCore, Frame, int, int], Frame | None]] = {
+        RequestCode.CREATE_TOPIC: _handle_create_topic,
+        RequestCode.GET_ALL_TOPICS: _handle_get_all_topics,
+        RequestCode.GET_MIN_OFFSET: _handle_min_offset,
+        RequestCode.GET_MAX_OFFSET: _handle_max_offset,
+        RequestCode.SEARCH_OFFSET_BY_TIMESTAMP: _handle_search_offset,
+        RequestCode.QUERY_MESSAGE: _handle_query,
+        RequestCode.VIEW_MESSAGE_BY_ID: _handle_view,
+        RequestCode.GET_BROKER_STATUS: _handle_status,
+        RequestCode.PING: _handle_ping,
+    }
+
+
+def _send_result(queue_id: int, dispatched: list[Dispatched]) -> dict[str, Any]:
+    first = dispatched[0] if dispatched else None
+    return {
+        "msg_ids": [d.msg_id for d in dispatched],
+        "queue_id": queue_id,
+        "queue_offset": first.queue_offset if first else -1,
+        "commit_offset": first.commit_offset if first else -1,
+        "duplicate": False,
+    }
+
+
+def _topic_queue(request: Frame) -> tuple[str, int]:
+    return get_str(request.fields, "topic"), get_int(
+        request.fields, "queue_id", high=QUEUES_MAX - 1
+    )
+
+
+# Re-exported for drivers that only need the message types.
+__all__ = [
+    "BrokerCore",
+    "Output",
+    "PeerMessage",
+    "Reply",
+    "RoleChanged",
+    "TopicsChanged",
+    "Work",
+]

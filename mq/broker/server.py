@@ -1,0 +1,379 @@
+"""The broker process: `BrokerCore` behind a trio TCP server, peer links, ticks, registration.
+
+Thin on purpose: request decoding and connection handling live in `mq.rpc`, the logic
+in the core. This driver supplies the clock (trio's, so tests run on a MockClock), the
+threads for fsyncs, and the sockets:
+
+* one listener (`serve_tcp`) for clients and for the other nodes' RAFT_MESSAGE frames;
+* the Raft loop: `core.ready()` -> send -> `work.run()` (in a worker thread on real
+  files) -> `core.advance()` -> send, woken by any input; the run + advance part is
+  shielded from cancellation, so a shutdown never leaves an fsync half-reported;
+* a tick task (every `tick_ms`), which also expires timed-out requests and long polls;
+* one outgoing link per peer: a bounded queue drained onto an `mq.rpc.client`
+  connection, reconnecting with backoff. When the peer is down or slow the queue
+  fills and further messages are dropped — Raft resends — so a peer never blocks us;
+* one registration task per NameServer: every `register_interval_ms`, and at once
+  when the role, term, leader or topic table changes.
+
+Shutdown (cancel the nursery, e.g. on SIGTERM) closes the store cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+
+from mq.broker.config import BrokerConfig
+from mq.broker.core import BrokerCore, PeerMessage, Reply, RoleChanged, TopicsChanged
+from mq.protocol import Frame, RequestCode, request
+from mq.rpc.address import format_address, parse_address
+from mq.rpc.client import connect
+from mq.rpc.errors import TransportError
+from mq.rpc.server import Peer, listener_port, serve_tcp
+from storage.files import FileSystem, RealFileSystem
+
+PEER_QUEUE_FRAMES_MAX = 4096
+"""Raft frames queued for one peer; past it they are dropped (Raft resends)."""
+IN_FLIGHT_PER_CONNECTION_MAX = 1024
+"""Requests one client connection may have outstanding (pipelined sends)."""
+RECONNECT_BACKOFF_S_MIN = 0.05
+RECONNECT_BACKOFF_S_MAX = 1.0
+REGISTER_TIMEOUT_S = 3.0
+UNREGISTER_TIMEOUT_S = 1.0
+
+_log = structlog.get_logger("mq.broker")
+
+
+@dataclass(slots=True)
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    frame: Frame | None = None
+
+
+class BrokerServer:
+    """One broker node. `serve` runs it until cancelled."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        fs: FileSystem | None = None,
+        *,
+        io_in_thread: bool | None = None,
+    ) -> None:
+        """`fs` defaults to the real file system; `io_in_thread` (default: only on real
+        files) runs fsyncs in a worker thread instead of on the trio thread."""
+        self.config = config
+        self.fs: FileSystem = fs if fs is not None else RealFileSystem()
+        self.io_in_thread = (
+            isinstance(self.fs, RealFileSystem) if io_in_thread is None else io_in_thread
+        )
+        self.host, self.port = split_listen(config.listen)
+        self._core: BrokerCore | None = None
+        self._reply_ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._wakeup = trio.Event()
+        self._peers: dict[int, trio.MemorySendChannel[Frame]] = {}
+        self._register_events: list[trio.Event] = []
+        self.dropped_peer_frames = 0
+        self.registrations = 0
+
+    @property
+    def address(self) -> str:
+        return format_address(self.host, self.port)
+
+    @property
+    def core(self) -> BrokerCore:
+        assert self._core is not None, "the broker is not running"
+        return self._core
+
+    def now_ms(self) -> int:
+        """trio's monotonic clock: immune to wall-clock jumps, virtual under MockClock."""
+        return int(trio.current_time() * 1000)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the store, listen, join the group; run until cancelled, then close."""
+        config = self.config
+        lock = _lock_data_dir(config.data_dir) if isinstance(self.fs, RealFileSystem) else None
+        try:
+            now = self.now_ms()
+            core = BrokerCore(
+                config,
+                self.fs,
+                now,
+                wall_offset_ms=int(time.time() * 1000) - now,
+                pid=os.getpid(),
+            )
+            self._core = core
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self._start(nursery, core)
+                    task_status.started(self)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._unregister()
+                    self._close(core)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    async def _start(self, nursery: trio.Nursery, core: BrokerCore) -> None:
+        config = self.config
+        listeners = await nursery.start(
+            partial(
+                serve_tcp,
+                self._handle,
+                self.host,
+                self.port,
+                in_flight_max=IN_FLIGHT_PER_CONNECTION_MAX,
+            )
+        )
+        self.port = listener_port(listeners)
+        core.address = self.address
+        core.voters[config.node_id] = self.address
+        for node_id, address in sorted(core.voters.items()):
+            if node_id == config.node_id:
+                continue
+            send, receive = trio.open_memory_channel[Frame](PEER_QUEUE_FRAMES_MAX)
+            self._peers[node_id] = send
+            nursery.start_soon(self._peer_loop, node_id, address, receive)
+        nursery.start_soon(self._raft_loop, core)
+        nursery.start_soon(self._tick_loop, core)
+        for address in config.namesrv:
+            event = trio.Event()
+            self._register_events.append(event)
+            nursery.start_soon(self._register_loop, core, address, len(self._register_events) - 1)
+        _log.info(
+            "broker_listening",
+            address=self.address,
+            cluster=config.cluster,
+            group=config.group,
+            node_id=config.node_id,
+            peers={str(k): v for k, v in core.voters.items()},
+            data_dir=config.data_dir,
+            flush=config.flush.value,
+            namesrv=list(config.namesrv),
+        )
+
+    async def _unregister(self) -> None:
+        """Tell every NameServer we are going, so clients stop routing to us at once
+        (best effort, bounded: a NameServer that is down expires us instead)."""
+        if self.port == 0:
+            return
+        fields = {
+            "group": self.config.group,
+            "node_id": self.config.node_id,
+            "address": self.address,
+        }
+
+        async def one(address: str) -> None:
+            with trio.move_on_after(UNREGISTER_TIMEOUT_S):
+                try:
+                    async with connect(address, timeout=UNREGISTER_TIMEOUT_S) as conn:
+                        await conn.request(
+                            request(RequestCode.UNREGISTER_BROKER, fields),
+                            timeout=UNREGISTER_TIMEOUT_S,
+                        )
+                except (TransportError, OSError) as exc:
+                    _log.info("unregister_failed", namesrv=address, reason=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for address in self.config.namesrv:
+                nursery.start_soon(one, address)
+
+    def _close(self, core: BrokerCore) -> None:
+        try:
+            core.close(self.now_ms())
+            _log.info("broker_closed", node_id=self.config.node_id)
+        except Exception:
+            _log.exception("broker_close_failed", node_id=self.config.node_id)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _handle(self, request: Frame, peer: Peer) -> Frame | None:
+        core = self.core
+        if request.code == RequestCode.RAFT_MESSAGE:
+            # Stepped before this handler's first await: serve_connection starts one
+            # task per frame, in arrival order, each in a later scheduling batch than
+            # the one before, so a peer's frames are stepped in the order it sent them.
+            # (Raft stays safe if they were not; it would only retry more.)
+            core.receive_raft(request)
+            self._after_input()
+            return None
+        reply_id = next(self._reply_ids)
+        waiter = _Waiter()
+        self._waiters[reply_id] = waiter
+        try:
+            response = core.handle(request, reply_id, self.now_ms())
+            self._after_input()
+            if response is not None or request.is_oneway:
+                return response
+            await waiter.done.wait()
+            return waiter.frame
+        finally:
+            del self._waiters[reply_id]
+
+    def _after_input(self) -> None:
+        self._dispatch_outputs()
+        self._wakeup.set()
+
+    def _dispatch_outputs(self) -> None:
+        for out in self.core.take_outputs():
+            if isinstance(out, Reply):
+                waiter = self._waiters.get(out.reply_to)
+                if waiter is not None:  # else the requester left
+                    waiter.frame = out.frame
+                    waiter.done.set()
+            elif isinstance(out, PeerMessage):
+                channel = self._peers.get(out.node_id)
+                if channel is None:
+                    continue
+                try:
+                    channel.send_nowait(out.frame)
+                except trio.WouldBlock:
+                    self.dropped_peer_frames += 1
+            elif isinstance(out, RoleChanged | TopicsChanged):
+                for event in self._register_events:
+                    event.set()
+
+    # ------------------------------------------------------------------ loops
+
+    async def _raft_loop(self, core: BrokerCore) -> None:
+        while True:
+            work = core.ready(self.now_ms())
+            self._dispatch_outputs()
+            if work is None:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            with trio.CancelScope(shield=True):
+                if work.blocking and self.io_in_thread:
+                    await trio.to_thread.run_sync(work.run)
+                else:
+                    work.run()
+                core.advance(work, self.now_ms())
+            self._dispatch_outputs()
+            await trio.lowlevel.checkpoint()
+
+    async def _tick_loop(self, core: BrokerCore) -> None:
+        interval_s = self.config.tick_ms / 1000
+        while True:
+            await trio.sleep(interval_s)
+            core.tick(self.now_ms())
+            self._after_input()
+
+    async def _peer_loop(
+        self, node_id: int, address: str, frames: trio.MemoryReceiveChannel[Frame]
+    ) -> None:
+        log = _log.bind(peer=node_id, peer_address=address)
+        backoff_s = RECONNECT_BACKOFF_S_MIN
+        connected_before = False
+        while True:
+            try:
+                async with connect(address, timeout=1.0) as conn:
+                    log.info("peer_connected")
+                    connected_before = True
+                    backoff_s = RECONNECT_BACKOFF_S_MIN
+                    async for frame in frames:
+                        await conn.send_oneway(frame)
+            except (TransportError, OSError) as exc:
+                if connected_before:
+                    log.info("peer_disconnected", reason=str(exc))
+                    connected_before = False
+                else:
+                    log.debug("peer_unreachable", reason=str(exc))
+            # What queued while the link was down is stale: Raft will resend what matters.
+            with contextlib.suppress(trio.WouldBlock):
+                while True:
+                    frames.receive_nowait()
+                    self.dropped_peer_frames += 1
+            await trio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S_MAX)
+
+    async def _register_loop(self, core: BrokerCore, address: str, slot: int) -> None:
+        log = _log.bind(namesrv=address)
+        interval_s = self.config.register_interval_ms / 1000
+        while True:
+            try:
+                async with connect(address, timeout=REGISTER_TIMEOUT_S) as conn:
+                    while True:
+                        self._register_events[slot] = trio.Event()
+                        registration = core.registration()
+                        await conn.request(
+                            request(RequestCode.REGISTER_BROKER, registration.to_fields()),
+                            timeout=REGISTER_TIMEOUT_S,
+                        )
+                        self.registrations += 1
+                        log.debug(
+                            "registered", role=registration.role.value, term=registration.term
+                        )
+                        with trio.move_on_after(interval_s):
+                            await self._register_events[slot].wait()
+            except (TransportError, OSError) as exc:
+                log.warning("register_failed", reason=str(exc))
+            with trio.move_on_after(min(interval_s, RECONNECT_BACKOFF_S_MAX)):
+                await self._register_events[slot].wait()
+
+    def status(self) -> dict[str, Any]:
+        status = self.core.status()
+        status.update(self.core.stats())
+        status["dropped_peer_frames"] = self.dropped_peer_frames
+        return status
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """host and port of a listen address; port 0 (pick a free one) is allowed here."""
+    if listen.endswith(":0"):
+        host, _port = parse_address(listen[:-2] + ":1")
+        return host, 0
+    return parse_address(listen)
+
+
+class DataDirLockedError(RuntimeError):
+    """Another broker process holds the data directory."""
+
+
+class _DirLock:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _lock_data_dir(data_dir: str) -> _DirLock:
+    """An exclusive flock on `<data_dir>/lock`: two processes on one store would corrupt it."""
+    import fcntl
+
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirLockedError(f"{data_dir} is in use by another broker") from None
+    return _DirLock(fd)
+
+
+async def run_broker(
+    config: BrokerConfig,
+    *,
+    fs: FileSystem | None = None,
+    io_in_thread: bool | None = None,
+    task_status: trio.TaskStatus[BrokerServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one broker node until cancelled. With `nursery.start(run_broker, config)` the
+    caller gets the running `BrokerServer` (its `address` has the bound port)."""
+    server = BrokerServer(config, fs, io_in_thread=io_in_thread)
+    await server.serve(task_status=task_status)

@@ -1,0 +1,121 @@
+"""`python -m mq.broker` as a real process: TOML config plus flags, the listening line,
+SIGTERM is a clean exit, and kill -9 loses nothing acknowledged. Real clock: every
+wait polls with a deadline."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from mq.broker.__main__ import parse_config
+from mq.protocol import RequestCode, request
+from mq.rpc.client import connect
+from tests.mq.broker_cluster import send_request
+
+DEADLINE_S = 20
+
+CONFIG = """
+cluster = "c1"
+group = "solo"
+listen = "127.0.0.1:0"
+election-ms = 100
+heartbeat_ms = 20
+segment_bytes = 1048576
+cq_units_per_segment = 1024
+index_slots = 1024
+index_entries_max = 4096
+log_level = "warning"
+"""
+
+
+class BrokerProcess:
+    def __init__(self, config: Path, data: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mq.broker", "--config", str(config), "--data", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    async def address(self) -> str:
+        assert self.proc.stdout is not None
+        with trio.fail_after(DEADLINE_S):
+            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+        match = re.search(r"listening on (\S+)", line)
+        assert match, f"unexpected first line {line!r}"
+        return match.group(1)
+
+    async def wait(self) -> int:
+        with trio.fail_after(DEADLINE_S):
+            return await trio.to_thread.run_sync(self.proc.wait)
+
+
+async def send_when_leader(address: str, body: bytes) -> dict[str, object]:
+    async with connect(address) as conn:
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                response = await conn.request(send_request("t", [body]), check=False)
+                if response.ok:
+                    return dict(response.fields)
+                await trio.sleep(0.05)
+
+
+async def bodies(address: str) -> int:
+    async with connect(address) as conn:
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                status = (await conn.request(request(RequestCode.GET_BROKER_STATUS))).fields
+                if status["role"] == "leader" and status["applied_index"] == status["commit_index"]:
+                    break
+                await trio.sleep(0.05)
+        response = await conn.request(
+            request(RequestCode.GET_MAX_OFFSET, {"topic": "t", "queue_id": 0})
+        )
+        return int(response.fields["offset"])
+
+
+async def test_a_broker_process_stops_cleanly_and_keeps_what_it_acknowledged(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG)
+    data = tmp_path / "data"
+    broker = BrokerProcess(config, data)
+    try:
+        address = await broker.address()
+        assert (await send_when_leader(address, b"one"))["queue_offset"] == 0
+        broker.proc.send_signal(signal.SIGTERM)
+        assert await broker.wait() == 0
+
+        broker = BrokerProcess(config, data)
+        address = await broker.address()
+        assert (await send_when_leader(address, b"two"))["queue_offset"] == 1
+        broker.proc.kill()  # kill -9: no chance to flush anything more
+        await broker.wait()
+
+        broker = BrokerProcess(config, data)
+        address = await broker.address()
+        assert await bodies(address) == 2
+    finally:
+        if broker.proc.poll() is None:
+            broker.proc.kill()
+            broker.proc.wait()
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG + '\n[peers]\n1 = "127.0.0.1:7001"\n2 = "127.0.0.1:7002"\n')
+    parsed = parse_config(
+        ["--config", str(config), "--node-id", "2", "--flush", "async", "--namesrv", "a:1,b:2"]
+    )
+    assert parsed.node_id == 2
+    assert parsed.flush.value == "async"
+    assert parsed.namesrv == ("a:1", "b:2")
+    assert parsed.peers == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
+    assert parsed.election_ms == 100 and parsed.group == "solo"
+    assert parsed.raft_config().election_ticks == 10
