@@ -7,14 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from mq import __version__
-from mq.commands import bench_cmd, demo_cmd
+from mq.client.errors import MQClientError
+from mq.commands import bench_cmd, cluster_cmd, data_cmd, demo_cmd
+from mq.rpc.errors import TransportError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mq {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (demo_cmd, bench_cmd):
+    for module in (cluster_cmd, data_cmd, demo_cmd, bench_cmd):
         module.register(commands)
     return parser
 
@@ -26,7 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except (MQClientError, TransportError, FileNotFoundError, KeyError) as exc:
+        print(f"mq: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return result
 
 

@@ -372,7 +372,7 @@ class Producer:
         """Send without waiting for (or getting) an answer: one attempt, no retry; the
         message may be lost. Returns once the request is written to the socket."""
         batch = self._prepare([message], RequestCode.SEND_MESSAGE)
-        route = await self._client.routes.get(batch.topic)
+        route = await self._client.routes.get_for_send(batch.topic)
         if selector is not None:
             queue = self._select_ordered(route, batch, selector, arg)
         else:
@@ -507,7 +507,7 @@ class Producer:
         code: int | None = None
         contacted = False  # whether any request reached (or was sent towards) a broker
         for attempt in range(1, attempts_max + 1):
-            route = await client.routes.get(batch.topic)  # NoRouteError: nowhere to send
+            route = await client.routes.get_for_send(batch.topic)  # NoRouteError: nowhere to send
             if selector is not None:
                 if queue is None:
                     queue = self._select_ordered(route, batch, selector, arg)

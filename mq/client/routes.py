@@ -32,13 +32,17 @@ from mq.client.errors import MQClientError, MQConnectionError, MQTimeoutError, N
 from mq.client.pool import ConnectionPool
 from mq.fields import FieldError
 from mq.protocol import ErrorCode, Frame, RequestCode, error_name, request
-from mq.route import ClusterInfo, GroupInfo, TopicRoute
+from mq.route import ClusterInfo, GroupInfo, GroupRoute, TopicConfig, TopicRoute
 
 REFRESH_INTERVAL_MS_DEFAULT = 30_000
 TOPICS_MAX = 4096
 """Routes cached; the least recently used is dropped past this."""
 
 _log = structlog.get_logger("mq.client")
+
+
+AUTO_CREATE_QUEUES = 8
+"""Queues a producer assumes for a topic the broker will auto-create (the broker's default)."""
 
 
 @dataclass(slots=True)
@@ -83,6 +87,24 @@ class RouteTable:
             self._routes.move_to_end(topic)
             return cached.route
         return await self.refresh(topic)
+
+    async def get_for_send(self, topic: str, queues: int = AUTO_CREATE_QUEUES) -> TopicRoute:
+        """A producer's route: as `get`, but a topic no NameServer knows yet goes to every
+        group that has a leader, with `queues` queues — RocketMQ's auto-create: the broker
+        creates the topic on the first send and registers it, and the next refresh
+        replaces this provisional route with the real one."""
+        try:
+            return await self.get(topic)
+        except NoRouteError:
+            info = await self.cluster_info()
+            groups = tuple(
+                GroupRoute(group, TopicConfig(queues, queues)) for group in info.groups if group.leader_address
+            )
+            if not groups:
+                raise
+            route = TopicRoute(topic, groups)
+            self._store(topic, route, self._fetches_started)
+            return route
 
     def cached(self, topic: str) -> TopicRoute | None:
         cached = self._routes.get(topic)
