@@ -125,7 +125,7 @@ def bench_group_commit(root: str, producers: int, seconds: float) -> tuple[float
     appends whatever has queued up as one batch; each producer is acknowledged once the
     fdatasync covering its record returned. Appends go on while an fsync runs."""
     store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.SYNC))
-    flusher = Flusher(store.commit_log, FlushPolicy(FlushMode.SYNC))
+    flusher = Flusher(store.commit_log)
     body = os.urandom(MESSAGE_BYTES)
     acked = 0
     queued: list[tuple[MessageRecord, list[int], trio.Event]] = []

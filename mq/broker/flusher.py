@@ -1,6 +1,7 @@
-"""The trio driver of the flush policies: group commit for sync flush, a timer for async.
+"""The trio driver of sync flush (group commit) for a standalone MessageStore.
 
-storage/ decides (FlushPolicy, GroupCommit); this module awaits. The fdatasync
+storage/ keeps the books (GroupCommit); this module awaits. (A broker node flushes as its
+Raft driver says, once per Ready; this driver serves the store on its own.) The fdatasync
 runs in a worker thread so the trio thread keeps appending while the disk works:
 everything appended while one fsync is in flight is covered by the next one, and
 that is what makes group commit pay — N waiters, one fsync.
@@ -11,13 +12,12 @@ from __future__ import annotations
 import trio
 
 from storage.commit_log import CommitLog
-from storage.flush import FlushPolicy, GroupCommit
+from storage.flush import GroupCommit
 
 
 class Flusher:
-    def __init__(self, commit_log: CommitLog, policy: FlushPolicy) -> None:
+    def __init__(self, commit_log: CommitLog) -> None:
         self._log = commit_log
-        self._policy = policy
         self._group = GroupCommit()
         self._events: dict[int, trio.Event] = {}
         self._wakeup = trio.Event()
@@ -31,10 +31,6 @@ class Flusher:
         event = self._events[ticket] = trio.Event()
         self._wakeup.set()
         await event.wait()
-
-    def kick(self) -> None:
-        """Tell the async-flush loop that bytes were appended."""
-        self._wakeup.set()
 
     async def _flush_once(self) -> None:
         plan = self._log.prepare_flush()
@@ -53,23 +49,5 @@ class Flusher:
             if self._group.target() is not None:
                 await self._flush_once()
 
-    async def run_async_mode(self) -> None:
-        """Async flush: every interval, or sooner once enough bytes are waiting."""
-        last_ms = _now_ms()
-        interval_s = self._policy.interval_ms / 1000
-        while True:
-            with trio.move_on_after(interval_s):
-                await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            now = _now_ms()
-            log = self._log
-            if self._policy.due(now, log.max_offset, log.flushed_offset, last_ms):
-                await self._flush_once()
-                last_ms = now
-
     async def flush_now(self) -> None:
         await self._flush_once()
-
-
-def _now_ms() -> int:
-    return int(trio.current_time() * 1000)
