@@ -7,12 +7,14 @@ import sys
 from collections.abc import Sequence
 
 from mq import __version__
+from sim.cli import add_sim_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mq {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_sim_commands(commands)
     return parser
 
 
