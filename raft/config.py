@@ -14,7 +14,7 @@ class RandomSource(Protocol):
 
 # Each plant turns on one deliberate bug in the core. The simulator's checkers must
 # catch every one of them; tests/sim asserts they do. Keep this list in sync with the
-# `if self._plant(...)` sites in the core.
+# `if "name" in self._plants:` sites in raft/node.py.
 PLANTS: dict[str, str] = {
     "commit_old_term": "leader commits an entry of an earlier term by counting replicas",
     "ack_before_fsync": "follower acknowledges appended entries before they are durable",
@@ -37,6 +37,10 @@ class Config:
     inflight_bytes_max: int = 8 << 20
     append_bytes_max: int = 1 << 20
     snapshot_chunk_bytes: int = 1 << 20
+    # Committed entries handed out by one Ready (at least one entry, however big).
+    ready_committed_bytes_max: int = 8 << 20
+    # Proposals are refused (BacklogFullError) while this many entries await commit.
+    uncommitted_entries_max: int = 1 << 18
     plants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -45,3 +49,15 @@ class Config:
             raise ValueError(f"unknown plants: {sorted(unknown)}")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ValueError("heartbeat_ticks must be smaller than election_ticks")
+        if self.heartbeat_ticks < 1:
+            raise ValueError("heartbeat_ticks must be at least 1")
+        for name in (
+            "inflight_msgs_max",
+            "inflight_bytes_max",
+            "append_bytes_max",
+            "snapshot_chunk_bytes",
+            "ready_committed_bytes_max",
+            "uncommitted_entries_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")

@@ -8,9 +8,14 @@ place before a message reaches its handler.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
+
+# Fixed per-entry cost (term, index, kind, framing) that `Entry.size_bytes` adds to the
+# payload; named so byte accounting can be done in bulk without a call per entry.
+ENTRY_OVERHEAD_BYTES = 24
 
 
 class EntryKind(IntEnum):
@@ -30,7 +35,31 @@ class Entry:
 
     def size_bytes(self) -> int:
         """Bytes this entry costs in flight; bounds batches and the in-flight window."""
-        return len(self.data) + 24
+        return len(self.data) + ENTRY_OVERHEAD_BYTES
+
+
+_new_entry = Entry.__new__
+_set_term, _set_index, _set_data, _set_kind = (
+    Entry.__dict__[name].__set__ for name in ("term", "index", "data", "kind")
+)
+
+
+def make_entries(
+    term: int, first_index: int, datas: Iterable[bytes], kind: EntryKind = EntryKind.NORMAL
+) -> list[Entry]:
+    """`[Entry(term, i, d, kind) for i, d in enumerate(datas, first_index)]`, at less than
+    half the cost: a frozen dataclass's __init__ pays one object.__setattr__ call per
+    field, which dominates a leader's per-entry work; this fills the slots directly."""
+    out: list[Entry] = []
+    append = out.append
+    for index, data in enumerate(datas, first_index):
+        entry = _new_entry(Entry)
+        _set_term(entry, term)
+        _set_index(entry, index)
+        _set_data(entry, data)
+        _set_kind(entry, kind)
+        append(entry)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +106,17 @@ class AppendRequest:
 class AppendResponse:
     """On success `match_index` is the last index the follower holds that matches the
     leader's log. On rejection `conflict_index` / `conflict_term` let the leader skip a
-    whole term per round trip instead of one entry (fast backtracking)."""
+    whole term per round trip instead of one entry (fast backtracking). `reject_index`
+    is the `prev_index` of the rejected request, so the leader can tell a stale rejection
+    (one it already acted on, or older than what the follower has since matched) from a
+    fresh one."""
 
     term: int
     success: bool
     match_index: int
     conflict_index: int = 0
     conflict_term: int = 0
+    reject_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)

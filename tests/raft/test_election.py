@@ -1,0 +1,245 @@
+"""Leader election: pre-vote, check-quorum and the leader lease, and the vote rules."""
+
+from __future__ import annotations
+
+from raft.config import Config
+from raft.local_cluster import LocalCluster
+from raft.messages import Envelope, HardState, VoteRequest, VoteResponse
+from raft.node import RaftNode, Role
+from tests.raft.helpers import of_type, seed_log, take
+
+
+def follower_of(cluster: LocalCluster, leader: int) -> int:
+    return next(i for i in cluster.ids if i != leader)
+
+
+def test_pre_vote_keeps_a_partitioned_node_from_disrupting_a_healthy_cluster() -> None:
+    cluster = LocalCluster(3)
+    leader = cluster.elect()
+    term = cluster.node(leader).term
+    lonely = follower_of(cluster, leader)
+    cluster.isolate(lonely)
+    cluster.tick(times=100)
+    # It pre-campaigned many times but never raised its term.
+    assert cluster.node(lonely).term == term
+    assert cluster.node(lonely).role in (Role.PRE_CANDIDATE, Role.FOLLOWER)
+    cluster.heal()
+    cluster.tick(times=30)
+    assert cluster.leader() == leader
+    assert all(cluster.node(i).term == term for i in cluster.ids)
+    assert all(cluster.node(i).leader_id == leader for i in cluster.ids)
+
+
+def test_without_pre_vote_a_rejoining_node_does_disrupt() -> None:
+    """The contrast that shows what pre-vote buys."""
+    cluster = LocalCluster(3, Config(pre_vote=False, check_quorum=False))
+    leader = cluster.elect()
+    term = cluster.node(leader).term
+    lonely = follower_of(cluster, leader)
+    cluster.isolate(lonely)
+    cluster.tick(times=100)
+    assert cluster.node(lonely).term > term + 1
+    cluster.heal()
+    cluster.tick(times=30)
+    assert all(cluster.node(i).term > term + 1 for i in cluster.ids)
+
+
+def test_pre_candidate_that_wins_becomes_candidate_then_leader_with_one_term_bump() -> None:
+    cluster = LocalCluster(3)
+    leader = cluster.elect()
+    assert cluster.node(leader).term == 1
+
+
+def test_leader_without_a_quorum_steps_down_after_an_election_timeout() -> None:
+    config = Config(election_ticks=10)
+    cluster = LocalCluster(3, config)
+    leader = cluster.elect()
+    cluster.isolate(leader)
+    cluster.tick([leader], times=config.election_ticks * 2)
+    assert cluster.node(leader).role is Role.FOLLOWER
+    assert cluster.node(leader).leader_id is None
+    # Meanwhile the majority elects someone else.
+    cluster.tick([i for i in cluster.ids if i != leader], times=config.election_ticks * 3)
+    new_leader = cluster.leader()
+    assert new_leader is not None and new_leader != leader
+
+
+def test_leader_with_a_quorum_stays_leader() -> None:
+    config = Config(election_ticks=10)
+    cluster = LocalCluster(5, config)
+    leader = cluster.elect()
+    others = [i for i in cluster.ids if i != leader]
+    cluster.isolate(others[0])
+    cluster.isolate(others[1])
+    cluster.tick([leader, *others[2:]], times=config.election_ticks * 5)
+    assert cluster.node(leader).role is Role.LEADER
+
+
+def test_follower_in_lease_ignores_a_higher_term_vote_request() -> None:
+    cluster = LocalCluster(3)
+    leader = cluster.elect()
+    follower = follower_of(cluster, leader)
+    node = cluster.node(follower)
+    term = node.term
+    last = cluster.members[follower].log.last_index()
+    node.step(Envelope(leader, follower, VoteRequest(term + 5, last + 10, term + 5)))
+    cluster.process(follower)
+    assert node.term == term
+    assert not cluster.network
+    # Unless the campaign comes from a leadership transfer.
+    node.step(Envelope(leader, follower, VoteRequest(term + 5, last + 10, term, transfer=True)))
+    cluster.process(follower)
+    assert node.term == term + 5
+    [reply] = take(cluster, of_type(VoteResponse))
+    assert reply.msg == VoteResponse(term + 5, True)
+
+
+def test_follower_out_of_lease_grants_a_higher_term_vote() -> None:
+    config = Config(election_ticks=10)
+    cluster = LocalCluster(3, config, rng_factory=lambda i: FixedTimeout(10 if i == 1 else 19))
+    leader = cluster.elect()
+    assert leader == 1
+    follower = follower_of(cluster, leader)
+    cluster.isolate(follower)
+    cluster.tick([follower], times=config.election_ticks)  # lease expired, timeout not yet
+    node = cluster.node(follower)
+    last = cluster.members[follower].log.last_index()
+    term = node.term
+    node.step(Envelope(leader, follower, VoteRequest(term + 1, last, term)))
+    ready = cluster.process(follower)
+    assert ready is not None
+    assert ready.hard_state == HardState(term + 1, leader, node.commit_index)
+    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(term + 1, True)]
+    assert not ready.messages
+
+
+class FixedTimeout:
+    """A RandomSource whose randomized election timeout is always `ticks`."""
+
+    def __init__(self, ticks: int) -> None:
+        self.ticks = ticks
+
+    def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
+        assert stop is not None and start <= self.ticks < stop
+        return self.ticks
+
+
+def lone_node(config: Config, hard_state: HardState, node_id: int = 1) -> RaftNode:
+    from raft.log_store import MemoryLogStore
+
+    return RaftNode(node_id, (1, 2, 3), MemoryLogStore(), hard_state, config, FixedTimeout(10))
+
+
+def test_a_node_votes_at_most_once_per_term() -> None:
+    node = lone_node(Config(), HardState(term=3))
+    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
+    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))
+    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))  # a retry by the one it voted for
+    ready = node.ready()
+    assert ready is not None
+    assert ready.hard_state == HardState(4, 2, 0)
+    assert [(e.dst, e.msg.granted) for e in ready.persisted_messages] == [  # type: ignore[union-attr]
+        (2, True),
+        (3, False),
+        (2, True),
+    ]
+    assert not ready.messages, "votes are sent only after the vote is persisted"
+
+
+def test_double_vote_plant_grants_a_second_vote() -> None:
+    node = lone_node(Config(plants=frozenset({"double_vote"})), HardState(term=3))
+    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
+    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg.granted for e in ready.persisted_messages] == [True, True]  # type: ignore[union-attr]
+
+
+def test_a_restarted_node_remembers_its_vote() -> None:
+    node = lone_node(Config(), HardState(term=4, vote=2))
+    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, False)]
+
+
+def test_forget_vote_plant_forgets_it() -> None:
+    node = lone_node(Config(plants=frozenset({"forget_vote"})), HardState(term=4, vote=2))
+    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]
+
+
+def test_vote_is_refused_to_a_candidate_with_a_less_up_to_date_log() -> None:
+    cluster = LocalCluster(3, Config(pre_vote=False))
+    seed_log(cluster, 1, [1, 1, 2], term=2)
+    seed_log(cluster, 2, [1, 1, 1, 1], term=2)  # longer, but older last term
+    seed_log(cluster, 3, [1, 1], term=2)
+    # Node 2 campaigns first: node 1 refuses (its last term is newer), node 3 grants.
+    node2 = cluster.node(2)
+    for _ in range(40):
+        node2.tick()
+        if node2.role is Role.CANDIDATE:
+            break
+    cluster.process(2)
+    requests = take(cluster, of_type(VoteRequest, src=2))
+    for env in requests:
+        cluster.deliver(env)
+    cluster.process(1)
+    cluster.process(3)
+    answers = {e.src: e.msg.granted for e in take(cluster, of_type(VoteResponse, dst=2))}  # type: ignore[union-attr]
+    assert answers == {1: False, 3: True}
+
+
+def test_a_node_missing_entries_the_others_hold_never_wins() -> None:
+    for seed in range(10):
+        cluster = LocalCluster(3, seed=seed)
+        seed_log(cluster, 1, [1, 1, 2])
+        seed_log(cluster, 2, [1, 1])
+        seed_log(cluster, 3, [1])
+        leader = cluster.elect()
+        assert leader in (1, 2)
+        cluster.run()
+        assert cluster.members[3].log.last_index() >= 3
+
+
+def test_candidate_steps_down_on_an_append_from_the_leader_of_its_term() -> None:
+    cluster = LocalCluster(3)
+    leader = cluster.elect()
+    follower = follower_of(cluster, leader)
+    cluster.isolate(follower)
+    cluster.tick([follower], times=40)
+    assert cluster.node(follower).role is Role.PRE_CANDIDATE
+    cluster.heal()
+    cluster.tick(times=2)
+    assert cluster.node(follower).role is Role.FOLLOWER
+    assert cluster.node(follower).leader_id == leader
+
+
+def test_stale_vote_responses_are_ignored() -> None:
+    node = lone_node(Config(pre_vote=False), HardState(term=5))
+    for _ in range(30):
+        node.tick()
+        if node.role is Role.CANDIDATE:
+            break
+    assert node.term == 6
+    node.step(Envelope(2, 1, VoteResponse(5, True)))
+    node.step(Envelope(3, 1, VoteResponse(5, True)))
+    assert node.role is Role.CANDIDATE
+    node.step(Envelope(2, 1, VoteResponse(6, True)))
+    assert node.role is Role.LEADER
+
+
+def test_a_higher_term_response_makes_a_leader_step_down() -> None:
+    cluster = LocalCluster(3)
+    leader = cluster.elect()
+    node = cluster.node(leader)
+    from raft.messages import AppendResponse
+
+    node.step(
+        Envelope(follower_of(cluster, leader), leader, AppendResponse(node.term + 3, False, 0))
+    )
+    assert node.role is Role.FOLLOWER
+    assert node.term == 4
+    assert node.vote is None
