@@ -8,10 +8,12 @@ proportional to the entries it reports, never a scan of whole logs:
 * `on_role(node, is_leader, term)`       a node was seen in a role at a term
 * `on_append(node, entries)`              entries were appended to a node's log
 * `on_truncate(node, index, is_leader)`  a node's log lost its suffix from `index`
-* `on_log_reset(node, entries)`          a node's log after a crash (what survived)
+* `on_log_reset(node, keep, entries)`    a node's log after a crash: its first `keep`
+                                         entries, then `entries` (what else survived)
 * `on_commit(node, commit_index, term)`  a node's commit index advanced
 * `on_apply(node, entry)`                a node's state machine applied an entry
-* `on_restart(node)`                     a node's state machine restarts empty
+* `on_restart(node, applied)`            a node restarts, its state machine restored
+                                         up to index `applied` (its checkpoint)
 * `on_ack(client, seq, index, term)`     a client got an acknowledgement
 * `check_durability(...)`                at the end: every ack is in the final log
 
@@ -183,8 +185,8 @@ class Checkers:
             )
         del log[index - 1 :]
 
-    def on_log_reset(self, node: int, entries: Sequence[Entry]) -> None:
-        self._chains[node] = []
+    def on_log_reset(self, node: int, keep: int, entries: Sequence[Entry]) -> None:
+        del self._chains[node][keep:]
         self.on_append(node, entries)
 
     def chain_at(self, node: int, index: int) -> int | None:
@@ -216,8 +218,14 @@ class Checkers:
             if self._commit_max_by_term.get(term, 0) < commit_index:
                 self._commit_max_by_term[term] = commit_index
 
-    def on_restart(self, node: int) -> None:
-        self._applied_count[node] = 0
+    def on_restart(self, node: int, applied: int = 0) -> None:
+        if applied > self._applied_count[node]:
+            raise Violation(
+                "state_machine_safety",
+                f"n{node} restarts with index {applied} applied, past the "
+                f"{self._applied_count[node]} it had applied",
+            )
+        self._applied_count[node] = applied
         self._leader_term[node] = None
 
     def on_apply(self, node: int, entry: Entry) -> None:

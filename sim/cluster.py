@@ -41,15 +41,19 @@ class Cluster:
         self.node_ids = tuple(node_ids)
         self.faults: FaultSchedule | None = None
         self._rng = random.Random(rng.getrandbits(64))
+        self._receivers: dict[int, Callable[[Envelope], None]] = {}
         self.network = Network(
-            loop, random.Random(rng.getrandbits(64)), trace, self.node_ids, self._deliver
+            loop, random.Random(rng.getrandbits(64)), trace, self.node_ids, self._receivers
         )
         self.hosts: dict[int, NodeHost] = {}
         for node_id in self.node_ids:
             self.hosts[node_id] = NodeHost(
                 self, node_id, self.node_ids, config, random.Random(rng.getrandbits(64))
             )
-        self._grid_order = [self.hosts[n] for n in self.node_ids]
+            self._receivers[node_id] = self.hosts[node_id].receive
+        hosts = [self.hosts[n] for n in self.node_ids]
+        # The grid ticks nodes in a rotating order: rotation k starts with node k.
+        self._grid_orders = [hosts[k:] + hosts[:k] for k in range(len(hosts))]
         self._clients: dict[int, Callable[[tuple[Any, ...]], None]] = {}
         self.client_latency_min_ns = NS_PER_MS // 2
         self.client_latency_max_ns = 2 * NS_PER_MS
@@ -66,26 +70,27 @@ class Cluster:
         Why a grid: one event per 10 ms for the whole cluster instead of one per node
         halves the cost of an idle cluster. Nodes whose clocks drift leave the grid and
         tick on their own (NodeHost.set_tick)."""
-        hosts = self._grid_order
-        n = len(hosts)
-        for i in range(n):
-            host = hosts[(count + i) % n]
+        orders = self._grid_orders
+        for host in orders[count % len(orders)]:
             if host.up and not host.paused and host.tick_ns == TICK_NS:
                 host.tick()
         self.loop.after(TICK_NS, self._grid_tick, count + 1)
 
-    def _deliver(self, env: Envelope) -> None:
-        self.hosts[env.dst].receive(env)
-
     def leader(self) -> NodeHost | None:
         """The live leader with the highest term, if any node thinks it leads."""
         best: NodeHost | None = None
+        best_term = -1
         for node_id in self.node_ids:
             host = self.hosts[node_id]
             node = host.node
-            if host.up and not host.paused and node is not None and node.role is Role.LEADER:
-                if best is None or node.term > best.node.term:  # type: ignore[union-attr]
-                    best = host
+            if (
+                host.up
+                and not host.paused
+                and node is not None
+                and node.role is Role.LEADER
+                and node.term > best_term
+            ):
+                best, best_term = host, node.term
         return best
 
     def live_hosts(self) -> list[NodeHost]:

@@ -23,7 +23,10 @@ class EventLoop:
     def __init__(self) -> None:
         self.now_ns = 0
         self.events = 0
-        self.running_events = 0  # events run by the current run_until, not yet in `events`
+        # When `events` passes `events_limit`, `on_limit` runs (and may raise): a bound
+        # on the work a run may do, so a livelocked system cannot hang the simulator.
+        self.events_limit = 1 << 62
+        self.on_limit: Callable[[], None] = lambda: None
         self._heap: list[tuple[int, int, Callable[[Any], None], Any]] = []
         self._seq = 0
         self._stopped = False
@@ -47,17 +50,15 @@ class EventLoop:
         heap = self._heap
         pop = heapq.heappop
         self._stopped = False
-        self.running_events = 0
-        try:
-            while heap and not self._stopped:
-                if heap[0][0] > end_ns:
-                    break
-                time_ns, _, fn, arg = pop(heap)
-                self.now_ns = time_ns
-                self.running_events += 1
-                fn(arg)
-        finally:
-            self.events += self.running_events
-            self.running_events = 0
+        while heap and not self._stopped:
+            if heap[0][0] > end_ns:
+                break
+            time_ns, _, fn, arg = pop(heap)
+            self.now_ns = time_ns
+            self.events += 1
+            if self.events > self.events_limit:
+                self.events_limit = 1 << 62
+                self.on_limit()
+            fn(arg)
         if not self._stopped and self.now_ns < end_ns:
             self.now_ns = end_ns

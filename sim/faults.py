@@ -141,12 +141,18 @@ class FaultSchedule:
     def _duration(self, lo_ns: int, hi_ns: int) -> int:
         return self._rng.randrange(lo_ns, hi_ns + 1)
 
-    def _pick(self, prefer_leader: bool = True) -> NodeHost | None:
+    def _short_or_long(self, short_ns: tuple[int, int], long_ns: tuple[int, int]) -> int:
+        """Half the time short, half the time long: short faults race the election
+        timeout (the interesting case), long ones outlast it."""
+        return self._duration(*(short_ns if self._rng.random() < 0.5 else long_ns))
+
+    def _pick(self, leader_p: float = 0.5) -> NodeHost | None:
+        """A live node: the leader with probability `leader_p`, else any."""
         live = [h for h in self.cluster.live_hosts() if not h.paused]
         if not live:
             return None
         leader = self.cluster.leader()
-        if prefer_leader and leader is not None and self._rng.random() < 0.5:
+        if leader is not None and self._rng.random() < leader_p:
             return leader
         return self._rng.choice(live)
 
@@ -212,7 +218,10 @@ class FaultSchedule:
             if self._partition_token == token:
                 self._net.heal()
 
-        self._later(self._duration(100 * NS_PER_MS, 4 * NS_PER_S), end)
+        self._later(
+            self._short_or_long((100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S)),
+            end,
+        )
 
     def _churn(self) -> None:
         """Leader churn, the history of the paper's Figure 8: for 3 s every new leader is
@@ -333,7 +342,7 @@ class FaultSchedule:
         self._later(at, lambda _: self._power_cut("power cut during fsync", majority_only=False))
 
     def _pause(self) -> None:
-        host = self._pick()
+        host = self._pick(leader_p=0.7)
         if host is None:
             return
         host.pause()
@@ -343,7 +352,10 @@ class FaultSchedule:
             if host.crashes == token:
                 host.resume()
 
-        self._later(self._duration(50 * NS_PER_MS, 2 * NS_PER_S), resume)
+        self._later(
+            self._short_or_long((150 * NS_PER_MS, 600 * NS_PER_MS), (600 * NS_PER_MS, 2 * NS_PER_S)),
+            resume,
+        )
 
     def _drift(self) -> None:
         host = self._rng.choice([self.cluster.hosts[n] for n in self.cluster.node_ids])

@@ -100,12 +100,13 @@ class Network:
         rng: random.Random,
         trace: Trace,
         node_ids: Sequence[int],
-        deliver: Callable[[Envelope], None],
+        receivers: dict[int, Callable[[Envelope], None]],
     ) -> None:
+        """`receivers[dst]` is called with each message delivered to node `dst`."""
         self._loop = loop
         self._rng = rng
         self._trace = trace
-        self._deliver = deliver
+        self._receivers = receivers
         self.node_ids = tuple(node_ids)
         self.latency_min_ns = NS_PER_MS // 2
         self.latency_max_ns = 2 * NS_PER_MS
@@ -118,23 +119,24 @@ class Network:
         self.reorder = False
         self.jitter_ns = 20 * NS_PER_MS
         self.blocked: frozenset[tuple[int, int]] = frozenset()
-        self._link_last_ns: dict[tuple[int, int], int] = {}
+        self._link_last_ns: dict[int, int] = {}
         self._msg_seq = 0
-        self.sent = 0
         self.dropped = 0
         self.duplicated = 0
 
     # -- sending
 
+    @property
+    def sent(self) -> int:
+        return self._msg_seq
+
     def send(self, env: Envelope) -> None:
         self._msg_seq += 1
         mid = self._msg_seq
-        self.sent += 1
         src = env.src
         dst = env.dst
-        link = (src, dst)
         random = self._rng.random
-        if link in self.blocked:
+        if self.blocked and (src, dst) in self.blocked:
             self.dropped += 1
             self._trace.emit(f"drop#{mid} {src}>{dst} {describe(env.msg)} partitioned")
             return
@@ -142,22 +144,23 @@ class Network:
             self.dropped += 1
             self._trace.emit(f"drop#{mid} {src}>{dst} {describe(env.msg)} lost")
             return
+        link = src << 16 | dst
         arrival = self._arrival(link)
-        self._loop.at(arrival, self._arrive, (mid, env))
+        at = self._loop.at
+        at(arrival, self._arrive, (mid, env))
         if self.dup_p and random() < self.dup_p:
             self.duplicated += 1
             again = self._arrival(link)
-            self._loop.at(again, self._arrive, (mid, env))
+            at(again, self._arrive, (mid, env))
             self._trace.emit(
                 f"send#{mid} {src}>{dst} {describe(env.msg)} @{arrival // 1000},{again // 1000}"
             )
             return
         self._trace.emit(f"send#{mid} {src}>{dst} {describe(env.msg)} @{arrival // 1000}")
 
-    def _arrival(self, link: tuple[int, int]) -> int:
+    def _arrival(self, link: int) -> int:
         random = self._rng.random
-        now = self._loop.now_ns
-        arrival = now + self.latency_min_ns + int(random() * self._latency_span_ns)
+        arrival = self._loop.now_ns + self.latency_min_ns + int(random() * self._latency_span_ns)
         if self.delay_p and random() < self.delay_p:
             arrival += self.delay_min_ns + int(random() * (self.delay_max_ns - self.delay_min_ns))
         if self.reorder:
@@ -175,7 +178,7 @@ class Network:
             self.dropped += 1
             self._trace.emit(f"drop#{mid} partitioned in flight")
             return
-        self._deliver(env)
+        self._receivers[env.dst](env)
 
     # -- partitions
 

@@ -1,5 +1,5 @@
-"""One simulated node's disk: its hard state file and its Raft log, and what a crash does
-to them.
+"""One simulated node's disk: its hard state file, its Raft log and its state machine
+checkpoint, and what a crash does to them.
 
 The hard state is a small file written with `SimFileSystem.write_atomic` (durable when it
 returns, like the real write-tmp, fsync, rename, fsync-dir). The log is a `LogStore`;
@@ -13,6 +13,7 @@ import random
 
 from raft.messages import HardState
 from sim.disk_log import SimDiskLog
+from sim.state_machine import Checkpoint
 from storage.files import SimFileSystem
 
 
@@ -33,7 +34,12 @@ class NodeDisk:
         self.fs = SimFileSystem(rng)
         self.fs.makedirs(f"n{node_id}")
         self._hard_state_path = f"n{node_id}/hardstate"
+        self._checkpoint_path = f"n{node_id}/checkpoint"
         self.log = SimDiskLog()
+        # The state machine's operations, append-only; a checkpoint records how many of
+        # them it covers, so only that prefix counts after a crash (a stand-in for the
+        # broker's dispatched ConsumeQueue, which is append-only too).
+        self.applied_ops: list[tuple[int, int]] = []
         self.hard_state_writes = 0
 
     def load_hard_state(self) -> HardState:
@@ -43,6 +49,13 @@ class NodeDisk:
     def save_hard_state(self, hs: HardState) -> None:
         self.fs.write_atomic(self._hard_state_path, encode_hard_state(hs))
         self.hard_state_writes += 1
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        data = self.fs.read_bytes(self._checkpoint_path)
+        return None if data is None else Checkpoint.decode(data)
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.fs.write_atomic(self._checkpoint_path, checkpoint.encode())
 
     def begin_sync(self) -> int:
         return self.log.begin_sync()

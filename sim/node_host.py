@@ -107,7 +107,7 @@ class NodeHost:
         self.disk = NodeDisk(node_id, random.Random(rng.getrandbits(64)))
         self.log = ObservedLog(self.disk.log, self)
         self.node: RaftNode | None = None
-        self.sm = DedupStateMachine()
+        self.sm = DedupStateMachine(self.disk.applied_ops)
         self.up = False
         self.paused = False
         self.epoch = 0
@@ -134,15 +134,22 @@ class NodeHost:
         """Boot (or reboot) the process from what is on its disk."""
         assert not self.up
         hs = self.disk.load_hard_state()
+        self.sm = DedupStateMachine(self.disk.applied_ops, self.disk.load_checkpoint())
+        applied = self.sm.applied_index
+        if applied > self.log.last_index():
+            raise Violation(
+                "durability",
+                f"n{self.id} restarts with entries up to {applied} applied, but its log "
+                f"ends at {self.log.last_index()}: applied entries were lost",
+            )
         self.epoch += 1
         self.up = True
         self.paused = False
-        self.sm = DedupStateMachine()
-        self.checkers.on_restart(self.id)
+        self.checkers.on_restart(self.id, applied)
         self._role, self._term, self._commit = None, -1, 0
         self.trace.emit(
             f"n{self.id} start t{hs.term} vote={hs.vote} commit={hs.commit} "
-            f"last={self.log.last_index()}"
+            f"applied={applied} last={self.log.last_index()}"
         )
         self.node = RaftNode(
             self.id,
@@ -151,7 +158,7 @@ class NodeHost:
             hs,
             self.config,
             random.Random(self._rng.getrandbits(64)),
-            applied=0,
+            applied=applied,
         )
         self._observe()
         self._pump()
@@ -171,13 +178,14 @@ class NodeHost:
         self.inbox.clear()
         self.pending.clear()
         self.crashes += 1
+        durable = self.disk.log.durable_index()
         lost = self.disk.crash()
         self.trace.emit(
             f"n{self.id} CRASH ({reason}): {lost} unsynced log writes lost, "
             f"log now ends at {self.log.last_index()}"
         )
         self.checkers.on_role(self.id, False, 0)
-        self.checkers.on_log_reset(self.id, self.disk.log.all_entries())
+        self.checkers.on_log_reset(self.id, durable, self.disk.log.all_entries()[durable:])
         self._role = None
 
     def pause(self) -> None:
@@ -436,7 +444,10 @@ class NodeHost:
 
     def _apply(self, entry: Entry) -> None:
         self.checkers.on_apply(self.id, entry)
-        op = self.sm.apply(entry)
+        sm = self.sm
+        op = sm.apply(entry)
+        if sm.checkpoint_due():
+            self.disk.save_checkpoint(sm.checkpoint())
         self.trace.emit(
             f"n{self.id} apply {entry.index}/{entry.term}"
             + ("" if op is None else f" c{op[0]}:s{op[1]}")
