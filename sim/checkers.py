@@ -133,9 +133,7 @@ class Checkers:
                 f"but index {needed} was committed in an earlier term",
             )
         if log[needed - 1] != self.committed[needed - 1]:
-            first_bad = next(
-                i + 1 for i in range(needed) if log[i] != self.committed[i]
-            )
+            first_bad = next(i + 1 for i in range(needed) if log[i] != self.committed[i])
             raise Violation(
                 "leader_completeness",
                 f"n{node} became leader of term {term} but its entry at index {first_bad} "

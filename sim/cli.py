@@ -23,6 +23,8 @@ from sim.checkers import CHECKERS
 from sim.faults import FAULTS, parse_faults
 from sim.run import LIVENESS_BOUND_S, RunResult, SimConfig, run
 
+_DEFAULT = SimConfig()
+
 _DESCRIPTION = f"""\
 Run the real Raft core (raft/) on simulated nodes, disks and network under injected
 faults, with safety and liveness checkers watching every event. Everything derives
@@ -39,7 +41,9 @@ plants: {", ".join(PLANTS)}
 def add_sim_commands(commands: Any) -> None:
     """Add `sim` (with `raft` under it) to the `mq` subcommands."""
     sim = commands.add_parser(
-        "sim", help="deterministic fault-injection simulations", description=__doc__,
+        "sim",
+        help="deterministic fault-injection simulations",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sims = sim.add_subparsers(dest="simulation", metavar="SIMULATION")
@@ -52,17 +56,45 @@ def add_sim_commands(commands: Any) -> None:
     )
     raft.add_argument("--seed", type=int, default=0, help="run this one seed (default 0)")
     raft.add_argument("--seeds", type=int, metavar="N", help="run N seeds and summarize")
-    raft.add_argument("--start", type=int, default=0, metavar="S", help="first seed of --seeds (default 0)")
-    raft.add_argument("--nodes", type=int, choices=(3, 5), default=3, help="cluster size (default 3)")
     raft.add_argument(
-        "--duration", type=float, default=SimConfig.duration_s, metavar="SECONDS",
-        help=f"virtual seconds of faults and workload before the heal (default {SimConfig.duration_s:g})",
+        "--start", type=int, default=0, metavar="S", help="first seed of --seeds (default 0)"
     )
     raft.add_argument(
-        "--faults", default="all", metavar="LIST",
+        "--nodes", type=int, choices=(3, 5), default=3, help="cluster size (default 3)"
+    )
+    raft.add_argument(
+        "--duration",
+        type=float,
+        default=_DEFAULT.duration_s,
+        metavar="SECONDS",
+        help=f"virtual seconds of faults and workload before the heal (default {_DEFAULT.duration_s:g})",
+    )
+    raft.add_argument(
+        "--faults",
+        default="all",
+        metavar="LIST",
         help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(FAULTS)})",
     )
-    raft.add_argument("--plant", choices=sorted(PLANTS), metavar="NAME", help="turn on one deliberate bug in the core")
+    raft.add_argument(
+        "--clients",
+        type=int,
+        default=_DEFAULT.clients,
+        metavar="N",
+        help=f"clients writing through the cluster (default {_DEFAULT.clients})",
+    )
+    raft.add_argument(
+        "--think-ms",
+        type=float,
+        default=_DEFAULT.think_ms,
+        metavar="MS",
+        help=f"mean pause of a client between operations (default {_DEFAULT.think_ms:g})",
+    )
+    raft.add_argument(
+        "--plant",
+        choices=sorted(PLANTS),
+        metavar="NAME",
+        help="turn on one deliberate bug in the core",
+    )
     raft.add_argument("--list-plants", action="store_true", help="list the plants and exit")
     raft.add_argument("--trace", metavar="FILE", help="write the full event trace to FILE")
     raft.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -77,9 +109,22 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def replay_command(seed: int, cfg: SimConfig) -> str:
     faults = "all" if cfg.faults == tuple(FAULTS) else (",".join(cfg.faults) or "none")
     argv = [
-        "mq", "sim", "raft", "--seed", str(seed), "--nodes", str(cfg.nodes),
-        "--duration", f"{cfg.duration_s:g}", "--faults", faults,
+        "mq",
+        "sim",
+        "raft",
+        "--seed",
+        str(seed),
+        "--nodes",
+        str(cfg.nodes),
+        "--duration",
+        f"{cfg.duration_s:g}",
+        "--faults",
+        faults,
     ]
+    if cfg.clients != _DEFAULT.clients:
+        argv += ["--clients", str(cfg.clients)]
+    if cfg.think_ms != _DEFAULT.think_ms:
+        argv += ["--think-ms", f"{cfg.think_ms:g}"]
     if cfg.plant:
         argv += ["--plant", cfg.plant]
     return shlex.join(argv)
@@ -93,8 +138,12 @@ def _raft(args: argparse.Namespace) -> int:
         return 0
     try:
         cfg = SimConfig(
-            nodes=args.nodes, duration_s=args.duration, faults=parse_faults(args.faults),
+            nodes=args.nodes,
+            duration_s=args.duration,
+            faults=parse_faults(args.faults),
             plant=args.plant,
+            clients=args.clients,
+            think_ms=args.think_ms,
         )
     except ValueError as exc:
         print(f"mq sim raft: {exc}", file=sys.stderr)
@@ -137,7 +186,11 @@ def format_result(result: RunResult, cfg: SimConfig) -> str:
                 f"new proposal applied everywhere in {s['heal_to_probe_ms']:.0f} ms"
             )
         return head
-    lines = [head, f"checker {result.checker}: {result.message}", f"last {len(result.tail)} events:"]
+    lines = [
+        head,
+        f"checker {result.checker}: {result.message}",
+        f"last {len(result.tail)} events:",
+    ]
     lines += [f"  {line}" for line in result.tail]
     lines.append(f"replay: {replay_command(result.seed, cfg)} --trace trace-{result.seed}.txt")
     return "\n".join(lines)
@@ -167,7 +220,9 @@ def _many(args: argparse.Namespace, cfg: SimConfig) -> int:
     return 0 if not failed else 1
 
 
-def run_many(seeds: Sequence[int], cfg: SimConfig, progress: TextIO | None = None) -> dict[str, Any]:
+def run_many(
+    seeds: Sequence[int], cfg: SimConfig, progress: TextIO | None = None
+) -> dict[str, Any]:
     """Run each seed; the summary `mq sim raft --seeds N --json` prints."""
     wall_start = time.perf_counter()
     results: list[RunResult] = []

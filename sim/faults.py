@@ -58,7 +58,7 @@ WEIGHTS: dict[str, int] = {
     "reorder": 1,
     "partition": 3,
     "crash": 4,
-    "pause": 2,
+    "pause": 3,
     "drift": 1,
 }
 
@@ -219,7 +219,9 @@ class FaultSchedule:
                 self._net.heal()
 
         self._later(
-            self._short_or_long((100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S)),
+            self._short_or_long(
+                (100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S)
+            ),
             end,
         )
 
@@ -263,7 +265,9 @@ class FaultSchedule:
         if self._loop.now_ns <= self._churn_until_ns:
             p = 0.9 if first_in_term else 0.1
         if p and self._rng.random() < p:
-            self.crash(host, "crash right after commit", self._duration(50 * NS_PER_MS, 500 * NS_PER_MS))
+            self.crash(
+                host, "crash right after commit", self._duration(50 * NS_PER_MS, 500 * NS_PER_MS)
+            )
 
     # -- process faults
 
@@ -290,7 +294,8 @@ class FaultSchedule:
             leader = self.cluster.leader()
             if leader is not None:
                 self.crash(
-                    leader, "crash to force an election",
+                    leader,
+                    "crash to force an election",
                     self._duration(80 * NS_PER_MS, 300 * NS_PER_MS),
                 )
         else:
@@ -353,7 +358,9 @@ class FaultSchedule:
                 host.resume()
 
         self._later(
-            self._short_or_long((150 * NS_PER_MS, 600 * NS_PER_MS), (600 * NS_PER_MS, 2 * NS_PER_S)),
+            self._short_or_long(
+                (150 * NS_PER_MS, 600 * NS_PER_MS), (600 * NS_PER_MS, 2 * NS_PER_S)
+            ),
             resume,
         )
 

@@ -122,8 +122,9 @@ class NodeHost:
         self.disk_latency_max_ns = 4 * NS_PER_MS
         self.disk_slow_p = 0.05
         self.disk_slow_max_ns = 40 * NS_PER_MS
-        self._role: Role | None = None
-        self._term = -1
+        # The role and term last reported to the checkers.
+        self.seen_role: Role | None = None
+        self.seen_term = -1
         self._commit = 0
         self._leader_commit_term = -1
         self.crashes = 0
@@ -146,7 +147,7 @@ class NodeHost:
         self.up = True
         self.paused = False
         self.checkers.on_restart(self.id, applied)
-        self._role, self._term, self._commit = None, -1, 0
+        self.seen_role, self.seen_term, self._commit = None, -1, 0
         self.trace.emit(
             f"n{self.id} start t{hs.term} vote={hs.vote} commit={hs.commit} "
             f"applied={applied} last={self.log.last_index()}"
@@ -186,7 +187,7 @@ class NodeHost:
         )
         self.checkers.on_role(self.id, False, 0)
         self.checkers.on_log_reset(self.id, durable, self.disk.log.all_entries()[durable:])
-        self._role = None
+        self.seen_role = None
 
     def pause(self) -> None:
         if not self.up or self.paused:
@@ -264,8 +265,13 @@ class NodeHost:
         node = self.node
         assert node is not None
         node.tick()
+        self.after_tick()
+
+    def after_tick(self) -> None:
+        node = self.node
+        assert node is not None
         role = node.role
-        if role is not self._role or node.term != self._term:
+        if role is not self.seen_role or node.term != self.seen_term:
             self._observe()
         elif role is _FOLLOWER:
             return
@@ -340,9 +346,9 @@ class NodeHost:
             return
         role = node.role
         term = node.term
-        if role is not self._role or term != self._term:
-            self._role = role
-            self._term = term
+        if role is not self.seen_role or term != self.seen_term:
+            self.seen_role = role
+            self.seen_term = term
             self.trace.emit(f"n{self.id} {role.name} t{term} leader={node.leader_id}")
             self.checkers.on_role(self.id, role is Role.LEADER, term)
             faults = self.cluster.faults

@@ -64,6 +64,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise ValueError("nodes must be at least 1")
+        if self.clients < 0 or self.think_ms <= 0 or self.duration_s < 0:
+            raise ValueError("clients must be >= 0, think_ms > 0 and duration >= 0")
         if self.plant is not None and self.plant not in PLANTS:
             raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
         unknown = set(self.faults) - FAULTS.keys()
@@ -257,8 +259,13 @@ class _Liveness:
         self._start_ns = 0
         self._done = False
         self._client = Client(
-            cluster, 0, rng, think_mean_ns=NS_PER_MS, timeout_ns=300 * NS_PER_MS,
-            ops_max=1, on_ack=self._acked,
+            cluster,
+            0,
+            rng,
+            think_mean_ns=NS_PER_MS,
+            timeout_ns=300 * NS_PER_MS,
+            ops_max=1,
+            on_ack=self._acked,
         )
 
     def _acked(self, seq: int, index: int, term: int) -> None:

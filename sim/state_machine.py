@@ -55,8 +55,12 @@ class Checkpoint:
     @classmethod
     def decode(cls, data: bytes) -> Checkpoint:
         fields = dict(part.split("=", 1) for part in data.decode().split())
-        last = () if fields["last"] == "-" else tuple(
-            (int(c), int(s)) for c, s in (pair.split(":") for pair in fields["last"].split(","))
+        last = (
+            ()
+            if fields["last"] == "-"
+            else tuple(
+                (int(c), int(s)) for c, s in (pair.split(":") for pair in fields["last"].split(","))
+            )
         )
         return cls(int(fields["applied"]), int(fields["ops"]), last, int(fields["dup"]))
 

@@ -135,7 +135,9 @@ class Workload:
         pad_bytes: int,
     ) -> None:
         self.clients: Sequence[Client] = [
-            Client(cluster, c, random.Random(rng.getrandbits(64)), think_mean_ns, pad_bytes=pad_bytes)
+            Client(
+                cluster, c, random.Random(rng.getrandbits(64)), think_mean_ns, pad_bytes=pad_bytes
+            )
             for c in range(1, clients + 1)
         ]
 
