@@ -175,9 +175,10 @@ def format_result(result: RunResult, cfg: SimConfig) -> str:
         f"seed {result.seed}: {'OK' if result.ok else 'FAILED'}\n"
         f"trace hash {result.trace_hash}\n"
         f"{result.sim_seconds:.1f} s simulated in {result.wall_seconds:.2f} s ({speed:.0f}x), "
-        f"{result.events} events; {s['leaders']} leaders up to term {s['max_term']}, "
-        f"{s['committed']} entries committed, {s['acked']} acked, {s['crashes']} crashes, "
-        f"{s['messages']} messages ({s['dropped']} lost)"
+        f"{result.events} events; {_n(s['leaders'], 'leader')} up to term {s['max_term']}, "
+        f"{_n(s['committed'], 'entry', 'entries')} committed, {s['acked']} acked, "
+        f"{_n(s['crashes'], 'crash', 'crashes')}, "
+        f"{_n(s['messages'], 'message')} ({s['dropped']} lost)"
     )
     if result.ok:
         if s["heal_to_probe_ms"] is not None:
@@ -194,6 +195,10 @@ def format_result(result: RunResult, cfg: SimConfig) -> str:
     lines += [f"  {line}" for line in result.tail]
     lines.append(f"replay: {replay_command(result.seed, cfg)} --trace trace-{result.seed}.txt")
     return "\n".join(lines)
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 def _many(args: argparse.Namespace, cfg: SimConfig) -> int:

@@ -3,8 +3,9 @@ run against a simulated disk, network and clock.
 
 The Ready contract, step by step, as this host follows it:
 
-1. After every `tick`, `step` or `propose`, call `node.ready()` unless a Ready is still
-   being persisted (the core hands out one Ready at a time, like etcd's RawNode).
+1. After every `step`, `propose` and `tick` (but a follower's tick that changed nothing,
+   see `tick`), call `node.ready()` unless a Ready is still being persisted (the core
+   hands out one Ready at a time, like etcd's RawNode).
 2. Send `ready.messages` at once; they need no fsync.
 3. If the Ready has a hard state or `sync_log`, start a persist: the fsync covers the
    log writes issued so far (`SimDiskLog.begin_sync`) and completes after a simulated
@@ -445,8 +446,10 @@ class NodeHost:
                 if type(msg) is VoteResponse and msg.granted and not msg.pre_vote:
                     faults.on_vote_granted(self)
                     break
-        # advance() may move a leader's commit index (its own entries became durable).
-        self._observe()
+        # advance() may move a leader's commit index (its own entries became durable);
+        # it changes nothing else the checkers watch.
+        if node.commit_index != self._commit:
+            self._observe()
 
     def _apply(self, entry: Entry) -> None:
         self.checkers.on_apply(self.id, entry)

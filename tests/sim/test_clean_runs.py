@@ -22,8 +22,8 @@ def assert_clean(seeds: range, cfg: SimConfig) -> None:
     assert not failures, failures
 
 
-def test_clean_core_passes_150_seeds_on_3_nodes_with_every_fault() -> None:
-    assert_clean(range(1000, 1150), SimConfig(duration_s=10.0))
+def test_clean_core_passes_200_seeds_on_3_nodes_with_every_fault() -> None:
+    assert_clean(range(1000, 1200), SimConfig(duration_s=10.0))
 
 
 def test_clean_core_passes_40_seeds_on_5_nodes_with_every_fault() -> None:
