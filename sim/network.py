@@ -145,18 +145,28 @@ class Network:
             self._trace.emit(f"drop#{mid} {src}>{dst} {describe(env.msg)} lost")
             return
         link = src << 16 | dst
-        arrival = self._arrival(link)
-        at = self._loop.at
-        at(arrival, self._arrive, (mid, env))
+        loop = self._loop
+        if self.delay_p or self.reorder:
+            arrival = self._arrival(link)
+        else:
+            # _arrival, inlined for the common case: base latency on a FIFO link.
+            arrival = loop.now_ns + self.latency_min_ns + int(random() * self._latency_span_ns)
+            last = self._link_last_ns.get(link, 0)
+            if arrival <= last:
+                arrival = last + 1
+            self._link_last_ns[link] = arrival
+        loop.at(arrival, self._arrive, (mid, env))
+        msg = env.msg
         if self.dup_p and random() < self.dup_p:
             self.duplicated += 1
             again = self._arrival(link)
-            at(again, self._arrive, (mid, env))
+            loop.at(again, self._arrive, (mid, env))
             self._trace.emit(
-                f"send#{mid} {src}>{dst} {describe(env.msg)} @{arrival // 1000},{again // 1000}"
+                f"send#{mid} {src}>{dst} {_DESCRIBE[type(msg)](msg)} "
+                f"@{arrival // 1000},{again // 1000}"
             )
             return
-        self._trace.emit(f"send#{mid} {src}>{dst} {describe(env.msg)} @{arrival // 1000}")
+        self._trace.emit(f"send#{mid} {src}>{dst} {_DESCRIBE[type(msg)](msg)} @{arrival // 1000}")
 
     def _arrival(self, link: int) -> int:
         random = self._rng.random

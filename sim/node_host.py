@@ -285,7 +285,17 @@ class NodeHost:
         if self.paused:
             self._buffer(env)
             return
-        self._step(env)
+        # _step, inlined: this is the path of every message delivered.
+        node = self.node
+        assert node is not None
+        node.step(env)
+        if (
+            node.role is not self.seen_role
+            or node.term != self.seen_term
+            or node.commit_index != self._commit
+        ):
+            self._observe()
+        self._pump()
 
     def _buffer(self, item: Envelope | ClientRequest) -> None:
         """A paused process's socket buffers hold what arrives, up to a bound."""

@@ -119,7 +119,8 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
     checkers = Checkers(node_ids)
     trace.emit(
         f"run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
-        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'}"
+        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
+        f"clients={cfg.clients} think={cfg.think_ms}ms"
     )
     cluster = Cluster(
         loop, trace, random.Random(root.getrandbits(64)), node_ids, cfg.raft_config(), checkers
