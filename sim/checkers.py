@@ -14,6 +14,8 @@ proportional to the entries it reports, never a scan of whole logs:
 * `on_apply(node, entry)`                a node's state machine applied an entry
 * `on_restart(node, applied)`            a node restarts, its state machine restored
                                          up to index `applied` (its checkpoint)
+* `on_log_snapshot(node, index)`         a node's log was reset after a snapshot
+* `on_snapshot_installed(node, index)`   its state machine was replaced by the snapshot
 * `on_ack(client, seq, index, term)`     a client got an acknowledgement
 * `check_durability(...)`                at the end: every ack is in the final log
 
@@ -93,7 +95,6 @@ class Checkers:
         self._seen: dict[tuple[int, int], tuple[int, int]] = {}
         # committed prefix (chain hashes) and the highest index first committed per term
         self.committed: list[int] = []
-        self._committed_terms: list[int] = []
         self._commit_max_by_term: dict[int, int] = {}
         # state_machine_safety
         self.applied: list[tuple[int, int, bytes]] = []
@@ -183,9 +184,30 @@ class Checkers:
             )
         del log[index - 1 :]
 
-    def on_log_reset(self, node: int, keep: int, entries: Sequence[Entry]) -> None:
-        del self._chains[node][keep:]
+    def on_log_reset(
+        self, node: int, keep: int, entries: Sequence[Entry], base: int | None = None
+    ) -> None:
+        """After a crash: the log's first `keep` entries are unchanged and `entries`
+        follow them. With `base`, the log now starts after a snapshot at `base` (a reset
+        landed, or one was undone) and `entries` are all it holds after it."""
+        if base is None:
+            del self._chains[node][keep:]
+        else:
+            self._chains[node] = self._snapshot_prefix(node, base)
         self.on_append(node, entries)
+
+    def on_log_snapshot(self, node: int, index: int) -> None:
+        """The node's log was reset to start after a snapshot ending at `index`."""
+        self._chains[node] = self._snapshot_prefix(node, index)
+
+    def _snapshot_prefix(self, node: int, index: int) -> list[int]:
+        if index > len(self.committed):
+            raise Violation(
+                "log_matching",
+                f"n{node} holds a snapshot up to index {index}, past the committed "
+                f"index {len(self.committed)}",
+            )
+        return self.committed[:index]
 
     def chain_at(self, node: int, index: int) -> int | None:
         log = self._chains[node]
@@ -212,9 +234,23 @@ class Checkers:
             )
         if commit_index > known:
             committed.extend(log[known:commit_index])
-            self._committed_terms.extend([term] * (commit_index - known))
             if self._commit_max_by_term.get(term, 0) < commit_index:
                 self._commit_max_by_term[term] = commit_index
+
+    def on_snapshot_installed(self, node: int, index: int) -> None:
+        """The node's state machine was replaced by a snapshot taken at `index`."""
+        if index < self._applied_count[node]:
+            raise Violation(
+                "state_machine_safety",
+                f"n{node} installed a snapshot at {index}, behind the {self._applied_count[node]} "
+                f"entries it had applied",
+            )
+        if index > len(self.applied):
+            raise Violation(
+                "state_machine_safety",
+                f"n{node} installed a snapshot at {index}, past everything applied anywhere",
+            )
+        self._applied_count[node] = index
 
     def on_restart(self, node: int, applied: int = 0) -> None:
         if applied > self._applied_count[node]:
@@ -259,12 +295,14 @@ class Checkers:
         applied_ops: Sequence[tuple[int, int]],
         applied_index: int,
         decode: Callable[[bytes], tuple[int, int] | None],
+        first_index: int = 1,
     ) -> None:
         """At the end: `final_log` is the log of the node with the highest commit index,
         `final_commit` its commit index, `applied_ops` the (client, seq) pairs its state
         machine holds, in apply order, up to `applied_index`, and `decode` reads
         (client, seq) from entry data. An ack past `applied_index` (the node has not
-        applied it yet) is checked in the log only."""
+        applied it yet) is checked in the log only; one before the log's `first_index`
+        (compacted into a snapshot) against what every node applied there."""
         counts: dict[tuple[int, int], int] = {}
         for op in applied_ops:
             counts[op] = counts.get(op, 0) + 1
@@ -277,18 +315,23 @@ class Checkers:
                     f"term {ack.term}, but the final commit index is {final_commit}",
                 )
             entry = by_index.get(ack.index)
-            if entry is None or entry.term != ack.term:
-                found = "nothing" if entry is None else f"term {entry.term}"
+            if entry is not None:
+                term, data = entry.term, entry.data
+            elif ack.index < first_index and ack.index <= len(self.applied):
+                # Compacted away: the final node's committed prefix is the one every node
+                # applied (log_matching and state_machine_safety held all along).
+                term, _, data = self.applied[ack.index - 1]
+            else:
                 raise Violation(
                     "durability",
                     f"client {ack.client} seq {ack.seq} was acknowledged at index {ack.index} "
-                    f"term {ack.term}; the final committed log has {found} there",
+                    f"term {ack.term}; the final committed log has nothing there",
                 )
-            if decode(entry.data) != (ack.client, ack.seq):
+            if term != ack.term or decode(data) != (ack.client, ack.seq):
                 raise Violation(
                     "durability",
                     f"client {ack.client} seq {ack.seq} was acknowledged at index {ack.index} "
-                    f"term {ack.term}; the final committed log holds {entry.data!r} there",
+                    f"term {ack.term}; the final committed log holds term {term} {data!r} there",
                 )
             n = counts.get((ack.client, ack.seq), 0)
             if n != 1 and ack.index <= applied_index:

@@ -36,12 +36,16 @@ class Cluster:
         node_ids: Sequence[int],
         config: Config,
         checkers: Checkers,
+        compact_every: int = 0,
+        compact_keep: int = 0,
     ) -> None:
         self.loop = loop
         self.trace = trace
         self.checkers = checkers
         self.node_ids = tuple(node_ids)
         self.faults: FaultSchedule | None = None
+        self.compact_every = compact_every
+        self.compact_keep = compact_keep
         self._rng = random.Random(rng.getrandbits(64))
         self._receivers: dict[int, Callable[[Envelope], None]] = {}
         self.network = Network(

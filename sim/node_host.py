@@ -35,7 +35,7 @@ from raft.config import Config
 from raft.errors import NotLeaderError, RaftError
 from raft.messages import Entry, Envelope, VoteResponse
 from raft.node import RaftNode, Role
-from raft.ready import Ready
+from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
 from sim.checkers import Checkers, Violation
 from sim.events import NS_PER_MS
 from sim.node_disk import NodeDisk
@@ -84,7 +84,9 @@ class ObservedLog:
             self._host.trace.emit(f"n{self._node_id} truncate from {index}")
 
     def reset(self, index: int, term: int) -> None:
-        raise NotImplementedError("the simulator does not compact logs, so no snapshot install")
+        self.inner.reset(index, term)
+        self._checkers.on_log_snapshot(self._node_id, index)
+        self._host.trace.emit(f"n{self._node_id} log reset after snapshot {index}/{term}")
 
 
 class NodeHost:
@@ -119,6 +121,8 @@ class NodeHost:
         self.inbox: list[Envelope | ClientRequest] = []
         # index -> (term, client id, seq, attempt) of proposals accepted here
         self.pending: dict[int, tuple[int, int, int, int]] = {}
+        self.compact_every = cluster.compact_every
+        self.compact_keep = cluster.compact_keep
         self.disk_latency_min_ns = 1 * NS_PER_MS
         self.disk_latency_max_ns = 4 * NS_PER_MS
         self.disk_slow_p = 0.05
@@ -161,6 +165,7 @@ class NodeHost:
             self.config,
             random.Random(self._rng.getrandbits(64)),
             applied=applied,
+            snapshot_source=self,
         )
         self._observe()
         self._pump()
@@ -181,13 +186,18 @@ class NodeHost:
         self.pending.clear()
         self.crashes += 1
         durable = self.disk.log.durable_index()
+        base = self.disk.log.first_index() - 1
         lost = self.disk.crash()
         self.trace.emit(
             f"n{self.id} CRASH ({reason}): {lost} unsynced log writes lost, "
             f"log now ends at {self.log.last_index()}"
         )
         self.checkers.on_role(self.id, False, 0)
-        self.checkers.on_log_reset(self.id, durable, self.disk.log.all_entries()[durable:])
+        log = self.disk.log
+        if log.first_index() - 1 == base:
+            self.checkers.on_log_reset(self.id, durable, log.all_entries()[durable - base :])
+        else:
+            self.checkers.on_log_reset(self.id, 0, log.all_entries(), base=log.first_index() - 1)
         self.seen_role = None
 
     def pause(self) -> None:
@@ -443,7 +453,8 @@ class NodeHost:
             send = self.network.send
             for env in rd.persisted_messages:
                 send(env)
-        assert rd.snapshot is None, "the simulator does not compact logs"
+        if rd.snapshot is not None:
+            self._install(rd.snapshot)
         if rd.committed:
             apply = self._apply
             for entry in rd.committed:
@@ -460,6 +471,40 @@ class NodeHost:
         # it changes nothing else the checkers watch.
         if node.commit_index != self._commit:
             self._observe()
+        if self.compact_every and self.node is node:
+            self._maybe_compact(node)
+
+    # -- snapshots
+
+    def snapshot(self) -> tuple[SnapshotMeta, bytes]:
+        """SnapshotSource: the state machine as it is, for a follower the leader's log
+        no longer covers."""
+        index = self.sm.applied_index
+        term = self.log.term_at(index)
+        assert term is not None
+        return SnapshotMeta(index, term), self.sm.snapshot()
+
+    def _maybe_compact(self, node: RaftNode) -> None:
+        """Keep the log short: once `compact_every` entries are applied past the
+        snapshot boundary, checkpoint the state machine and compact all but the last
+        `compact_keep` applied entries (a follower further behind gets a snapshot)."""
+        boundary = self.log.first_index() - 1
+        applied = node.applied_index
+        if applied - boundary < self.compact_every + self.compact_keep:
+            return
+        upto = min(applied, self.log.durable_index()) - self.compact_keep
+        if upto <= boundary:
+            return
+        self.disk.save_checkpoint(self.sm.checkpoint())
+        node.compact(upto)
+        self.trace.emit(f"n{self.id} compact to {upto}")
+
+    def _install(self, snapshot: ReceivedSnapshot) -> None:
+        index = snapshot.meta.last_index
+        self.sm.install(snapshot.data, index)
+        self.disk.save_checkpoint(self.sm.checkpoint())
+        self.checkers.on_snapshot_installed(self.id, index)
+        self.trace.emit(f"n{self.id} install snapshot {index}/{snapshot.meta.last_term}")
 
     def _apply(self, entry: Entry) -> None:
         self.checkers.on_apply(self.id, entry)

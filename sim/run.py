@@ -60,6 +60,12 @@ class SimConfig:
     # several round trips, so an acknowledgement can cover old-term entries without
     # the new leader's no-op, which the Figure 8 history needs.
     append_bytes_max: int = 1
+    # Every node compacts its log once this many entries are applied past its snapshot,
+    # keeping the last `compact_keep`; a follower further behind gets a snapshot, sent
+    # in chunks of `snapshot_chunk_bytes`. 0 turns compaction off.
+    compact_every: int = 30
+    compact_keep: int = 2
+    snapshot_chunk_bytes: int = 512
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -77,6 +83,7 @@ class SimConfig:
             election_ticks=self.election_ticks,
             heartbeat_ticks=self.heartbeat_ticks,
             append_bytes_max=self.append_bytes_max,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
             plants=frozenset() if self.plant is None else frozenset({self.plant}),
         )
 
@@ -123,7 +130,14 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
         f"clients={cfg.clients} think={cfg.think_ms}ms"
     )
     cluster = Cluster(
-        loop, trace, random.Random(root.getrandbits(64)), node_ids, cfg.raft_config(), checkers
+        loop,
+        trace,
+        random.Random(root.getrandbits(64)),
+        node_ids,
+        cfg.raft_config(),
+        checkers,
+        compact_every=cfg.compact_every,
+        compact_keep=cfg.compact_keep,
     )
     faults = FaultSchedule(
         cluster,
@@ -333,4 +347,5 @@ def _check_durability(cluster: Cluster, checkers: Checkers) -> None:
         best.sm.ops,
         best.sm.applied_index,
         decode_op,
+        first_index=best.disk.log.first_index(),
     )

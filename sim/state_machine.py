@@ -100,6 +100,22 @@ class DedupStateMachine:
         self.ops.append(op)
         return op
 
+    def snapshot(self) -> bytes:
+        """The whole state, for a leader to send to a follower whose log it compacted."""
+        seqs = ",".join(f"{c}:{q}" for c, q in sorted(self._last_seq.items()))
+        ops = ",".join(f"{c}:{q}" for c, q in self.ops)
+        return f"{self.applied_index};{self.duplicates};{seqs};{ops}".encode()
+
+    def install(self, data: bytes, index: int) -> None:
+        """Replace the state with a snapshot taken at `index` (Ready.snapshot)."""
+        applied, duplicates, seqs, ops = data.decode().split(";")
+        assert int(applied) == index, "the snapshot is of the state at its index"
+        pairs = [tuple(map(int, p.split(":"))) for p in seqs.split(",") if p]
+        self._last_seq = {c: q for c, q in pairs}
+        self.ops[:] = [(int(c), int(q)) for c, q in (p.split(":") for p in ops.split(",") if p)]
+        self.applied_index = index
+        self.duplicates = int(duplicates)
+
     def checkpoint_due(self) -> bool:
         return self.applied_index % CHECKPOINT_EVERY == 0
 

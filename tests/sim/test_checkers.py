@@ -241,3 +241,36 @@ def test_durability_catches_an_operation_applied_twice() -> None:
     log, _ = final_state([op(1, 1, 1, 1), op(2, 1, 1, 1)])
     with violated("durability"):
         c.check_durability(log, 2, [(1, 1), (1, 1)], 2, decode_op)
+
+
+# -- snapshots
+
+
+def test_a_snapshot_past_the_committed_index_is_caught() -> None:
+    c = checkers()
+    c.on_append(1, [e(1, 1), e(2, 1)])
+    c.on_commit(1, 1, 1)
+    c.on_log_snapshot(2, 1)
+    assert c.chain_at(2, 1) == c.chain_at(1, 1)
+    with violated("log_matching"):
+        c.on_log_snapshot(3, 2)
+
+
+def test_a_snapshot_behind_what_a_node_applied_is_caught() -> None:
+    c = checkers()
+    c.on_apply(1, e(1, 1))
+    c.on_apply(1, e(2, 1))
+    with violated("state_machine_safety"):
+        c.on_snapshot_installed(1, 1)
+
+
+def test_durability_checks_compacted_acks_against_what_was_applied() -> None:
+    c = checkers()
+    c.on_apply(1, op(1, 1, 1, 1))
+    c.on_ack(1, 1, 1, 1)
+    c.check_durability([op(2, 1, 2, 1)], 2, [(1, 1), (2, 1)], 2, decode_op, first_index=2)
+    c.on_ack(2, 2, 1, 7)  # acknowledged at index 1 with another term
+    with violated("durability"):
+        c.check_durability(
+            [op(2, 1, 2, 1)], 2, [(1, 1), (2, 1), (2, 2)], 2, decode_op, first_index=2
+        )

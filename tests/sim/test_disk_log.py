@@ -131,3 +131,29 @@ def test_random_crashes_leave_the_synced_image_plus_a_prefix_of_the_later_writes
             possible.append(list(state))
         assert after in possible
         assert log.durable_index() == log.last_index()
+
+
+def test_a_reset_is_durable_only_with_its_sync() -> None:
+    log = SimDiskLog()
+    log.append(entries(1, 3))
+    log.sync()
+    log.reset(10, 4)
+    assert (log.first_index(), log.last_index(), log.term_at(10)) == (11, 10, 4)
+    log.crash(Scripted(1))  # even when the PRNG would let it land, an unsynced reset does not
+    assert (log.first_index(), log.last_index()) == (1, 3)
+    log.reset(10, 4)
+    log.append([Entry(5, 11, b"after")])
+    log.sync()
+    log.crash(Scripted(0))
+    assert (log.first_index(), log.last_index(), log.term_at(10)) == (11, 11, 4)
+
+
+def test_compaction_drops_the_prefix_from_both_pictures() -> None:
+    log = SimDiskLog()
+    log.append(entries(1, 5))
+    log.sync()
+    log.compact(3, 1)
+    assert (log.first_index(), log.term_at(3), log.term_at(2)) == (4, 1, None)
+    log.append(entries(6, 6))
+    log.crash(Scripted(0, 0))
+    assert (log.first_index(), log.last_index()) == (4, 5)
