@@ -10,14 +10,18 @@ from mq import __version__
 from mq.client.errors import MQClientError
 from mq.commands import bench_cmd, cluster_cmd, data_cmd, demo_cmd
 from mq.rpc.errors import TransportError
+from sim.cli import add_sim_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mq {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cluster_cmd, data_cmd, demo_cmd, bench_cmd):
-        module.register(commands)
+    cluster_cmd.register(commands)
+    data_cmd.register(commands)
+    add_sim_commands(commands)
+    demo_cmd.register(commands)
+    bench_cmd.register(commands)
     return parser
 
 

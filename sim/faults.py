@@ -1,0 +1,397 @@
+"""The fault schedule: which faults happen, when, to whom, and for how long.
+
+Faults arrive one after another at exponentially distributed gaps (`mean_gap_ns`); each
+picks a kind among the enabled ones (weighted by `WEIGHTS`), acts, and schedules its own
+end. They overlap freely. At the end of the run `heal_all` ends every fault at once:
+crashed nodes restart, paused ones resume, clocks run true and the network is calm,
+which is where the liveness check starts its clock.
+
+The kinds (the `--faults` names):
+
+* drop, dup, delay, reorder: network episodes of 0.2-3 s (sim/network.py knobs).
+* partition: symmetric (often isolating the leader), one-way, or bridge (two sides that
+  cannot talk, one node that talks to both), for 0.1-4 s.
+* crash: one of
+  - a node (the leader half the time) crashes and restarts after 1-50 ms or 0.1-3 s;
+  - a power cut: a majority, or every node, crashes at the same instant;
+  - crash after voting: the leader crashes to force an election, and for the next 2 s a
+    node that grants a vote crashes right after sending it and restarts within 5 ms
+    (a node that forgets its vote then votes twice in one term);
+  - crash in fsync: for the next 2 s, when a follower starts an fsync of new entries,
+    every node loses power before the fsync completes (a node that acknowledged before
+    its fsync then loses entries the leader counted).
+  A crash loses every unsynced write, except a random prefix that lands, the first
+  write that did not land whole being torn (sim/disk_log.py).
+* pause: a node (the leader half the time) stops ticking and receiving for 50 ms-2 s,
+  then resumes with the stale view it had (a GC pause, SIGSTOP, a VM migration).
+* drift: a node's clock runs at 0.5x-2x speed (its ticks come that much faster or
+  slower) for 1-10 s.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from raft.node import Role
+from sim.cluster import Cluster
+from sim.events import NS_PER_MS, NS_PER_S
+from sim.node_host import TICK_NS, NodeHost
+
+FAULTS: dict[str, str] = {
+    "drop": "messages are lost (episodes of 5-40% loss)",
+    "dup": "messages are delivered twice (episodes of 5-30%)",
+    "delay": "some messages are held back 20-400 ms (episodes of 5-30%)",
+    "reorder": "links stop being FIFO: later messages overtake earlier ones",
+    "partition": "symmetric, one-way and bridge partitions, healed after 0.1-4 s",
+    "crash": "crash and restart: one node, a power cut of many, right after a vote, "
+    "in the middle of an fsync; unsynced writes lost, the last one torn",
+    "pause": "a node stops ticking and receiving, then resumes with a stale view",
+    "drift": "a node's clock runs at 0.5x-2x speed",
+}
+
+WEIGHTS: dict[str, int] = {
+    "drop": 1,
+    "dup": 1,
+    "delay": 1,
+    "reorder": 1,
+    "partition": 3,
+    "crash": 4,
+    "pause": 3,
+    "drift": 1,
+}
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """`"drop,crash"` -> ("drop", "crash") in canonical order; "all" or "" -> every kind;
+    "none" -> no faults."""
+    text = text.strip()
+    if text in ("", "all"):
+        return tuple(FAULTS)
+    if text == "none":
+        return ()
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(names - FAULTS.keys())
+    if unknown:
+        raise ValueError(f"unknown faults: {', '.join(unknown)} (known: {', '.join(FAULTS)})")
+    return tuple(name for name in FAULTS if name in names)
+
+
+class FaultSchedule:
+    def __init__(
+        self,
+        cluster: Cluster,
+        rng: random.Random,
+        enabled: Iterable[str],
+        mean_gap_ns: int = 700 * NS_PER_MS,
+    ) -> None:
+        self.cluster = cluster
+        self._rng = rng
+        self._loop = cluster.loop
+        self._trace = cluster.trace
+        self._net = cluster.network
+        self.enabled = tuple(name for name in FAULTS if name in set(enabled))
+        self._choices = [name for name in self.enabled for _ in range(WEIGHTS[name])]
+        self.mean_gap_ns = mean_gap_ns
+        self.end_ns = 0
+        self._gen = 0
+        self.active = False
+        self.watch_votes = False
+        self.watch_persist = False
+        self.watch_leaders = False
+        self.watch_commits = False
+        self._votes_until_ns = 0
+        self._persist_until_ns = 0
+        self._churn_until_ns = 0
+        self._knob_tokens: dict[str, int] = {}
+        self._partition_token = 0
+        self.counts: dict[str, int] = {name: 0 for name in FAULTS}
+        cluster.faults = self
+
+    # -- schedule
+
+    def start(self, end_ns: int) -> None:
+        self.end_ns = end_ns
+        self.active = bool(self._choices)
+        self.watch_commits = "crash" in self.enabled
+        if self.active:
+            self._later(self._gap(), self._fire)
+
+    def _gap(self) -> int:
+        return 1 + int(self._rng.expovariate(1.0) * self.mean_gap_ns)
+
+    def _later(self, delay_ns: int, fn: Callable[[Any], None], arg: Any = None) -> None:
+        """Schedule a fault action that a `heal_all` in the meantime cancels."""
+        self._loop.after(delay_ns, self._guarded, (self._gen, fn, arg))
+
+    def _guarded(self, item: tuple[int, Callable[[Any], None], Any]) -> None:
+        gen, fn, arg = item
+        if gen == self._gen:
+            fn(arg)
+
+    def _fire(self, _: Any = None) -> None:
+        if not self.active or self._loop.now_ns >= self.end_ns:
+            return
+        kind = self._rng.choice(self._choices)
+        self.counts[kind] += 1
+        getattr(self, "_" + kind)()
+        self._later(self._gap(), self._fire)
+
+    def _duration(self, lo_ns: int, hi_ns: int) -> int:
+        return self._rng.randrange(lo_ns, hi_ns + 1)
+
+    def _short_or_long(self, short_ns: tuple[int, int], long_ns: tuple[int, int]) -> int:
+        """Half the time short, half the time long: short faults race the election
+        timeout (the interesting case), long ones outlast it."""
+        return self._duration(*(short_ns if self._rng.random() < 0.5 else long_ns))
+
+    def _pick(self, leader_p: float = 0.5) -> NodeHost | None:
+        """A live node: the leader with probability `leader_p`, else any."""
+        live = [h for h in self.cluster.live_hosts() if not h.paused]
+        if not live:
+            return None
+        leader = self.cluster.leader()
+        if leader is not None and self._rng.random() < leader_p:
+            return leader
+        return self._rng.choice(live)
+
+    # -- network episodes
+
+    def _knob(self, name: str, value: Any, off: Any) -> None:
+        token = self._knob_tokens.get(name, 0) + 1
+        self._knob_tokens[name] = token
+        setattr(self._net, name, value)
+        self._trace.emit(f"FAULT {name}={value}")
+
+        def end(_: Any) -> None:
+            if self._knob_tokens.get(name) == token:
+                setattr(self._net, name, off)
+                self._trace.emit(f"FAULT {name} ends")
+
+        self._later(self._duration(200 * NS_PER_MS, 3 * NS_PER_S), end)
+
+    def _drop(self) -> None:
+        self._knob("drop_p", round(self._rng.uniform(0.05, 0.4), 3), 0.0)
+
+    def _dup(self) -> None:
+        self._knob("dup_p", round(self._rng.uniform(0.05, 0.3), 3), 0.0)
+
+    def _delay(self) -> None:
+        self._knob("delay_p", round(self._rng.uniform(0.05, 0.3), 3), 0.0)
+
+    def _reorder(self) -> None:
+        self._knob("reorder", True, False)
+
+    def _partition(self) -> None:
+        rng = self._rng
+        if rng.random() < 0.4:
+            self._churn()
+            return
+        ids = list(self.cluster.node_ids)
+        shape = rng.choice(("symmetric", "symmetric", "one_way", "bridge"))
+        leader = self.cluster.leader()
+        if shape == "symmetric":
+            if leader is not None and rng.random() < 0.5:
+                side = [leader.id]
+            else:
+                side = rng.sample(ids, rng.randrange(1, len(ids) // 2 + 1))
+            self._net.symmetric(side)
+        elif shape == "one_way":
+            victim = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(ids)
+            others = [n for n in ids if n != victim]
+            if rng.random() < 0.5:
+                links = [(victim, n) for n in others]  # it cannot reach anyone
+            else:
+                links = [(n, victim) for n in others]  # nobody can reach it
+            self._net.one_way(links)
+        else:
+            rng.shuffle(ids)
+            bridge_node = ids[0]
+            rest = ids[1:]
+            cut = len(rest) // 2
+            self._net.bridge(sorted(rest[:cut]), bridge_node, sorted(rest[cut:]))
+        self._partition_token += 1
+        token = self._partition_token
+
+        def end(_: Any) -> None:
+            if self._partition_token == token:
+                self._net.heal()
+
+        self._later(
+            self._short_or_long(
+                (100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S)
+            ),
+            end,
+        )
+
+    def _churn(self) -> None:
+        """Leader churn, the history of the paper's Figure 8: for 3 s every new leader is
+        cut off alone the moment it is elected (before its first appends leave) for
+        20-300 ms, half the time; with crashes enabled, a leader whose commit index
+        advances crashes right after, a fifth of the time. Logs then diverge across
+        several terms, and a leader that commits an entry of an older term by counting
+        replicas is caught in the act."""
+        self._churn_until_ns = self._loop.now_ns + 4 * NS_PER_S
+        self.watch_leaders = True
+        self._trace.emit("FAULT armed: leader churn")
+
+    def on_leader_elected(self, host: NodeHost) -> None:
+        """Called by a host the moment its node becomes leader."""
+        if self._loop.now_ns > self._churn_until_ns:
+            self.watch_leaders = False
+            return
+        if self._rng.random() < 0.6:
+            self._net.symmetric([host.id])
+            self._partition_token += 1
+            token = self._partition_token
+
+            def end(_: Any) -> None:
+                if self._partition_token == token:
+                    self._net.heal()
+
+            self._later(self._duration(20 * NS_PER_MS, 300 * NS_PER_MS), end)
+
+    def on_leader_commit(self, host: NodeHost, first_in_term: bool) -> None:
+        """Called by a host when its node, a leader, advanced its commit index.
+
+        A new leader's first commit is the moment of Figure 8: it commits the entries of
+        earlier terms it inherited. Crashing right then, a sixth of the time, is always on
+        with crashes; during leader churn any commit of a leader crashes it, a fifth of
+        the time."""
+        p = 0.0
+        if first_in_term:
+            p = 1 / 6
+        if self._loop.now_ns <= self._churn_until_ns:
+            p = 0.9 if first_in_term else 0.1
+        if p and self._rng.random() < p:
+            self.crash(
+                host, "crash right after commit", self._duration(50 * NS_PER_MS, 500 * NS_PER_MS)
+            )
+
+    # -- process faults
+
+    def _crash(self) -> None:
+        roll = self._rng.random()
+        if roll < 0.35:
+            host = self._pick()
+            if host is not None:
+                short = self._rng.random() < 0.5
+                downtime = (
+                    self._duration(NS_PER_MS, 50 * NS_PER_MS)
+                    if short
+                    else self._duration(100 * NS_PER_MS, 3 * NS_PER_S)
+                )
+                self.crash(host, "crash", downtime)
+        elif roll < 0.5:
+            self._power_cut("power cut", majority_only=self._rng.random() < 0.5)
+        elif roll < 0.75:
+            # The old leader comes back just as the others time out, so it can be asked
+            # for its vote by two candidates of one term.
+            self.watch_votes = True
+            self._votes_until_ns = self._loop.now_ns + 2 * NS_PER_S
+            self._trace.emit("FAULT armed: crash right after voting")
+            leader = self.cluster.leader()
+            if leader is not None:
+                self.crash(
+                    leader,
+                    "crash to force an election",
+                    self._duration(80 * NS_PER_MS, 300 * NS_PER_MS),
+                )
+        else:
+            self.watch_persist = True
+            self._persist_until_ns = self._loop.now_ns + 2 * NS_PER_S
+            self._trace.emit("FAULT armed: power cut during a follower's fsync")
+
+    def _power_cut(self, reason: str, majority_only: bool) -> None:
+        live = self.cluster.live_hosts()
+        if majority_only:
+            count = len(self.cluster.node_ids) // 2 + 1
+            victims = self._rng.sample(live, min(count, len(live)))
+        else:
+            victims = live
+        for host in sorted(victims, key=lambda h: h.id):
+            downtime = self._duration(NS_PER_MS, 500 * NS_PER_MS)
+            self.crash(host, reason, downtime)
+
+    def crash(self, host: NodeHost, reason: str, downtime_ns: int) -> None:
+        host.crash(reason)
+        token = host.crashes
+
+        def restart(_: Any) -> None:
+            if not host.up and host.crashes == token:
+                host.start()
+
+        self._later(downtime_ns, restart)
+
+    def on_vote_granted(self, host: NodeHost) -> None:
+        """Called by a host right after it sent a granted vote (persisted first)."""
+        if self._loop.now_ns > self._votes_until_ns:
+            self.watch_votes = False
+            return
+        self._trace.emit(f"FAULT n{host.id} crashes right after voting")
+        downtime = self._duration(NS_PER_MS // 20, 2 * NS_PER_MS)
+        self._later(0, lambda _: self.crash(host, "crash after voting", downtime))
+
+    def on_persist_start(self, host: NodeHost, latency_ns: int, syncs_log: bool) -> None:
+        """Called by a host when it starts a persist (fsync) of `latency_ns`."""
+        if self._loop.now_ns > self._persist_until_ns:
+            self.watch_persist = False
+            return
+        node = host.node
+        if not syncs_log or node is None or node.role is Role.LEADER:
+            return
+        self.watch_persist = False
+        at = self._rng.randrange(latency_ns // 4, latency_ns)
+        self._trace.emit(f"FAULT power cut in {at // 1000}us, during n{host.id}'s fsync")
+        self._later(at, lambda _: self._power_cut("power cut during fsync", majority_only=False))
+
+    def _pause(self) -> None:
+        host = self._pick(leader_p=0.7)
+        if host is None:
+            return
+        host.pause()
+        token = host.crashes
+
+        def resume(_: Any) -> None:
+            if host.crashes == token:
+                host.resume()
+
+        self._later(
+            self._short_or_long(
+                (150 * NS_PER_MS, 600 * NS_PER_MS), (600 * NS_PER_MS, 2 * NS_PER_S)
+            ),
+            resume,
+        )
+
+    def _drift(self) -> None:
+        host = self._rng.choice([self.cluster.hosts[n] for n in self.cluster.node_ids])
+        factor = self._rng.uniform(0.5, 2.0)
+        tick_ns = int(TICK_NS / factor)
+        host.set_tick(tick_ns)
+        self._trace.emit(f"FAULT n{host.id} clock runs at {factor:.2f}x (tick {tick_ns // 1000}us)")
+
+        def end(_: Any) -> None:
+            if host.tick_ns == tick_ns:
+                host.set_tick(TICK_NS)
+                self._trace.emit(f"FAULT n{host.id} clock runs true")
+
+        self._later(self._duration(NS_PER_S, 10 * NS_PER_S), end)
+
+    # -- the end of the run
+
+    def heal_all(self) -> None:
+        """End every fault now: restart, resume, run clocks true, calm the network."""
+        self._gen += 1
+        self.active = False
+        self.watch_votes = self.watch_persist = False
+        self.watch_leaders = self.watch_commits = False
+        self._net.calm()
+        for node_id in self.cluster.node_ids:
+            host = self.cluster.hosts[node_id]
+            host.set_tick(TICK_NS)
+            if not host.up:
+                host.start()
+            elif host.paused:
+                host.resume()
+        self._trace.emit("HEAL all faults")

@@ -1,0 +1,351 @@
+"""One simulation run: a seed in, a verdict and a trace hash out.
+
+A run has three phases, all in virtual time:
+
+1. `duration_s` of workload under the fault schedule, checkers watching every event;
+2. heal: every fault ends at once (sim/faults.py `heal_all`), clients stop sending;
+3. liveness: a probe client proposes one operation through whoever leads. Within
+   `liveness_bound_s` (10 s of virtual time by default) a leader must be elected, the
+   probe must be acknowledged (applied on the node that accepted it) and every node
+   must have applied it. Otherwise the run fails with the `liveness` checker.
+
+Then durability is checked against the final state: every operation a client saw
+acknowledged is in the committed log at its index and term, and once in the applied
+state of the node with the highest commit index.
+
+Everything random derives from one `random.Random(seed)`: each component takes its own
+stream from it, in a fixed order, at start-up. Nothing reads the wall clock except to
+report how fast the run went.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from raft.config import PLANTS, Config
+from sim.checkers import Checkers, Violation
+from sim.cluster import Cluster
+from sim.events import NS_PER_MS, NS_PER_S, EventLoop
+from sim.faults import FAULTS, FaultSchedule
+from sim.state_machine import decode_op
+from sim.trace import Trace
+from sim.workload import Client, Workload
+
+LIVENESS_BOUND_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """What a run simulates. The defaults are what `mq sim raft` runs."""
+
+    nodes: int = 3
+    duration_s: float = 20.0
+    faults: tuple[str, ...] = tuple(FAULTS)
+    plant: str | None = None
+    clients: int = 3
+    think_ms: float = 150.0
+    pad_bytes: int = 64
+    liveness_bound_s: float = LIVENESS_BOUND_S
+    mean_fault_gap_ms: float = 700.0
+    # Raft tunables, in 10 ms ticks: 100-200 ms election timeouts, 50 ms heartbeats.
+    # Short timeouts pack many elections into little virtual time; heartbeats are the
+    # bulk of an idle cluster's messages, so they are no more frequent than needed.
+    election_ticks: int = 10
+    heartbeat_ticks: int = 5
+    # One entry per append, as DLedger's entry pusher sends them: a catch-up takes
+    # several round trips, so an acknowledgement can cover old-term entries without
+    # the new leader's no-op, which the Figure 8 history needs.
+    append_bytes_max: int = 1
+    # Every node compacts its log once this many entries are applied past its snapshot,
+    # keeping the last `compact_keep`; a follower further behind gets a snapshot, sent
+    # in chunks of `snapshot_chunk_bytes`. 0 turns compaction off.
+    compact_every: int = 30
+    compact_keep: int = 2
+    snapshot_chunk_bytes: int = 512
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError("nodes must be at least 1")
+        if self.clients < 0 or self.think_ms <= 0 or self.duration_s < 0:
+            raise ValueError("clients must be >= 0, think_ms > 0 and duration >= 0")
+        if self.plant is not None and self.plant not in PLANTS:
+            raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
+        unknown = set(self.faults) - FAULTS.keys()
+        if unknown:
+            raise ValueError(f"unknown faults: {sorted(unknown)}")
+
+    def raft_config(self) -> Config:
+        return Config(
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            append_bytes_max=self.append_bytes_max,
+            snapshot_chunk_bytes=self.snapshot_chunk_bytes,
+            plants=frozenset() if self.plant is None else frozenset({self.plant}),
+        )
+
+
+@dataclass
+class RunResult:
+    seed: int
+    ok: bool
+    checker: str | None
+    message: str | None
+    trace_hash: str
+    events: int
+    trace_lines: int
+    sim_seconds: float
+    wall_seconds: float
+    tail: list[str]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "ok": self.ok,
+            "checker": self.checker,
+            "message": self.message,
+            "trace_hash": self.trace_hash,
+            "events": self.events,
+            "sim_seconds": round(self.sim_seconds, 6),
+            "wall_seconds": round(self.wall_seconds, 6),
+            "stats": self.stats,
+        }
+
+
+def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = None) -> RunResult:
+    cfg = cfg or SimConfig()
+    wall_start = time.perf_counter()
+    root = random.Random(seed)
+    loop = EventLoop()
+    trace = Trace(loop, file=trace_file)
+    node_ids = list(range(1, cfg.nodes + 1))
+    checkers = Checkers(node_ids)
+    trace.emit(
+        f"run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
+        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
+        f"clients={cfg.clients} think={cfg.think_ms}ms"
+    )
+    cluster = Cluster(
+        loop,
+        trace,
+        random.Random(root.getrandbits(64)),
+        node_ids,
+        cfg.raft_config(),
+        checkers,
+        compact_every=cfg.compact_every,
+        compact_keep=cfg.compact_keep,
+    )
+    faults = FaultSchedule(
+        cluster,
+        random.Random(root.getrandbits(64)),
+        cfg.faults,
+        mean_gap_ns=int(cfg.mean_fault_gap_ms * NS_PER_MS),
+    )
+    workload = Workload(
+        cluster,
+        random.Random(root.getrandbits(64)),
+        cfg.clients,
+        int(cfg.think_ms * NS_PER_MS),
+        cfg.pad_bytes,
+    )
+    probe_rng = random.Random(root.getrandbits(64))
+    liveness = _Liveness(cluster, probe_rng, int(cfg.liveness_bound_s * NS_PER_S))
+    checker: str | None = None
+    message: str | None = None
+    try:
+        end_ns = int(cfg.duration_s * NS_PER_S)
+        cluster.start()
+        _StormGuard(loop).start()
+        workload.start()
+        faults.start(end_ns)
+        loop.run_until(end_ns)
+        workload.stop()
+        faults.heal_all()
+        liveness.run()
+        _check_durability(cluster, checkers)
+    except Violation as v:
+        checker, message = v.checker, v.message
+        trace.emit(f"VIOLATION {v.checker}: {v.message}")
+    except Exception as exc:  # a crash of the core or of the simulator is a failure too
+        checker = "exception"
+        message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+        trace.emit(f"EXCEPTION {type(exc).__name__}: {exc}")
+    ok = checker is None
+    if ok:
+        trace.emit("OK")
+    trace_hash = trace.hexdigest()
+    tail = trace.tail()
+    stats = {
+        "max_term": max(checkers.leaders, default=0),
+        "leaders": len(checkers.leaders),
+        "committed": len(checkers.committed),
+        "acked": len(checkers.acks),
+        "crashes": sum(h.crashes for h in cluster.hosts.values()),
+        "messages": cluster.network.sent,
+        "dropped": cluster.network.dropped,
+        "faults": {k: v for k, v in faults.counts.items() if v},
+        "heal_to_leader_ms": liveness.leader_ms,
+        "heal_to_probe_ms": liveness.probe_ms,
+    }
+    return RunResult(
+        seed=seed,
+        ok=ok,
+        checker=checker,
+        message=message,
+        trace_hash=trace_hash,
+        events=loop.events,
+        trace_lines=trace.lines_total,
+        sim_seconds=loop.now_ns / NS_PER_S,
+        wall_seconds=time.perf_counter() - wall_start,
+        tail=tail,
+        stats=stats,
+    )
+
+
+class _StormGuard:
+    """Fails the run when the cluster spins: more than `events_max` events in a 100 ms
+    window of virtual time, `windows` windows in a row, or `burst_max` in one window (a
+    storm that doubles itself would otherwise run for minutes inside a single window).
+
+    A healthy 3-node run has well under a hundred events per window; reordering plus
+    duplication can make the core resend its replication window in bursts of several
+    thousand (see docs/simulations.md), which is tolerated."""
+
+    _WINDOW_NS = 100 * NS_PER_MS
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        events_max: int = 5_000,
+        windows: int = 5,
+        burst_max: int = 40_000,
+    ) -> None:
+        self._loop = loop
+        self.events_max = events_max
+        self.windows = windows
+        self.burst_max = burst_max
+        self._last = 0
+        self._hot = 0
+        loop.on_limit = self._burst
+
+    def start(self) -> None:
+        self._arm()
+        self._loop.after(self._WINDOW_NS, self._check)
+
+    def _arm(self) -> None:
+        self._last = self._loop.events
+        self._loop.events_limit = self._last + self.burst_max
+
+    def _burst(self) -> None:
+        raise Violation(
+            "liveness",
+            f"the cluster is spinning: over {self.burst_max} events within 100 ms of "
+            f"virtual time (a livelock or a message storm)",
+        )
+
+    def _check(self, _: Any = None) -> None:
+        count = self._loop.events - self._last
+        self._hot = self._hot + 1 if count > self.events_max else 0
+        if self._hot >= self.windows:
+            raise Violation(
+                "liveness",
+                f"the cluster is spinning: over {self.events_max} events per 100 ms of "
+                f"virtual time for {self.windows * 100} ms (a livelock or a message storm)",
+            )
+        self._arm()
+        self._loop.after(self._WINDOW_NS, self._check)
+
+
+class _Liveness:
+    """After the heal: a leader, then a probe operation applied everywhere, in time."""
+
+    _POLL_NS = 10 * NS_PER_MS
+
+    def __init__(self, cluster: Cluster, rng: random.Random, bound_ns: int) -> None:
+        self.cluster = cluster
+        self.bound_ns = bound_ns
+        self.leader_ms: float | None = None
+        self.probe_ms: float | None = None
+        self._probe_index = 0
+        self._start_ns = 0
+        self._done = False
+        self._client = Client(
+            cluster,
+            0,
+            rng,
+            think_mean_ns=NS_PER_MS,
+            timeout_ns=300 * NS_PER_MS,
+            ops_max=1,
+            on_ack=self._acked,
+        )
+
+    def _acked(self, seq: int, index: int, term: int) -> None:
+        self._probe_index = index
+
+    def _poll(self, _: Any = None) -> None:
+        loop = self.cluster.loop
+        elapsed_ms = (loop.now_ns - self._start_ns) / NS_PER_MS
+        if self.leader_ms is None and self.cluster.leader() is not None:
+            self.leader_ms = elapsed_ms
+        index = self._probe_index
+        if index and all(
+            self.cluster.hosts[n].sm.applied_index >= index for n in self.cluster.node_ids
+        ):
+            self.probe_ms = elapsed_ms
+            self._done = True
+            loop.stop()
+            return
+        loop.after(self._POLL_NS, self._poll)
+
+    def run(self) -> None:
+        loop = self.cluster.loop
+        self._start_ns = loop.now_ns
+        self.cluster.trace.emit(f"liveness: probe, bound {self.bound_ns // NS_PER_MS} ms")
+        self._client.start()
+        loop.after(0, self._poll)
+        loop.run_until(self._start_ns + self.bound_ns)
+        if self._done:
+            return
+        bound_s = self.bound_ns / NS_PER_S
+        if self.leader_ms is None:
+            raise Violation("liveness", f"no leader within {bound_s:g} s after every fault healed")
+        if not self._probe_index:
+            raise Violation(
+                "liveness",
+                f"a leader was elected {self.leader_ms:.0f} ms after the heal, but no proposal "
+                f"committed within {bound_s:g} s",
+            )
+        behind = [
+            f"n{n}@{self.cluster.hosts[n].sm.applied_index}"
+            for n in self.cluster.node_ids
+            if self.cluster.hosts[n].sm.applied_index < self._probe_index
+        ]
+        raise Violation(
+            "liveness",
+            f"the probe committed at index {self._probe_index}, but within {bound_s:g} s "
+            f"after the heal these nodes had not applied it: {' '.join(behind)}",
+        )
+
+
+def _check_durability(cluster: Cluster, checkers: Checkers) -> None:
+    best = None
+    for node_id in cluster.node_ids:
+        host = cluster.hosts[node_id]
+        if host.node is None:
+            continue
+        if best is None or host.node.commit_index > best.node.commit_index:  # type: ignore[union-attr]
+            best = host
+    if best is None or best.node is None:
+        raise Violation("durability", "no node is up at the end of the run")
+    checkers.check_durability(
+        best.disk.log.all_entries(),
+        best.node.commit_index,
+        best.sm.ops,
+        best.sm.applied_index,
+        decode_op,
+        first_index=best.disk.log.first_index(),
+    )
