@@ -21,6 +21,36 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     raft.add_argument("--json", action="store_true", help="print JSON (the only format)")
     raft.set_defaults(handler=_raft)
 
+    produce = kinds.add_parser("produce", help="acknowledged 1 KiB sends/s on a 3-node group")
+    _cluster_flags(produce)
+    _load_flags(produce)
+    produce.set_defaults(handler=_produce)
+
+
+def _cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namesrv", help="use the running cluster of this NameServer (default: start one)"
+    )
+    parser.add_argument("--dir", help="directory of the cluster started for the run (default: temp)")
+    parser.add_argument("--flush", choices=("sync", "async"), default="sync")
+    parser.add_argument(
+        "--broker-arg", action="append", default=[], help="extra flag for every started broker"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (the only format)")
+
+
+def _load_flags(parser: argparse.ArgumentParser, duration: float = 10.0) -> None:
+    parser.add_argument("--window", type=int, default=64, help="sends in flight (default 64)")
+    parser.add_argument("--duration", type=float, default=duration, help="measured seconds")
+    parser.add_argument("--size", type=int, default=1024, help="message body bytes")
+    parser.add_argument("--batch", type=int, default=1, help="messages per send (send_batch)")
+
+
+def _namesrv(args: argparse.Namespace) -> list[str] | None:
+    if not args.namesrv:
+        return None
+    return [a.strip() for a in args.namesrv.replace(";", ",").split(",") if a.strip()]
+
 
 def _storage(args: argparse.Namespace) -> int:
     from mq.bench import storage_bench
@@ -33,4 +63,24 @@ def _raft(args: argparse.Namespace) -> int:
     from mq.bench import raft_bench
 
     print(json.dumps(raft_bench.run(args.dir, args.quick, args.batch)))
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from mq.bench import produce_bench
+
+    print(
+        json.dumps(
+            produce_bench.run(
+                namesrv=_namesrv(args),
+                directory=args.dir,
+                flush=args.flush,
+                window=args.window,
+                duration_s=args.duration,
+                size=args.size,
+                batch=args.batch,
+                broker_args=args.broker_arg,
+            )
+        )
+    )
     return 0

@@ -96,11 +96,15 @@ class Connection:
         *,
         timeout: float = REQUEST_TIMEOUT_S_DEFAULT,
         check: bool = True,
+        on_sent: Callable[[], None] | None = None,
     ) -> Frame:
         """Send `frame` as a request and wait for its response.
 
         The connection assigns the request id. With `check` (the default) an error
         response raises RemoteError; without it the error frame is returned.
+        `on_sent`, if given, is called (in this task) once the frame is written, before
+        the wait for the response: frames are written in the order their writers got
+        the connection's send lock, and a server reads them in that order.
         Raises RequestTimeoutError, ConnectionClosedError, or ProtocolError if the
         frame is too large to send.
         """
@@ -116,6 +120,8 @@ class Connection:
             try:
                 with anyio.fail_after(timeout):
                     await self._send(head, frame.body)
+                    if on_sent is not None:
+                        on_sent()
                     await slot.done.wait()
             except TimeoutError:
                 raise RequestTimeoutError(
