@@ -94,32 +94,48 @@ async def drive(
     batch: int = 1,
     warmup_s: float = WARMUP_S,
     producer: Producer | None = None,
+    total: int | None = None,
+    on_ack: Any = None,
 ) -> ProduceResult:
-    """Send for warmup_s + duration_s with `window` sends in flight; count the second part."""
+    """Send for warmup_s + duration_s with `window` sends in flight; count the second part.
+    With `total`, send exactly `total` messages instead (no warm-up, no time limit) and
+    count all of them; failed sends are retried. `on_ack(result)` sees every SendResult."""
     body = os.urandom(size)
     result = ProduceResult(window=window, batch=batch, size=size)
     start = time.perf_counter()
+    if total is not None:
+        warmup_s, duration_s = 0.0, float("inf")
     t0 = start + warmup_s
     t1 = t0 + duration_s
+    issued = 0
 
     async def sender(p: Producer) -> None:
+        nonlocal issued
         while True:
             began = time.perf_counter()
             if began >= t1:
                 return
+            if total is not None:
+                if issued >= total:
+                    return
+                issued += batch
             try:
                 if batch > 1:
-                    await p.send_batch([Message(topic, body) for _ in range(batch)])
+                    sent = await p.send_batch([Message(topic, body) for _ in range(batch)])
                 else:
-                    await p.send(Message(topic, body))
+                    sent = await p.send(Message(topic, body))
             except Exception as exc:
                 now = time.perf_counter()
                 if t0 <= now < t1:
                     result.errors += 1
                     kind = f"{type(exc).__name__}:{getattr(exc, 'code', '')}:{exc.__cause__!r}"[:160]
                     result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+                if total is not None:
+                    issued -= batch
                 await trio.sleep(ERROR_PAUSE_S)
                 continue
+            if on_ack is not None:
+                on_ack(sent)
             now = time.perf_counter()
             if t0 <= began and now < t1:
                 result.latency.record_seconds(now - began)

@@ -26,6 +26,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _load_flags(produce)
     produce.set_defaults(handler=_produce)
 
+    consume = kinds.add_parser("consume", help="pull msgs/s from the start vs produce msgs/s")
+    _cluster_flags(consume)
+    consume.add_argument("--window", type=int, default=64, help="produce: sends in flight")
+    consume.add_argument("--size", type=int, default=1024, help="message body bytes")
+    consume.add_argument("--batch", type=int, default=1, help="produce: messages per send")
+    consume.add_argument("--messages", type=int, default=20_000, help="messages to produce")
+    consume.add_argument("--pull-batch", type=int, default=32, help="max messages per pull")
+    consume.add_argument("--topic", help="consume this existing topic instead (no produce)")
+    consume.set_defaults(handler=_consume)
+
 
 def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -79,6 +89,28 @@ def _produce(args: argparse.Namespace) -> int:
                 duration_s=args.duration,
                 size=args.size,
                 batch=args.batch,
+                broker_args=args.broker_arg,
+            )
+        )
+    )
+    return 0
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from mq.bench import consume_bench
+
+    print(
+        json.dumps(
+            consume_bench.run(
+                namesrv=_namesrv(args),
+                directory=args.dir,
+                flush=args.flush,
+                window=args.window,
+                size=args.size,
+                batch=args.batch,
+                messages=args.messages,
+                pull_batch=args.pull_batch,
+                topic=args.topic,
                 broker_args=args.broker_arg,
             )
         )
