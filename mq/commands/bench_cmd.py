@@ -36,6 +36,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     consume.add_argument("--topic", help="consume this existing topic instead (no produce)")
     consume.set_defaults(handler=_consume)
 
+    failover = kinds.add_parser("failover", help="kill -9 the leader under load, R rounds")
+    failover.add_argument("--dir", help="directory of the cluster started for the run")
+    failover.add_argument("--flush", choices=("sync", "async"), default="sync")
+    failover.add_argument("--broker-arg", action="append", default=[], help="extra broker flag")
+    failover.add_argument("--rounds", type=int, default=3, help="leader kills (default 3)")
+    failover.add_argument("--window", type=int, default=8, help="sends in flight (default 8)")
+    failover.add_argument("--size", type=int, default=1024, help="message body bytes")
+    failover.add_argument("--settle", type=float, default=2.0, help="seconds of load per round")
+    failover.add_argument("--json", action="store_true", help="print JSON (the only format)")
+    failover.set_defaults(handler=_failover)
+
 
 def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -116,3 +127,19 @@ def _consume(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _failover(args: argparse.Namespace) -> int:
+    from mq.bench import failover_bench
+
+    result = failover_bench.run(
+        directory=args.dir,
+        flush=args.flush,
+        rounds=args.rounds,
+        window=args.window,
+        size=args.size,
+        settle_s=args.settle,
+        broker_args=args.broker_arg,
+    )
+    print(json.dumps(result))
+    return 0 if result["acked_lost"] == 0 else 1
