@@ -47,6 +47,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     failover.add_argument("--json", action="store_true", help="print JSON (the only format)")
     failover.set_defaults(handler=_failover)
 
+    peer = kinds.add_parser("pysyncobj", help="the same windowed workload on PySyncObj vs ours")
+    peer.add_argument("--dir", help="directory of our cluster started for the run")
+    peer.add_argument("--flush", choices=("sync", "async"), default="sync")
+    peer.add_argument("--broker-arg", action="append", default=[], help="extra broker flag")
+    peer.add_argument("--window", type=int, default=64, help="calls in flight (default 64)")
+    peer.add_argument("--duration", type=float, default=10.0, help="measured seconds (each)")
+    peer.add_argument("--size", type=int, default=1024, help="value bytes")
+    peer.add_argument("--json", action="store_true", help="print JSON (the only format)")
+    peer.set_defaults(handler=_pysyncobj)
+
 
 def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -143,3 +153,21 @@ def _failover(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result))
     return 0 if result["acked_lost"] == 0 else 1
+
+
+def _pysyncobj(args: argparse.Namespace) -> int:
+    from mq.bench import pysyncobj_bench
+
+    print(
+        json.dumps(
+            pysyncobj_bench.run(
+                window=args.window,
+                duration_s=args.duration,
+                size=args.size,
+                flush=args.flush,
+                directory=args.dir,
+                broker_args=args.broker_arg,
+            )
+        )
+    )
+    return 0
