@@ -61,15 +61,16 @@ class ConnectionPool:
         frame: Frame,
         *,
         timeout_s: float,
-        on_sent: Callable[[], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
     ) -> Frame:
         """Send `frame` to `address` and return the response, error answers included.
         Raises MQConnectionError or MQTimeoutError; on either the connection is dropped
-        from the pool only if it is broken (a timeout leaves it usable). `on_sent` is
-        called once the request is written (see `Connection.request`)."""
+        from the pool only if it is broken (a timeout leaves it usable). `on_queued` is
+        called once the request's place in the write order is fixed (see
+        `Connection.request`)."""
         conn = await self.get(address)
         try:
-            return await conn.request(frame, timeout=timeout_s, check=False, on_sent=on_sent)
+            return await conn.request(frame, timeout=timeout_s, check=False, on_queued=on_queued)
         except RequestTimeoutError as exc:
             raise MQTimeoutError(str(exc)) from exc
         except ConnectionClosedError as exc:

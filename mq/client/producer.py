@@ -602,14 +602,15 @@ class Producer:
         """One attempt. A group refuses a batch whose seq is at or below the last one it
         stored from us (it takes it for a retry), so concurrent sends (send_async, many
         tasks) must reach each group in seq order: the seq is given at the batch's first
-        write, under a per-group lock held until the request is written to the
-        connection, whose frames the broker handles in arrival order. The lock is not
-        held while waiting for the answer, so sends stay pipelined."""
+        attempt, under a per-group lock held until the request has its place in the
+        connection's write order (frames go out, and the broker handles them, in that
+        order). The lock is not held while the request is written or answered, so sends
+        stay pipelined and share writes."""
         lock = self._write_lock(queue.group)
         await lock.acquire()
         held = True
 
-        def written() -> None:
+        def queued() -> None:
             nonlocal held
             if held:
                 held = False
@@ -621,10 +622,10 @@ class Producer:
                 address,
                 self._frame(batch, queue),
                 timeout_s=self.send_timeout_ms / 1000,
-                on_sent=written,
+                on_queued=queued,
             )
         finally:
-            written()
+            queued()
 
     async def _refresh_quietly(self, topic: str) -> None:
         try:
