@@ -10,6 +10,7 @@ fresh one. Transport failures come out as the client's own `MQConnectionError` /
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -54,13 +55,22 @@ class ConnectionPool:
                 conn = await self._connect(address)
         return conn
 
-    async def request(self, address: str, frame: Frame, *, timeout_s: float) -> Frame:
+    async def request(
+        self,
+        address: str,
+        frame: Frame,
+        *,
+        timeout_s: float,
+        on_queued: Callable[[], None] | None = None,
+    ) -> Frame:
         """Send `frame` to `address` and return the response, error answers included.
         Raises MQConnectionError or MQTimeoutError; on either the connection is dropped
-        from the pool only if it is broken (a timeout leaves it usable)."""
+        from the pool only if it is broken (a timeout leaves it usable). `on_queued` is
+        called once the request's place in the write order is fixed (see
+        `Connection.request`)."""
         conn = await self.get(address)
         try:
-            return await conn.request(frame, timeout=timeout_s, check=False)
+            return await conn.request(frame, timeout=timeout_s, check=False, on_queued=on_queued)
         except RequestTimeoutError as exc:
             raise MQTimeoutError(str(exc)) from exc
         except ConnectionClosedError as exc:

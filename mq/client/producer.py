@@ -194,6 +194,7 @@ class _Batch:
     count: int
     msg_ids: tuple[str, ...]
     seq: int
+    """0 until the batch's first request is written (see `Producer._write_ordered`)."""
     code: RequestCode
     frames: bytes
     sizes: list[int]
@@ -282,6 +283,7 @@ class Producer:
         self._async_in_flight_max = async_in_flight_max
         self._async_slots = anyio.Semaphore(async_in_flight_max)
         self._async_group: anyio.abc.TaskGroup | None = None
+        self._write_locks: dict[str, anyio.Lock] = {}
         self._open = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -381,7 +383,11 @@ class Producer:
         if address is None:
             raise NoRouteError(f"group {queue.group!r} has no known leader")
         try:
-            await self._client.pool.send_oneway(address, self._frame(batch, queue, oneway=True))
+            async with self._write_lock(queue.group):
+                self._assign_seq(batch)
+                await self._client.pool.send_oneway(
+                    address, self._frame(batch, queue, oneway=True)
+                )
         except MQConnectionError:
             self._on_unreachable(batch.topic, queue.group, address, 0)
             raise
@@ -423,13 +429,12 @@ class Producer:
             for m, msg_id in zip(messages, msg_ids, strict=True)
         ]
         frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
-        self._seq += 1
         return _Batch(
             topic=topic,
             first=messages[0],
             count=len(messages),
             msg_ids=msg_ids,
-            seq=self._seq,
+            seq=0,
             code=code,
             frames=bytes(frames),
             sizes=sizes,
@@ -532,9 +537,7 @@ class Producer:
             contacted = True
             started_ms = self._now_ms()
             try:
-                response = await client.pool.request(
-                    address, self._frame(batch, queue), timeout_s=self.send_timeout_ms / 1000
-                )
+                response = await self._request_in_seq_order(address, batch, queue)
             except (MQConnectionError, MQTimeoutError) as exc:
                 self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - started_ms)
                 failure, code, avoid_group = exc, None, queue.group
@@ -584,6 +587,46 @@ class Producer:
             msg_ids=batch.msg_ids,
         ) from failure
 
+    def _write_lock(self, group: str) -> anyio.Lock:
+        lock = self._write_locks.get(group)
+        if lock is None:
+            lock = self._write_locks[group] = anyio.Lock()
+        return lock
+
+    def _assign_seq(self, batch: _Batch) -> None:
+        if batch.seq == 0:
+            self._seq += 1
+            batch.seq = self._seq
+
+    async def _request_in_seq_order(self, address: str, batch: _Batch, queue: MessageQueue) -> Frame:
+        """One attempt. A group refuses a batch whose seq is at or below the last one it
+        stored from us (it takes it for a retry), so concurrent sends (send_async, many
+        tasks) must reach each group in seq order: the seq is given at the batch's first
+        attempt, under a per-group lock held until the request has its place in the
+        connection's write order (frames go out, and the broker handles them, in that
+        order). The lock is not held while the request is written or answered, so sends
+        stay pipelined and share writes."""
+        lock = self._write_lock(queue.group)
+        await lock.acquire()
+        held = True
+
+        def queued() -> None:
+            nonlocal held
+            if held:
+                held = False
+                lock.release()
+
+        try:
+            self._assign_seq(batch)
+            return await self._client.pool.request(
+                address,
+                self._frame(batch, queue),
+                timeout_s=self.send_timeout_ms / 1000,
+                on_queued=queued,
+            )
+        finally:
+            queued()
+
     async def _refresh_quietly(self, topic: str) -> None:
         try:
             await self._client.routes.refresh(topic)
@@ -600,6 +643,16 @@ class Producer:
         self, batch: _Batch, queue: MessageQueue, response: Frame, attempts: int
     ) -> SendResult:
         fields = response.fields
+        if fields.get("duplicate") and fields.get("queue_offset") == -1:
+            # The group stored a later batch of ours before this one arrived (a retry
+            # overtaken by later sends, e.g. after a leader change): it refuses the
+            # batch without knowing whether an earlier attempt stored it.
+            raise SendError(
+                f"group {queue.group!r} refused batch seq {batch.seq} as older than the last "
+                "one it stored from this producer; an earlier attempt may have stored it",
+                attempts=attempts,
+                msg_ids=batch.msg_ids,
+            )
         try:
             msg_ids = tuple(str(m) for m in get_list(fields, "msg_ids", default=batch.msg_ids))
             queue_offset = get_int(fields, "queue_offset")

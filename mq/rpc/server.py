@@ -31,6 +31,7 @@ from mq.protocol import (
     encode_frame_head,
 )
 from mq.rpc.address import format_address
+from mq.rpc.writer import CoalescingWriter
 
 IN_FLIGHT_MAX_DEFAULT = 64
 """Requests one connection may have in its handlers at once."""
@@ -63,23 +64,20 @@ class Peer:
         self.frame_bytes_max = frame_bytes_max
         self.closed = False
         self._stream = stream
-        self._send_lock = trio.Lock()
+        self._writer = CoalescingWriter(
+            stream.send_all, trio.BrokenResourceError, inline_bytes_max=BODY_INLINE_BYTES_MAX
+        )
         self._oneway_ids = itertools.count(1)
 
     async def send(self, frame: Frame) -> None:
-        """Write one whole frame. Concurrent senders take turns, so frames never interleave.
+        """Write one whole frame. Frames never interleave; frames sent while a write is
+        under way share the next write (mq/rpc/writer.py).
 
         Raises ProtocolError (frame too large) before writing anything, and
         trio.BrokenResourceError / trio.ClosedResourceError if the connection is gone.
         """
         head = encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max)
-        body = frame.body
-        async with self._send_lock:
-            if len(body) <= BODY_INLINE_BYTES_MAX:
-                await self._stream.send_all(head + body if body else head)
-            else:
-                await self._stream.send_all(head)
-                await self._stream.send_all(body)
+        await self._writer.write(head, frame.body)
 
     async def send_oneway(self, frame: Frame) -> None:
         """Push a request the client will not answer (server-initiated notifications)."""

@@ -1,0 +1,70 @@
+"""CoalescingWriter: frames written while a write is under way share the next write, in
+call order, and a failed write fails every frame that waited for it."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from mq.rpc.writer import CoalescingWriter
+
+
+class SlowStream:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.fail = False
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(0.01)
+        if self.fail:
+            raise trio.BrokenResourceError("gone")
+        self.writes.append(bytes(data))
+
+
+async def test_concurrent_frames_share_writes_in_call_order() -> None:
+    stream = SlowStream()
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
+    queued: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(writer.write, b"h%02d" % i, b"b", lambda i=i: queued.append(i))
+            await trio.testing.wait_all_tasks_blocked()
+    data = b"".join(stream.writes)
+    assert data == b"".join(b"h%02db" % i for i in range(20))
+    assert queued == list(range(20))
+    assert len(stream.writes) < 20 and writer.writes == len(stream.writes)
+    assert writer.frames == 20
+
+
+async def test_large_bodies_are_sent_on_their_own() -> None:
+    stream = SlowStream()
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError, inline_bytes_max=8)
+    big = b"x" * 100
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.write, b"a", b"1")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(writer.write, b"b", big)
+        nursery.start_soon(writer.write, b"c", b"2")
+    assert b"".join(stream.writes) == b"a1b" + big + b"c2"
+    assert big in stream.writes
+
+
+async def test_a_failed_write_fails_its_waiters_and_later_writes() -> None:
+    stream = SlowStream()
+    stream.fail = True
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
+    errors: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            await writer.write(b"%d" % i)
+        except trio.BrokenResourceError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(one, i)
+    assert len(errors) == 5 and writer.failed
+    with pytest.raises(trio.BrokenResourceError):
+        await writer.write(b"later")
