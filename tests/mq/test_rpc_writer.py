@@ -22,7 +22,9 @@ class SlowStream:
         self.writes.append(bytes(data))
 
 
-async def test_concurrent_frames_share_writes_in_call_order() -> None:
+async def test_concurrent_frames_share_writes_in_call_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     stream = SlowStream()
     writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
     queued: list[int] = []
@@ -37,7 +39,7 @@ async def test_concurrent_frames_share_writes_in_call_order() -> None:
     assert writer.frames == 20
 
 
-async def test_large_bodies_are_sent_on_their_own() -> None:
+async def test_large_bodies_are_sent_on_their_own(autojump_clock: trio.testing.MockClock) -> None:
     stream = SlowStream()
     writer = CoalescingWriter(stream.send, trio.BrokenResourceError, inline_bytes_max=8)
     big = b"x" * 100
@@ -45,12 +47,15 @@ async def test_large_bodies_are_sent_on_their_own() -> None:
         nursery.start_soon(writer.write, b"a", b"1")
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(writer.write, b"b", big)
+        await trio.testing.wait_all_tasks_blocked()  # trio may run new tasks in any order
         nursery.start_soon(writer.write, b"c", b"2")
     assert b"".join(stream.writes) == b"a1b" + big + b"c2"
     assert big in stream.writes
 
 
-async def test_a_failed_write_fails_its_waiters_and_later_writes() -> None:
+async def test_a_failed_write_fails_its_waiters_and_later_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     stream = SlowStream()
     stream.fail = True
     writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
