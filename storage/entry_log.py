@@ -238,7 +238,12 @@ class EntryLog:
         self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
 
     def reset(self, index: int, term: int) -> None:
-        """Drop every entry; the log continues after a snapshot ending at (index, term)."""
+        """Drop every entry; the log continues after a snapshot ending at (index, term).
+
+        Durable when it returns. raft/ready.py asks that a reset become durable only with
+        the next sync (after the driver stored the snapshot); the broker does not install
+        Raft snapshots yet (a lagging follower catches up from the log), so nothing calls
+        this on the broker's path today. Make it lazy before wiring snapshots in."""
         if self._offsets:
             self._log.truncate(self._offsets[0])
         self._log.flush()
