@@ -63,7 +63,7 @@ class ConditionTimeout(AssertionError):
 
 
 def wait_until(
-    condition: Callable[[], T | None | bool],
+    condition: Callable[[], T | bool | None],
     what: str,
     timeout_s: float = DEADLINE_S,
     poll_s: float = POLL_S,
