@@ -16,16 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import LocalCluster
-
-_CLUSTERS = pytest.StashKey[list[LocalCluster]]()
+from tests.cluster.harness import CLUSTERS_KEY, LocalCluster
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed:
-        for cluster in item.stash.get(_CLUSTERS, []):
+        for cluster in item.stash.get(CLUSTERS_KEY, []):
             report.sections.append((f"cluster logs ({cluster.directory})", cluster.log_tails()))
     return report
 
@@ -34,7 +32,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def make_cluster(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., LocalCluster]]:
-    started = request.node.stash.setdefault(_CLUSTERS, [])
+    started = request.node.stash.setdefault(CLUSTERS_KEY, [])
 
     def make(name: str = "cluster", **options: Any) -> LocalCluster:
         cluster = LocalCluster.start_new(tmp_path / name, **options)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from mq import cluster as local
 from mq.client import Message, MessageQueue
 from mq.client.blocking import BlockingAdmin, BlockingProducer, BlockingPullConsumer
@@ -56,6 +58,9 @@ BROKER_ARGS = [
 shorter: on a loaded machine a shorter timeout makes healthy leaders look dead."""
 
 T = TypeVar("T")
+
+CLUSTERS_KEY = pytest.StashKey[list["LocalCluster"]]()
+"""A test item's clusters, whose logs conftest attaches to the report when it fails."""
 
 
 class ConditionTimeout(AssertionError):
