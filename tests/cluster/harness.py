@@ -331,15 +331,19 @@ class LocalCluster:
         self.spec.save()
         self.wait_answering(name)
 
-    def wait_answering(self, name: str) -> dict[str, Any]:
+    def wait_answering(self, name: str) -> None:
+        """Poll until the node (NameServer or broker) answers a PING."""
         pid = self.pid(name)
 
-        def answering() -> dict[str, Any] | None:
+        def answering() -> bool:
             if not local.alive(pid):
                 raise ConditionTimeout(f"{name} exited; see {self.proc(name).log}")
-            return self.status(name)
+            try:
+                return rpc(self.address(name), request(RequestCode.PING)).ok
+            except OSError:
+                return False
 
-        return wait_until(answering, f"{name} to answer")
+        wait_until(answering, f"{name} to answer")
 
     def all_alive(self) -> dict[str, bool]:
         return {p.name: local.alive(p.pid) for p in self.spec.processes}

@@ -12,23 +12,29 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.cluster.harness import (
+    TIME_SCALE,
     LocalCluster,
     SequentialProducer,
     check_delivery,
     check_replicas_identical,
     consume_all,
     create_topic,
+    send_sequentially,
     wait_until,
 )
 
 QUEUES = 4
 BATCH = 40
 """Acknowledged sends to wait for between steps: enough to span several queues."""
+REREGISTER_DEADLINE_S = 15 * TIME_SCALE
+"""Brokers reconnect to a NameServer within a second; registering every 30 s is what
+this must beat."""
 
 
 def cli(cluster: LocalCluster, *args: str) -> str:
@@ -135,3 +141,32 @@ def test_every_acknowledged_message_survives_kill_9_of_the_whole_group(
         cluster.wait_caught_up(name, topic, QUEUES)
     check_delivery(producer.acked, consume_all(cluster.namesrv, topic))
     check_replicas_identical(cluster, topic, QUEUES)
+
+
+def test_nameserver_kill_9_does_not_stop_writes_and_its_restart_relearns_routes_at_once(
+    cluster: LocalCluster,
+) -> None:
+    """The NameServer is not on the data path: a running producer keeps its cached route
+    while it is down. A restarted NameServer knows nothing until brokers register again:
+    they must notice the dropped connection and register at once, so that new clients
+    find routes in seconds rather than after the 30 s registration interval."""
+    topic = "ns-restart"
+    create_topic(cluster.namesrv, topic, QUEUES)
+    with SequentialProducer(cluster.namesrv, topic) as producer:
+        producer.wait_acked(BATCH, "before the NameServer dies")
+        cluster.kill("nameserver", signal.SIGKILL)
+        producer.wait_acked(producer.count() + BATCH, "while the NameServer is down")
+        cluster.start("nameserver")
+        restarted = time.monotonic()
+        fresh = wait_until(
+            lambda: send_sequentially(cluster.namesrv, topic, 1),
+            "a new producer to find a route",
+            timeout_s=REREGISTER_DEADLINE_S,
+        )
+        elapsed = time.monotonic() - restarted
+        producer.wait_acked(producer.count() + BATCH, "after the NameServer restarted")
+
+    assert elapsed < REREGISTER_DEADLINE_S
+    consumed = consume_all(cluster.namesrv, topic)
+    check_delivery(producer.acked, consumed)
+    assert fresh[0].msg_id in {m.msg_id for messages in consumed.values() for m in messages}
