@@ -31,13 +31,14 @@ def mq(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return done
 
 
-def cluster_up(directory: Path) -> LocalCluster:
+def cluster_up(directory: Path, *extra: str) -> LocalCluster:
     """`mq cluster up`, adopted by the harness (which kills whatever is left at the end)."""
     args = [f"--broker-arg={arg}" for arg in BROKER_ARGS]
-    done = mq(directory, "cluster", "up", *args, check=False)
+    done = mq(directory, "cluster", "up", *args, *extra, check=False)
     cluster = LocalCluster.adopt(directory)
-    assert done.returncode == 0, f"mq cluster up: {done.stdout}{done.stderr}"
-    assert "leader" in done.stdout
+    if done.returncode != 0 or "leader" not in done.stdout:
+        cluster.destroy()
+        raise AssertionError(f"mq cluster up: {done.stdout}{done.stderr}")
     return cluster
 
 
@@ -71,11 +72,26 @@ def cli(request: pytest.FixtureRequest, cli_cluster: LocalCluster) -> LocalClust
     return cli_cluster
 
 
+def settled(directory: Path) -> dict[str, Any] | None:
+    """`mq cluster status --json` once every group shows one leader that all of its
+    nodes follow in one term (None while an election is under way)."""
+    status = status_json(directory)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for node in status["nodes"]:
+        groups.setdefault(node["group"], []).append(node)
+    for nodes in groups.values():
+        leaders = [n for n in nodes if n["role"] == "leader"]
+        if len(leaders) != 1 or len({n["term"] for n in nodes}) != 1:
+            return None
+        if any(n["leader"] != leaders[0]["address"] for n in nodes):
+            return None
+    return status
+
+
 def test_status_json_lists_every_node_with_group_node_id_address_role_term_and_pid(
     cli: LocalCluster,
 ) -> None:
-    cli.leader()
-    status = status_json(cli.directory)
+    status = wait_until(lambda: settled(cli.directory), "a settled cluster status")
     assert status["nameservers"] == cli.namesrv
     nodes = status["nodes"]
     assert len(nodes) == 3
@@ -90,10 +106,9 @@ def test_status_json_lists_every_node_with_group_node_id_address_role_term_and_p
             proc.pid,
         )
         assert isinstance(node["term"], int) and node["term"] >= 1
-    roles = sorted(n["role"] for n in nodes)
-    assert roles == ["follower", "follower", "leader"], roles
-    terms = {n["term"] for n in nodes}
-    assert len(terms) == 1, f"the nodes disagree on the term: {nodes}"
+    assert sorted(n["role"] for n in nodes) == ["follower", "follower", "leader"]
+    leader = next(n for n in nodes if n["role"] == "leader")
+    assert cli.name_of(leader["address"]) in cli.brokers()
 
 
 def test_produce_and_consume_json_lines_round_trip(cli: LocalCluster) -> None:
@@ -151,7 +166,15 @@ def test_kill_node_and_start_node_show_in_status(cli: LocalCluster) -> None:
     down = next(n for n in status_json(cli.directory)["nodes"] if n["node_id"] == node_id)
     assert (down["role"], down["pid"]) == ("down", None)
     # Two of three nodes still make a majority: writes go on.
-    mq(cli.directory, "produce", "--topic", "cli-kill", "--count", "3")
+    wait_until(
+        lambda: (
+            mq(
+                cli.directory, "produce", "--topic", "cli-kill", "--count", "3", check=False
+            ).returncode
+            == 0
+        ),
+        "a produce with one follower down",
+    )
 
     assert "started" in mq(cli.directory, "cluster", "start-node", follower).stdout
     cli.reload()
@@ -168,16 +191,23 @@ def test_kill_node_and_start_node_show_in_status(cli: LocalCluster) -> None:
     cli.wait_caught_up(follower, "cli-kill", queues=8)
 
 
-def test_up_refuses_a_running_cluster_and_down_stops_every_process(tmp_path: Path) -> None:
+def test_up_with_two_groups_refuses_to_start_twice_and_down_stops_every_process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     directory = tmp_path / "cluster"
-    cluster = cluster_up(directory)
+    cluster = cluster_up(directory, "--groups", "2")
+    request.node.stash.setdefault(CLUSTERS_KEY, []).append(cluster)
     try:
+        status = wait_until(lambda: settled(directory), "both groups to settle")
+        assert sorted((n["group"], n["node_id"]) for n in status["nodes"]) == [
+            (g, i) for g in ("broker-a", "broker-b") for i in (1, 2, 3)
+        ]
         again = mq(directory, "cluster", "up", check=False)
         assert again.returncode == 1 and "already running" in again.stdout
         pids = [p.pid for p in cluster.spec.processes]
-        assert all(local.alive(pid) for pid in pids)
-        assert "stopped 4 processes" in mq(directory, "cluster", "down").stdout
+        assert len(pids) == 7 and all(local.alive(pid) for pid in pids)
+        assert "stopped 7 processes" in mq(directory, "cluster", "down").stdout
         assert not any(local.alive(pid) for pid in pids)
-        assert [n["role"] for n in status_json(directory)["nodes"]] == ["down"] * 3
+        assert [n["role"] for n in status_json(directory)["nodes"]] == ["down"] * 6
     finally:
         cluster.destroy()
