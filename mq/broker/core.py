@@ -921,9 +921,9 @@ class BrokerCore:
                 # The header decode checks every field but the properties; a message
                 # whose properties do not decode would be stored, and then fail every
                 # consumer's pull of its queue (MessageRecord.decode) for good.
-                start, end = head.properties_span
-                if end > start:
-                    decode_properties(frame[start:end])
+                props_start, props_end = head.properties_span
+                if props_end > props_start:
+                    decode_properties(frame[props_start:props_end])
             except CorruptRecordError as exc:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"frame {frames}: {exc}") from None
             if head.topic != topic or head.queue_id != queue_id:
