@@ -17,6 +17,7 @@ settle".
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -56,6 +57,10 @@ BROKER_ARGS = [
 ]
 """Elections in about 0.5-1 s instead of 1-2 s: failover tests wait for several. Not
 shorter: on a loaded machine a shorter timeout makes healthy leaders look dead."""
+
+BATCH_EVERY = 4
+BATCH_SIZE = 3
+"""The workload's every 4th request is a SEND_BATCH of 3 messages."""
 
 T = TypeVar("T")
 
@@ -403,26 +408,43 @@ class LocalCluster:
 
 @dataclass
 class Acked:
+    """One acknowledged message (a batch's messages are acknowledged together)."""
+
     n: int
-    """Index of the send in the workload (sends are sequential: ack order = send order)."""
+    """Index of the message in the workload (sends are sequential: ack order = send order)."""
     msg_id: str
     body: bytes
     result: SendResult
+    index: int = 0
+    """Position in its batch: it is stored at `result.queue_offset + index`."""
+
+    @property
+    def where(self) -> tuple[str, int, int]:
+        r = self.result
+        return r.group, r.queue_id, r.queue_offset + self.index
+
+
+def acked_of(first_n: int, bodies: list[bytes], result: SendResult) -> list[Acked]:
+    assert len(result.msg_ids) == len(bodies), result
+    return [
+        Acked(first_n + i, msg_id, body, result, i)
+        for i, (msg_id, body) in enumerate(zip(result.msg_ids, bodies, strict=True))
+    ]
 
 
 @dataclass
 class SequentialProducer:
-    """One producer thread sending one message at a time until stopped, recording every
-    acknowledged SendResult in acknowledgement order. A send that fails (the group is
-    electing, the leader is gone) is *not* retried with the same message: its outcome is
-    unknown (it may be stored, once); the next message is sent after a short pause."""
+    """One producer thread sending one request at a time until stopped (every
+    `BATCH_EVERY`th a batch of `BATCH_SIZE` messages), recording every acknowledged
+    message in acknowledgement order. A send that fails (the group is electing, the
+    leader is gone) is *not* retried with the same message: its outcome is unknown (it
+    may be stored, once); the next message is sent after a short pause."""
 
     namesrv: list[str]
     topic: str
     send_timeout_ms: int = 2000
     acked: list[Acked] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    sent_ids: set[str] = field(default_factory=set)
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -464,18 +486,23 @@ class SequentialProducer:
         try:
             with BlockingProducer(self.namesrv, send_timeout_ms=self.send_timeout_ms) as producer:
                 n = 0
-                while not self._stop.is_set():
-                    body = f"{self.topic}-{n}".encode()
-                    message = Message(self.topic, body)
+                for request_number in itertools.count():
+                    if self._stop.is_set():
+                        break
+                    size = BATCH_SIZE if request_number % BATCH_EVERY == BATCH_EVERY - 1 else 1
+                    bodies = [f"{self.topic}-{n + i}".encode() for i in range(size)]
                     try:
-                        result = producer.send(message)
+                        if size == 1:
+                            result = producer.send(Message(self.topic, bodies[0]))
+                        else:
+                            result = producer.send_batch([Message(self.topic, b) for b in bodies])
                     except MQClientError as exc:
                         self.failures.append(f"{n}: {exc!r}")
                         self._stop.wait(POLL_S)  # pace retries while the group elects
                     else:
                         with self._lock:
-                            self.acked.append(Acked(n, result.msg_id, body, result))
-                    n += 1
+                            self.acked.extend(acked_of(n, bodies, result))
+                    n += size
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
 
@@ -491,8 +518,7 @@ def send_sequentially(namesrv: list[str], topic: str, count: int) -> list[Acked]
     with BlockingProducer(namesrv) as producer:
         for n in range(count):
             body = f"{topic}-{n}".encode()
-            result = producer.send(Message(topic, body))
-            acked.append(Acked(n, result.msg_id, body, result))
+            acked.extend(acked_of(n, [body], producer.send(Message(topic, body))))
     return acked
 
 
@@ -516,14 +542,20 @@ def consume_all(namesrv: list[str], topic: str) -> dict[tuple[str, int], list[Me
     return out
 
 
-def check_delivery(acked: list[Acked], consumed: dict[tuple[str, int], list[MessageExt]]) -> None:
+def check_delivery(
+    acked: list[Acked],
+    consumed: dict[tuple[str, int], list[MessageExt]],
+    *,
+    ordered: bool = True,
+) -> None:
     """The queue-safety properties the failover tests promise:
 
     * every acknowledged message is consumable, exactly where its SendResult said
       (group, queue, queue offset), with its body;
     * no message id is stored twice (acknowledged or not: the producer is idempotent);
     * queue offsets in each queue are contiguous and increasing;
-    * in each queue the acknowledged messages appear in acknowledgement order.
+    * with `ordered` (sends were sequential), in each queue the acknowledged messages
+      appear in acknowledgement order.
     """
     where: dict[str, tuple[tuple[str, int], int, bytes]] = {}
     duplicates = []
@@ -542,20 +574,20 @@ def check_delivery(acked: list[Acked], consumed: dict[tuple[str, int], list[Mess
     lost = [a for a in acked if a.msg_id not in where]
     assert not lost, (
         f"{len(lost)} of {len(acked)} acknowledged messages are missing, e.g. "
-        f"{[(a.n, a.msg_id, a.result) for a in lost[:5]]}"
+        f"{[(a.n, a.msg_id, a.where) for a in lost[:5]]}"
     )
     for a in acked:
         key, offset, body = where[a.msg_id]
-        r = a.result
-        assert (key, offset) == ((r.group, r.queue_id), r.queue_offset), (
-            f"send {a.n} was acknowledged at {r.group}/{r.queue_id}@{r.queue_offset} "
-            f"but is stored at {key[0]}/{key[1]}@{offset}"
+        assert (*key, offset) == a.where, (
+            f"message {a.n} was acknowledged at {a.where} but is stored at {(*key, offset)}"
         )
         assert body == a.body, f"send {a.n}: body {body!r} != {a.body!r}"
 
+    if not ordered:
+        return
     by_queue: dict[tuple[str, int], list[int]] = {}
     for a in acked:
-        by_queue.setdefault((a.result.group, a.result.queue_id), []).append(a.n)
+        by_queue.setdefault(a.where[:2], []).append(a.n)
     position = {a.msg_id: a.n for a in acked}
     for key, expected in by_queue.items():
         seen = [position[m.msg_id] for m in consumed[key] if m.msg_id in position]

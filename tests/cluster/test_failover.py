@@ -9,18 +9,27 @@ order within its queue, and no message id may be stored twice (the producer's
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
+import trio
 
+from mq.client import Message, Producer
+from mq.client.errors import MQClientError
 from tests.cluster.harness import (
+    DEADLINE_S,
+    POLL_S,
     TIME_SCALE,
+    Acked,
     LocalCluster,
     SequentialProducer,
+    acked_of,
     check_delivery,
     check_replicas_identical,
     consume_all,
@@ -170,3 +179,57 @@ def test_nameserver_kill_9_does_not_stop_writes_and_its_restart_relearns_routes_
     consumed = consume_all(cluster.namesrv, topic)
     check_delivery(producer.acked, consumed)
     assert fresh[0].msg_id in {m.msg_id for messages in consumed.values() for m in messages}
+
+
+async def test_concurrent_async_sends_of_one_producer_store_every_acked_message_once_across_a_leader_kill(
+    cluster: LocalCluster,
+) -> None:
+    """One async Producer (under trio) with many sends in flight: a group remembers
+    only the last batch per producer id, so concurrent batches must not share one (a
+    batch overtaken by another, or retried after the failover, would be refused as an
+    old duplicate and lost). On a healthy group no send may fail at all."""
+    topic = "concurrent"
+    await trio.to_thread.run_sync(create_topic, cluster.namesrv, topic, QUEUES)
+    acked: list[Acked] = []
+    failures: list[BaseException] = []
+
+    async with Producer(cluster.namesrv, send_timeout_ms=2000) as producer:
+        futures = [
+            await producer.send_async(Message(topic, f"burst-{i}".encode())) for i in range(400)
+        ]
+        for i, future in enumerate(futures):
+            acked.extend(acked_of(i, [f"burst-{i}".encode()], await future))
+
+        stop = trio.Event()
+
+        async def sender(worker: int) -> None:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                body = f"w{worker}-{i}".encode()
+                try:
+                    result = await producer.send(Message(topic, body))
+                except MQClientError as exc:
+                    failures.append(exc)
+                    await trio.sleep(POLL_S)  # the group is electing
+                else:
+                    acked.extend(acked_of(len(acked), [body], result))
+
+        async def wait_acked(count: int) -> None:
+            with trio.fail_after(DEADLINE_S):
+                while len(acked) < count:
+                    await trio.sleep(POLL_S)
+
+        async with trio.open_nursery() as nursery:
+            for worker in range(16):
+                nursery.start_soon(sender, worker)
+            await wait_acked(len(acked) + 100)
+            old = await trio.to_thread.run_sync(cluster.leader)
+            await trio.to_thread.run_sync(cluster.kill, old)
+            await trio.to_thread.run_sync(partial(cluster.leader, exclude=[old]))
+            await wait_acked(len(acked) + 200)
+            stop.set()
+
+    consumed = await trio.to_thread.run_sync(consume_all, cluster.namesrv, topic)
+    check_delivery(acked, consumed, ordered=False)
+    assert len({a.msg_id for a in acked}) == len(acked)
