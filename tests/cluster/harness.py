@@ -5,9 +5,9 @@ code `mq cluster up` runs), or adopts one the CLI started, and gives tests what 
 injection needs: `leader()`, `kill(name, sig)`, `start(name)`, `status(name)`.
 
 Everything here talks to the nodes with plain blocking sockets (GET_BROKER_STATUS,
-GET_MAX_OFFSET, PULL_MESSAGE straight to one node), so tests stay ordinary functions and
-the clients under test (the blocking facade, which runs its own event loop thread) are
-the only event loops around.
+GET_MAX_OFFSET, PULL_MESSAGE straight to one node), so tests can be ordinary functions
+whose only event loops are the clients under test (the blocking facade runs its own
+loop thread); a trio test calls these helpers through `trio.to_thread.run_sync`.
 
 The machine is small and shared: every wait polls its condition with a generous
 deadline (`DEADLINE_S`, scaled by $MQ_TEST_TIME_SCALE); nothing sleeps to "let things

@@ -1,11 +1,12 @@
-"""Leader failover with real processes: kill -9, SIGSTOP/SIGCONT, and a whole group down.
+"""Failover with real processes: the leader killed (-9) or paused (SIGSTOP/SIGCONT), the
+whole group killed, the NameServer killed, and concurrent sends across a leader kill.
 
-Each test runs a sequential producer (blocking facade, in a thread) while it injects the
-fault, and records every acknowledged SendResult. Afterwards, through the PullConsumer,
-every acknowledged message must be where its SendResult said, once, in acknowledgement
-order within its queue, and no message id may be stored twice (the producer's
-(producer_id, seq) retries are idempotent). Replicas must serve identical queues.
-"""
+Each test runs a producer while it injects the fault and records every acknowledged
+message. Afterwards, through the PullConsumer, every acknowledged message must be where
+its SendResult said, once, and - for the sequential producer (blocking facade, in a
+thread, every 4th request a batch) - in acknowledgement order within its queue; no
+message id may be stored twice (retries reuse (producer_id, seq), so they are
+idempotent). Replicas must serve identical queues."""
 
 from __future__ import annotations
 
