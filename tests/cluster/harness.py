@@ -35,10 +35,10 @@ from mq import cluster as local
 from mq.client import Message, MessageQueue
 from mq.client.blocking import BlockingAdmin, BlockingProducer, BlockingPullConsumer
 from mq.client.errors import MQClientError
-from mq.client.producer import SendResult
+from mq.client.producer import RETRYABLE_ERRORS, SendResult
 from mq.client.pull_consumer import TagFilter, _pull_result
 from mq.message import MessageExt
-from mq.protocol import Frame, FrameDecoder, RequestCode, encode_frame, request
+from mq.protocol import ErrorCode, Frame, FrameDecoder, RequestCode, encode_frame, request
 from mq.rpc.address import parse_address
 
 TIME_SCALE = float(os.environ.get("MQ_TEST_TIME_SCALE", "1"))
@@ -424,6 +424,11 @@ class Acked:
         return r.group, r.queue_id, r.queue_offset + self.index
 
 
+UNAVAILABLE_CODES = {None, *RETRYABLE_ERRORS, ErrorCode.NOT_LEADER}
+"""How a send may fail while nodes fail: no answer (None), or a retryable broker error.
+Anything else (INVALID_REQUEST, ...) means the request itself was refused."""
+
+
 def acked_of(first_n: int, bodies: list[bytes], result: SendResult) -> list[Acked]:
     assert len(result.msg_ids) == len(bodies), result
     return [
@@ -466,6 +471,12 @@ class SequentialProducer:
             self._thread = None
         if self.error is not None:
             raise AssertionError(f"the producer thread crashed: {self.error!r}") from self.error
+        assert self.batches_acked() > 0 or len(self.acked) < 2 * BATCH_EVERY, (
+            "no batch was acknowledged"
+        )
+
+    def batches_acked(self) -> int:
+        return sum(1 for a in self.acked if a.index == 1)
 
     def count(self) -> int:
         with self._lock:
@@ -497,6 +508,8 @@ class SequentialProducer:
                         else:
                             result = producer.send_batch([Message(self.topic, b) for b in bodies])
                     except MQClientError as exc:
+                        if getattr(exc, "code", None) not in UNAVAILABLE_CODES:
+                            raise  # refused for what it is, not for a fault: a bug
                         self.failures.append(f"{n}: {exc!r}")
                         self._stop.wait(POLL_S)  # pace retries while the group elects
                     else:
