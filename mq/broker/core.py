@@ -99,6 +99,7 @@ from storage.record import (
     MAGIC_MESSAGE,
     MESSAGE_OVERHEAD_BYTES,
     decode_message_header,
+    decode_properties,
     validate_topic,
 )
 
@@ -917,6 +918,12 @@ class BrokerCore:
             frame = view[pos : pos + size]
             try:
                 head = decode_message_header(frame, verify_crc=True)
+                # The header decode checks every field but the properties; a message
+                # whose properties do not decode would be stored, and then fail every
+                # consumer's pull of its queue (MessageRecord.decode) for good.
+                props_start, props_end = head.properties_span
+                if props_end > props_start:
+                    decode_properties(frame[props_start:props_end])
             except CorruptRecordError as exc:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"frame {frames}: {exc}") from None
             if head.topic != topic or head.queue_id != queue_id:

@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -319,7 +320,13 @@ class BrokerServer:
                             "registered", role=registration.role.value, term=registration.term
                         )
                         with trio.move_on_after(interval_s):
-                            await self._register_events[slot].wait()
+                            await _first_of(self._register_events[slot].wait, conn.wait_closed)
+                        if conn.closed:
+                            # The NameServer went away (restarted, most likely: it then
+                            # knows no routes): reconnect and register at once, not in
+                            # up to `register_interval_ms`.
+                            log.info("namesrv_connection_closed")
+                            break
             except (TransportError, OSError) as exc:
                 log.warning("register_failed", reason=str(exc))
             with trio.move_on_after(min(interval_s, RECONNECT_BACKOFF_S_MAX)):
@@ -330,6 +337,18 @@ class BrokerServer:
         status.update(self.core.stats())
         status["dropped_peer_frames"] = self.dropped_peer_frames
         return status
+
+
+async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:
+    """Run the waits side by side; return when the first one returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def run(wait: Callable[[], Awaitable[None]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(run, wait)
 
 
 def split_listen(listen: str) -> tuple[str, int]:

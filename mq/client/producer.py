@@ -2,11 +2,20 @@
 cannot duplicate a batch inside a group.
 
 Every batch (one message is a batch of one) gets, once, before its first attempt:
-message ids from the producer's `MessageIdGenerator`, and a sequence number `seq`,
-strictly increasing per producer, sent with the producer's `producer_id`. Every retry
-of the batch carries the same ids and the same (producer_id, seq), so a group that
-already stored it (the answer was lost, or timed out) answers with the original result
-instead of storing it twice (see docs/broker-api.md, SEND_MESSAGE).
+message ids from the producer's `MessageIdGenerator`, and an idempotence *lane* with
+the lane's next sequence number `seq`. Every retry of the batch carries the same ids
+and the same (lane id, seq), so a group that already stored it (the answer was lost,
+or timed out) answers with the original result instead of storing it twice (see
+docs/broker-api.md, SEND_MESSAGE).
+
+Lanes exist because a group remembers only the *last* batch of each producer id: a
+batch whose seq is below the last stored one is refused as an old duplicate, stored or
+not. Concurrent sends (send_async, several tasks or threads sharing a producer) would
+overtake one another's seqs - on the wire, in the broker's scheduling, and above all
+when one of them is retried after a failover - and lose messages that way. So each
+batch holds a lane of its own from its first attempt to its last: lane 0 is
+`producer_id` itself (all a sequential producer ever uses), lane n is
+`producer_id/n`, and within a lane one batch follows another.
 
 Retry rules (`retries`, default 2, so at most 3 requests per send):
 
@@ -34,6 +43,7 @@ of the least bad half (`LatencyFaultTolerance.pick_one_at_least`).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 import struct
@@ -181,6 +191,35 @@ _QUEUE_ID_AT = FRAME_HEADER_BYTES
 _CRC_AT = 8
 
 
+class _Lanes:
+    """A producer's idempotence lanes: ids with one batch in flight at a time each."""
+
+    def __init__(self, producer_id: str, first_seq: int) -> None:
+        self.producer_id = producer_id
+        self._first_seq = first_seq
+        self._free: list[int] = []  # a heap: the lowest free lane is reused first
+        self._last_seq: list[int] = []
+
+    def acquire(self) -> tuple[int, str, int]:
+        """(lane, its producer id, the batch's seq) for a new batch."""
+        if self._free:
+            lane = heapq.heappop(self._free)
+            self._last_seq[lane] += 1
+        else:
+            lane = len(self._last_seq)
+            self._last_seq.append(self._first_seq)
+        lane_id = self.producer_id if lane == 0 else f"{self.producer_id}/{lane}"
+        return lane, lane_id, self._last_seq[lane]
+
+    def release(self, lane: int) -> None:
+        heapq.heappush(self._free, lane)
+
+    @property
+    def count(self) -> int:
+        """Lanes ever used: the most batches that were in flight at once."""
+        return len(self._last_seq)
+
+
 @dataclass(slots=True)
 class _Batch:
     """A batch as sent: encoded once, before the first attempt, so every retry sends the
@@ -194,11 +233,13 @@ class _Batch:
     count: int
     msg_ids: tuple[str, ...]
     seq: int
-    """0 until the batch's first request is written (see `Producer._write_ordered`)."""
     code: RequestCode
     frames: bytes
     sizes: list[int]
     queue_id: int = 0
+    lane: int = 0
+    producer_id: str = ""
+    """The lane's id, sent as the request's `producer_id`."""
 
     def body(self, queue_id: int) -> bytes:
         """The frames with `queue_id` in each (and each CRC recomputed)."""
@@ -273,7 +314,7 @@ class Producer:
             # sequence number its previous incarnation can have used.
             self.producer_id = producer_id
             first_seq = time.time_ns() // 1000
-        self._seq = first_seq - 1
+        self._lanes = _Lanes(self.producer_id, first_seq)
         ip = local_ipv4()
         self.born_host = born_host if born_host is not None else ip
         self._ids = id_generator or MessageIdGenerator(ip=ip)
@@ -283,7 +324,6 @@ class Producer:
         self._async_in_flight_max = async_in_flight_max
         self._async_slots = anyio.Semaphore(async_in_flight_max)
         self._async_group: anyio.abc.TaskGroup | None = None
-        self._write_locks: dict[str, anyio.Lock] = {}
         self._open = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -330,7 +370,10 @@ class Producer:
         NoRouteError, ValueError (invalid message), ClientClosedError.
         """
         batch = self._prepare([message], RequestCode.SEND_MESSAGE)
-        return await self._deliver(batch, selector, arg)
+        try:
+            return await self._deliver(batch, selector, arg)
+        finally:
+            self._lanes.release(batch.lane)
 
     async def send_batch(
         self,
@@ -342,7 +385,10 @@ class Producer:
         """Send messages of one topic as one request: stored together in one queue,
         contiguous, all or nothing. `result.msg_ids` follows the input order."""
         batch = self._prepare(list(messages), RequestCode.SEND_BATCH)
-        return await self._deliver(batch, selector, arg)
+        try:
+            return await self._deliver(batch, selector, arg)
+        finally:
+            self._lanes.release(batch.lane)
 
     async def send_async(
         self,
@@ -355,11 +401,16 @@ class Producer:
         """Start sending and return a `SendFuture` at once; `callback`, if given, is
         called when it completes. Waits only when `async_in_flight_max` sends are already
         running. The send belongs to the producer: closing it waits for the send."""
-        batch = self._prepare([message], RequestCode.SEND_MESSAGE)
         future = SendFuture()
         await self._async_slots.acquire()
+        try:
+            batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+        except BaseException:
+            self._async_slots.release()
+            raise
         if self._async_group is None or not self._open:
             self._async_slots.release()
+            self._lanes.release(batch.lane)
             raise ClientClosedError("the producer is closed")
         self._async_group.start_soon(self._run_async, batch, selector, arg, future, callback)
         return future
@@ -374,23 +425,22 @@ class Producer:
         """Send without waiting for (or getting) an answer: one attempt, no retry; the
         message may be lost. Returns once the request is written to the socket."""
         batch = self._prepare([message], RequestCode.SEND_MESSAGE)
-        route = await self._client.routes.get_for_send(batch.topic)
-        if selector is not None:
-            queue = self._select_ordered(route, batch, selector, arg)
-        else:
-            queue = self._select_queue(batch.topic, route, None)
-        address = self._leader(route, queue)
-        if address is None:
-            raise NoRouteError(f"group {queue.group!r} has no known leader")
         try:
-            async with self._write_lock(queue.group):
-                self._assign_seq(batch)
-                await self._client.pool.send_oneway(
-                    address, self._frame(batch, queue, oneway=True)
-                )
-        except MQConnectionError:
-            self._on_unreachable(batch.topic, queue.group, address, 0)
-            raise
+            route = await self._client.routes.get_for_send(batch.topic)
+            if selector is not None:
+                queue = self._select_ordered(route, batch, selector, arg)
+            else:
+                queue = self._select_queue(batch.topic, route, None)
+            address = self._leader(route, queue)
+            if address is None:
+                raise NoRouteError(f"group {queue.group!r} has no known leader")
+            try:
+                await self._client.pool.send_oneway(address, self._frame(batch, queue, oneway=True))
+            except MQConnectionError:
+                self._on_unreachable(batch.topic, queue.group, address, 0)
+                raise
+        finally:
+            self._lanes.release(batch.lane)
 
     # --- internals: preparing a batch -------------------------------------------------
 
@@ -429,12 +479,15 @@ class Producer:
             for m, msg_id in zip(messages, msg_ids, strict=True)
         ]
         frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
+        lane, producer_id, seq = self._lanes.acquire()  # released when the send is over
         return _Batch(
             topic=topic,
             first=messages[0],
             count=len(messages),
             msg_ids=msg_ids,
-            seq=0,
+            lane=lane,
+            producer_id=producer_id,
+            seq=seq,
             code=code,
             frames=bytes(frames),
             sizes=sizes,
@@ -445,7 +498,7 @@ class Producer:
         fields = {
             "topic": batch.topic,
             "queue_id": queue.queue_id,
-            "producer_id": self.producer_id,
+            "producer_id": batch.producer_id,
             "seq": batch.seq,
             "count": batch.count,
         }
@@ -537,7 +590,9 @@ class Producer:
             contacted = True
             started_ms = self._now_ms()
             try:
-                response = await self._request_in_seq_order(address, batch, queue)
+                response = await client.pool.request(
+                    address, self._frame(batch, queue), timeout_s=self.send_timeout_ms / 1000
+                )
             except (MQConnectionError, MQTimeoutError) as exc:
                 self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - started_ms)
                 failure, code, avoid_group = exc, None, queue.group
@@ -587,46 +642,6 @@ class Producer:
             msg_ids=batch.msg_ids,
         ) from failure
 
-    def _write_lock(self, group: str) -> anyio.Lock:
-        lock = self._write_locks.get(group)
-        if lock is None:
-            lock = self._write_locks[group] = anyio.Lock()
-        return lock
-
-    def _assign_seq(self, batch: _Batch) -> None:
-        if batch.seq == 0:
-            self._seq += 1
-            batch.seq = self._seq
-
-    async def _request_in_seq_order(self, address: str, batch: _Batch, queue: MessageQueue) -> Frame:
-        """One attempt. A group refuses a batch whose seq is at or below the last one it
-        stored from us (it takes it for a retry), so concurrent sends (send_async, many
-        tasks) must reach each group in seq order: the seq is given at the batch's first
-        attempt, under a per-group lock held until the request has its place in the
-        connection's write order (frames go out, and the broker handles them, in that
-        order). The lock is not held while the request is written or answered, so sends
-        stay pipelined and share writes."""
-        lock = self._write_lock(queue.group)
-        await lock.acquire()
-        held = True
-
-        def queued() -> None:
-            nonlocal held
-            if held:
-                held = False
-                lock.release()
-
-        try:
-            self._assign_seq(batch)
-            return await self._client.pool.request(
-                address,
-                self._frame(batch, queue),
-                timeout_s=self.send_timeout_ms / 1000,
-                on_queued=queued,
-            )
-        finally:
-            queued()
-
     async def _refresh_quietly(self, topic: str) -> None:
         try:
             await self._client.routes.refresh(topic)
@@ -643,13 +658,13 @@ class Producer:
         self, batch: _Batch, queue: MessageQueue, response: Frame, attempts: int
     ) -> SendResult:
         fields = response.fields
-        if fields.get("duplicate") and fields.get("queue_offset") == -1:
-            # The group stored a later batch of ours before this one arrived (a retry
-            # overtaken by later sends, e.g. after a leader change): it refuses the
-            # batch without knowing whether an earlier attempt stored it.
+        if fields.get("duplicate") is True and fields.get("queue_offset") == -1:
+            # The group stored a later batch of this lane, so it no longer knows this
+            # one's outcome (lanes make this rare: the lane's broker record was evicted,
+            # or a caller-chosen producer_id is shared).
             raise SendError(
-                f"group {queue.group!r} refused batch seq {batch.seq} as older than the last "
-                "one it stored from this producer; an earlier attempt may have stored it",
+                f"group {queue.group!r} refused the batch as an old duplicate of producer "
+                f"{batch.producer_id!r} (seq {batch.seq}): it may or may not be stored",
                 attempts=attempts,
                 msg_ids=batch.msg_ids,
             )
@@ -707,6 +722,7 @@ class Producer:
             # one failed send must not take the producer down.
             error = exc
         finally:
+            self._lanes.release(batch.lane)
             if not future.done():
                 future._set(result, error)
                 self._async_slots.release()

@@ -90,10 +90,16 @@ class Connection:
         )
         self._reader_scope: anyio.CancelScope | None = None
         self._close_reason: str | None = None
+        self._closed_event = anyio.Event()
 
     @property
     def closed(self) -> bool:
         return self._close_reason is not None
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed, by either side: an idle connection's
+        owner learns that the peer went away without having to send anything."""
+        await self._closed_event.wait()
 
     async def request(
         self,
@@ -237,6 +243,7 @@ class Connection:
         """Mark the connection closed for `reason`, wake every waiter, close the stream."""
         if self._close_reason is None:
             self._close_reason = reason
+        self._closed_event.set()
         for slot in self._pending.values():
             slot.done.set()
         if self._reader_scope is not None:

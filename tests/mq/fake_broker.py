@@ -125,6 +125,7 @@ class FakeGroup:
         self.topics = dict(topics)
         self.queues: dict[tuple[str, int], list[Stored]] = {}
         self.sent: dict[tuple[str, int], dict[str, Any]] = {}
+        self.last_seq: dict[str, int] = {}
         self.faults: list[Fault] = []
         self.requests: list[Received] = []
         self.commit_offset = 0
@@ -276,8 +277,17 @@ class FakeGroup:
         if topic not in self.topics:
             return frame.make_error(ErrorCode.TOPIC_NOT_EXIST, f"no topic {topic}")
         key = (f.get("producer_id"), f.get("seq"))
-        if key[0] is not None and key in self.sent:
-            return frame.make_response(self.sent[key] | {"duplicate": True})
+        if key[0] is not None:
+            # The real broker's rule (docs/broker-api.md): only each producer's last
+            # batch is remembered; a seq below it is an old duplicate, result unknown.
+            last = self.last_seq.get(key[0])
+            if last is not None and key[1] < last:
+                return frame.make_response(
+                    {"msg_ids": [], "queue_id": queue_id, "queue_offset": -1,
+                     "commit_offset": -1, "duplicate": True}
+                )  # fmt: skip
+            if key in self.sent:
+                return frame.make_response(self.sent[key] | {"duplicate": True})
         records = []
         body = memoryview(bytes(frame.body))
         pos = 0
@@ -304,6 +314,7 @@ class FakeGroup:
         }
         if key[0] is not None:
             self.sent[key] = result
+            self.last_seq[key[0]] = key[1]
         self.new_message.set()
         self.new_message = trio.Event()
         return frame.make_response(result)

@@ -3,12 +3,14 @@ leader changes, replicated topics, crashes and restarts. No sockets, no clock.""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from mq.broker.core import RoleChanged, TopicsChanged
 from mq.protocol import ErrorCode, Frame, RequestCode, request
 from storage.record import decode_message_header
-from tests.mq.broker_cluster import CoreCluster, send_request
+from tests.mq.broker_cluster import CoreCluster, message_body, send_request
 
 
 def frames_of(body: bytes) -> list[bytes]:
@@ -237,6 +239,29 @@ def test_a_corrupted_message_frame_is_refused(cluster: CoreCluster) -> None:
     response = cluster.request(leader, request(RequestCode.SEND_BATCH, good.fields, bytes(body)))
     assert response.error == ErrorCode.INVALID_REQUEST
     assert "crc" in response.remark
+
+
+@pytest.mark.parametrize(
+    "props", [b"\xff\xfe\x01\x02", b"p\x02v\x02", b"pv\x01x", b"\x01v\x02\x02"]
+)
+def test_a_message_whose_properties_do_not_decode_is_refused_even_with_a_good_crc(
+    cluster: CoreCluster, props: bytes
+) -> None:
+    """Stored, it would make every pull of its queue fail in the consumer's decode."""
+    leader = cluster.elect()
+    fields = {"topic": "orders", "queue_id": 0, "count": 1}
+    good = request(
+        RequestCode.SEND_BATCH, fields, message_body("orders", 0, [b"abc"], properties={"p": "v"})
+    )
+    body = bytearray(good.body)
+    at = body.index(b"p\x01v\x02")
+    body[at : at + 4] = props
+    body[8:12] = zlib.crc32(body[12:]).to_bytes(4, "little")
+    decode_message_header(body)  # only the properties are wrong
+    response = cluster.request(leader, request(RequestCode.SEND_BATCH, good.fields, bytes(body)))
+    assert response.error == ErrorCode.INVALID_REQUEST
+    assert "propert" in response.remark
+    assert cluster.request(leader, good).ok  # the intact message is accepted
 
 
 def test_sends_past_the_pending_bound_get_system_busy() -> None:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from mq.nameserver.server import NameServer, run_nameserver
 from mq.protocol import ErrorCode, Frame, RequestCode, request
 from mq.route import TopicRoute
 from mq.rpc.client import connect
-from mq.rpc.errors import RemoteError
+from mq.rpc.errors import RemoteError, TransportError
 from storage.files import SimFileSystem
 from tests.mq.broker_cluster import send_request
 
@@ -222,3 +223,45 @@ async def test_many_concurrent_sends_are_all_acknowledged_once(
         assert len(results) == 200
         per_queue = sorted(results)
         assert per_queue == sorted(o for q in range(4) for o in range(0, 200, 4))
+
+
+async def test_brokers_register_again_as_soon_as_a_restarted_nameserver_is_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A restarted NameServer knows no routes: every broker must notice its connection
+    closing and register again at once, not after `register_interval_ms` (30 s)."""
+    port = free_ports(1)[0]
+    address = f"127.0.0.1:{port}"
+
+    async def registered_nodes() -> int:
+        try:
+            async with connect(address) as ns:
+                info = await ns.request(request(RequestCode.GET_CLUSTER_INFO))
+        except TransportError:
+            return 0
+        groups = info.fields["groups"]
+        return len(groups[0]["nodes"]) if groups and groups[0]["leader_address"] else 0
+
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def run_first(task_status: trio.TaskStatus[NameServer]) -> None:
+            with first:
+                await run_nameserver("127.0.0.1", port, task_status=task_status)
+
+        await nursery.start(run_first)
+        async with broker_group(namesrv=(address,)) as group:
+            await group.leader()
+            await wait_for(lambda: _equals(registered_nodes, 3))
+
+            first.cancel()  # the NameServer process dies...
+            await wait_for(lambda: _equals(registered_nodes, 0))
+            await trio.sleep(2)  # ...and stays down across a few reconnect attempts
+            await nursery.start(partial(run_nameserver, "127.0.0.1", port))
+            with trio.fail_after(5):  # well under the 30 s registration interval
+                await wait_for(lambda: _equals(registered_nodes, 3))
+        nursery.cancel_scope.cancel()
+
+
+async def _equals(probe, expected: int) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await probe() == expected)

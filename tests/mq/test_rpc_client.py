@@ -204,6 +204,17 @@ async def test_server_going_away_fails_pending_requests() -> None:
                 await conn.request(request(ECHO))
 
 
+async def test_wait_closed_returns_when_the_server_drops_an_idle_connection() -> None:
+    async with trio.open_nursery() as server_nursery:
+        address = await start_server(server_nursery)
+        async with connect(address) as conn:
+            await conn.request(request(ECHO))
+            server_nursery.cancel_scope.cancel()
+            with trio.fail_after(10):
+                await conn.wait_closed()
+            assert conn.closed
+
+
 async def test_server_answers_an_oversized_request_then_closes() -> None:
     async with trio.open_nursery() as nursery:
         address = await start_server(nursery, frame_bytes_max=1000)
