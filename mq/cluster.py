@@ -26,6 +26,7 @@ segment_bytes = 268435456       # 256 MiB CommitLog segments
 cq_units_per_segment = 300000   # 6 MB ConsumeQueue files
 index_slots = 500000            # a 42 MB IndexFile instead of 420 MB
 index_entries_max = 2000000
+election_ms = 500               # loopback: a failover in about a second (randomised 500-1000 ms)
 """
 CLUSTER_NAME = "DefaultCluster"
 
