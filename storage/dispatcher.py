@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from storage.commit_log import CommitLog
 from storage.consume_queue import ConsumeQueueSet
-from storage.entry_log import ENTRY_HEADER
+from storage.entry_log import inner_frames
 from storage.errors import CorruptRecordError
 from storage.index_file import IndexService
 from storage.record import (
@@ -118,20 +118,13 @@ class Dispatcher:
         return out
 
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
-        pos = FRAME_HEADER_BYTES + ENTRY_HEADER.size
-        end = len(frame)
         skipping = False
-        while pos + 12 <= end:
-            size = int.from_bytes(frame[pos : pos + 4], "little")
-            assert 12 <= size <= end - pos, "entry data is a sequence of whole frames"
-            inner = frame[pos : pos + size]
-            magic = int.from_bytes(inner[4:8], "little")
+        for pos, magic, inner in inner_frames(frame):
             if magic == MAGIC_MESSAGE:
                 if not skipping:
                     self._dispatch_message(offset + pos, inner, out)
             elif self._on_record is not None:
                 skipping = self._on_record(magic, offset + pos, inner) is False
-            pos += size
 
     def _dispatch_message(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         msg_id, topic, queue_id, store_ms, tags, keys = dispatch_fields(frame)

@@ -22,10 +22,11 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from storage.commit_log import CommitLog
+from storage.errors import CorruptRecordError
 from storage.files import FileSystem
 from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
 
@@ -42,6 +43,22 @@ class StoredEntry:
     index: int
     kind: int
     data: bytes
+
+
+def inner_frames(entry_frame: memoryview) -> Iterator[tuple[int, int, memoryview]]:
+    """(position in the entry frame, magic, frame) of each frame in an entry's data.
+
+    The broker's entry data is a sequence of whole frames; a size that does not fit
+    ends the walk (the entry's own CRC was checked, so that is a writer's bug)."""
+    pos = FRAME_HEADER_BYTES + ENTRY_HEADER.size
+    end = len(entry_frame)
+    while pos + FRAME_HEADER_BYTES <= end:
+        size = int.from_bytes(entry_frame[pos : pos + 4], "little")
+        if not FRAME_HEADER_BYTES <= size <= end - pos:
+            raise CorruptRecordError(f"entry data holds a frame of {size} bytes at {pos}")
+        inner = entry_frame[pos : pos + size]
+        yield pos, int.from_bytes(inner[4:8], "little"), inner
+        pos += size
 
 
 class EntryLogError(ValueError):

@@ -26,13 +26,12 @@ from storage.checkpoint import Checkpoint
 from storage.commit_log import CommitLog
 from storage.consume_queue import ConsumeQueue, ConsumeQueueSet, Unit
 from storage.dispatcher import Dispatched, Dispatcher, RecordHook
-from storage.entry_log import ENTRY_HEADER
+from storage.entry_log import inner_frames
 from storage.errors import CorruptRecordError, OffsetOutOfRangeError
 from storage.files import FileSystem
 from storage.flush import FlushMode
 from storage.index_file import IndexService
 from storage.record import (
-    FRAME_HEADER_BYTES,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
     MessageRecord,
@@ -399,13 +398,7 @@ def _last_store_ms(frame: memoryview) -> int:
         return decode_message_header(frame, verify_crc=False).store_timestamp_ms
     newest = 0
     if magic == MAGIC_ENTRY:
-        pos = FRAME_HEADER_BYTES + ENTRY_HEADER.size
-        while pos + FRAME_HEADER_BYTES <= len(frame):
-            size = int.from_bytes(frame[pos : pos + 4], "little")
-            if size < FRAME_HEADER_BYTES:
-                break
-            inner = frame[pos : pos + size]
-            if int.from_bytes(inner[4:8], "little") == MAGIC_MESSAGE:
+        for _pos, inner_magic, inner in inner_frames(frame):
+            if inner_magic == MAGIC_MESSAGE:
                 newest = decode_message_header(inner, verify_crc=False).store_timestamp_ms
-            pos += size
     return newest
