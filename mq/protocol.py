@@ -89,12 +89,14 @@ class RequestCode(IntEnum):
     SEARCH_OFFSET_BY_TIMESTAMP = 22
     GET_MIN_OFFSET = 23
     GET_MAX_OFFSET = 24
+    RESET_CONSUMER_OFFSET = 25
 
     # Consumer groups (broker).
     HEARTBEAT = 30
     UNREGISTER_CLIENT = 31
     GET_CONSUMER_LIST = 32
     NOTIFY_CONSUMER_IDS_CHANGED = 33
+    GET_CONSUMER_GROUPS = 34
 
     # Administration (broker, and the NameServer for the cluster-wide views).
     CREATE_TOPIC = 40
