@@ -866,8 +866,11 @@ class BrokerCore:
                 raise RequestError(ErrorCode.NO_PERMISSION, f"topic {topic} is not writable")
             write_queues = config.write_queues
         if queue_id >= write_queues:
+            # The sender's route is provisional (auto-create) or stale: it may retry.
             raise RequestError(
-                ErrorCode.INVALID_REQUEST, f"queue_id {queue_id} >= write queues {write_queues}"
+                ErrorCode.NO_ROUTE,
+                f"queue_id {queue_id} >= write queues {write_queues} of topic {topic}",
+                fields={"write_queues": write_queues},
             )
         if producer_id is not None:
             assert seq is not None

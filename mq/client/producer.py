@@ -26,6 +26,10 @@ Retry rules (`retries`, default 2, so at most 3 requests per send):
 - A connection failure or a timeout: the group is avoided (latency fault tolerance,
   `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
   which goes to a queue of another group when there is one.
+- NO_ROUTE (the queue id is beyond the topic's write queues in that group: our route
+  was provisional or stale): the answer's `write_queues` corrects the cached route and
+  the next attempt picks a queue again (an ordered send keeps its queue and fails after
+  its retries: its selector chose from a route the group does not agree with).
 - SYSTEM_BUSY, SYSTEM_ERROR, SERVICE_NOT_AVAILABLE, REPLICATION_TIMEOUT, FLUSH_TIMEOUT,
   TOPIC_NOT_EXIST, NO_PERMISSION: the group's latency is recorded, the next attempt
   prefers another group (RocketMQ's retryable broker codes, plus our replication ones).
@@ -100,9 +104,10 @@ RETRYABLE_ERRORS = frozenset(
         ErrorCode.FLUSH_TIMEOUT,
         ErrorCode.TOPIC_NOT_EXIST,
         ErrorCode.NO_PERMISSION,
+        ErrorCode.NO_ROUTE,
     }
 )
-ROUTE_ERRORS = frozenset({ErrorCode.TOPIC_NOT_EXIST, ErrorCode.NO_PERMISSION})
+ROUTE_ERRORS = frozenset({ErrorCode.TOPIC_NOT_EXIST, ErrorCode.NO_PERMISSION, ErrorCode.NO_ROUTE})
 """Errors that mean our route is stale: refresh it."""
 
 _log = structlog.get_logger("mq.client")
@@ -748,6 +753,15 @@ class Producer:
                     await self._refresh_quietly(batch.topic)  # pinned: wait for news
                 else:
                     avoid_group = queue.group
+                continue
+            if code == ErrorCode.NO_ROUTE and selector is None:
+                # Our route offered a queue the group does not have (a provisional
+                # auto-create route, or the topic shrank): learn its real count and
+                # pick again; the group itself is fine.
+                write_queues = response.fields.get("write_queues")
+                if isinstance(write_queues, int) and write_queues > 0:
+                    client.routes.note_write_queues(batch.topic, queue.group, write_queues)
+                client.routes.request_refresh(batch.topic)
                 continue
             if code in RETRYABLE_ERRORS:
                 self.fault.update(queue.group, latency_ms)

@@ -23,6 +23,7 @@ from mq.client import (
 )
 from mq.client.queues import stable_hash
 from mq.protocol import ErrorCode, RequestCode
+from mq.route import TopicConfig
 from storage.record import MessageRecord
 from tests.mq.fake_broker import Fault, fake_env
 
@@ -471,3 +472,15 @@ def test_auto_batch_limits_are_checked() -> None:
         Producer("127.0.0.1:9876", auto_batch_senders=0)
     with pytest.raises(ValueError):
         Producer("127.0.0.1:9876", auto_batch_messages_max=100_000)
+
+
+async def test_a_provisional_route_with_too_many_queues_is_corrected_by_the_group() -> None:
+    """The NameServer does not know the topic yet (its registration is on the way), so
+    the producer guesses 8 queues; the group has 2 and says so: every send lands."""
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv, auto_batch=False) as producer:
+        g1 = env.group("g1")
+        g1.topics["fresh"] = TopicConfig(read_queues=2, write_queues=2)  # not registered
+        results = [await producer.send(Message("fresh", bytes([i]))) for i in range(12)]
+        assert {r.queue_id for r in results} <= {0, 1}
+        stored = [m.msg_id for q in (0, 1) for m in g1.messages("fresh", q)]
+        assert sorted(stored) == sorted(r.msg_id for r in results)
