@@ -37,6 +37,13 @@ finished before `advance` steps their (queued) acknowledgements. The response st
 checks `flushed_offset` and waits for a flush if needed, so the rule does not rest
 on that reasoning alone.
 
+Consumer groups. Membership is per node and in memory (mq/broker/consumer_groups.py):
+the driver names each client connection with an int token (`handle(...,
+connection=token)`, `connection_closed(token, now_ms)`), and the core answers a change
+of a group's member set with `Notify(token, frame)` outputs for the members left.
+Consumer offsets are replicated state: commits and resets are command-only entries
+answered after apply, like CREATE_TOPIC.
+
 Restart. The store is opened without re-dispatching (`ReplicatedMessageStore`); the
 replicated state is loaded from its snapshot and the commands between the snapshot
 and the store's dispatched checkpoint are re-applied (`_replay`); then the store is
