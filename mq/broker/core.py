@@ -86,7 +86,7 @@ from mq.broker.raft_codec import RaftCodecError, decode_envelope, encode_envelop
 from mq.broker.raft_log import CommitLogStore
 from mq.broker.state import BrokerState, SendOutcome, SendRecord
 from mq.fields import NAME_CHARS_MAX, FieldError, get_int, get_list, get_name, get_str
-from mq.protocol import ErrorCode, Frame, RequestCode, request
+from mq.protocol import ErrorCode, Flag, Frame, RequestCode
 from mq.route import PERM_READ_WRITE, QUEUES_MAX, BrokerRegistration, Perm, TopicConfig
 from mq.route import Role as RouteRole
 from raft.config import RandomSource
@@ -1097,7 +1097,7 @@ class BrokerCore:
         fields: dict[str, Any] = {"group": group}
         if reset_topic is not None:
             fields["reset_topic"] = reset_topic
-        frame = request(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, fields, oneway=True)
+        frame = Frame(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, flags=Flag.ONEWAY, fields=fields)
         for connection in self._consumers.connections(group):
             self._outbox.append(Notify(connection, frame))
 
@@ -1168,20 +1168,19 @@ class BrokerCore:
         config = self._state.topics.get(topic)
         if config is None:
             raise RequestError(ErrorCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist")
-        store = self.store
         offsets = tuple(
-            (
-                q,
-                store.min_offset(topic, q)
-                if to == "first"
-                else store.max_offset(topic, q)
-                if to == "last"
-                else store.offset_for_timestamp(topic, q, timestamp_ms),
-            )
-            for q in range(config.read_queues)
+            (q, self._reset_position(topic, q, to, timestamp_ms)) for q in range(config.read_queues)
         )
         self._propose_command(request, reply_to, ResetCommand(group, topic, offsets), now_ms)
         return None
+
+    def _reset_position(self, topic: str, queue_id: int, to: str, timestamp_ms: int) -> int:
+        """Where a reset `to` first / last / timestamp puts one queue, by this node's store."""
+        if to == "first":
+            return self.store.min_offset(topic, queue_id)
+        if to == "last":
+            return self.store.max_offset(topic, queue_id)
+        return self.store.offset_for_timestamp(topic, queue_id, timestamp_ms)
 
     def _propose_command(
         self, request: Frame, reply_to: int, command: Command, now_ms: int
