@@ -11,23 +11,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mq.client.broker_requests import request_leader
 from mq.client.errors import (
     BrokerError,
     MQClientError,
-    MQConnectionError,
-    MQTimeoutError,
     NoRouteError,
 )
 from mq.client.instance import ClientInstance
 from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
 from mq.fields import FieldError, get_int, get_map, get_str
-from mq.protocol import ErrorCode, Frame, RequestCode, request
+from mq.protocol import Frame, RequestCode, request
 from mq.route import PERM_READ_WRITE, QUEUES_MAX, ClusterInfo, GroupInfo, TopicConfig, TopicRoute
 from storage.record import validate_topic
-
-REDIRECTS_MAX = 3
-"""NOT_LEADER answers followed per request before giving up (a leader changing faster
-than this is an election storm: report it rather than chase it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,36 +163,4 @@ class Admin:
         return response
 
     async def _to_leader(self, info: GroupInfo, frame: Frame) -> Frame:
-        """Send `frame` to the group's leader: the known one first, else each node in
-        turn, following NOT_LEADER redirects (at most REDIRECTS_MAX)."""
-        candidates = [info.leader_address] if info.leader_address else []
-        candidates += [n.address for n in info.nodes if n.address not in candidates]
-        redirects = 0
-        last: Exception | None = None
-        tried: set[str] = set()
-        while candidates:
-            address = candidates.pop(0)
-            if address in tried:
-                continue
-            tried.add(address)
-            try:
-                response = await self._client.pool.request(
-                    address, frame, timeout_s=self._client.request_timeout_s
-                )
-            except (MQConnectionError, MQTimeoutError) as exc:
-                last = exc
-                continue
-            if response.ok:
-                return response
-            if response.error == ErrorCode.NOT_LEADER:
-                last = BrokerError(response.error, response.remark, address=address)
-                leader = response.fields.get("leader")
-                if isinstance(leader, str) and leader and redirects < REDIRECTS_MAX:
-                    redirects += 1
-                    tried.discard(leader)
-                    candidates.insert(0, leader)
-                continue
-            raise BrokerError(response.error, response.remark, address=address)
-        if isinstance(last, MQClientError):
-            raise last
-        raise NoRouteError(f"no leader of group {info.group!r} could be reached")
+        return await request_leader(self._client, info, frame)
