@@ -19,20 +19,45 @@ from mq.client.errors import (
 from mq.client.fault import LatencyFaultTolerance
 from mq.client.producer import Producer, SendCallback, SendFuture, SendResult, SendStatus
 from mq.client.pull_consumer import PullConsumer, PullResult, PullStatus, TagFilter
+from mq.client.push_consumer import (
+    ConsumeFrom,
+    ConsumeResult,
+    Delivery,
+    Handler,
+    MessageModel,
+    PushConsumer,
+)
 from mq.client.queues import MessageQueue, MessageQueueSelector, SelectByHash
+from mq.client.rebalance import (
+    AllocateAveragely,
+    AllocateAveragelyByCircle,
+    AllocateByConfig,
+    AllocateConsistentHash,
+    AllocateStrategy,
+)
 from mq.message import Message, MessageExt
 
 __all__ = [
     "Admin",
+    "AllocateAveragely",
+    "AllocateAveragelyByCircle",
+    "AllocateByConfig",
+    "AllocateConsistentHash",
+    "AllocateStrategy",
     "BrokerError",
     "BrokerStatus",
     "ClientClosedError",
+    "ConsumeFrom",
+    "ConsumeResult",
+    "Delivery",
+    "Handler",
     "LatencyFaultTolerance",
     "MQClientError",
     "MQConnectionError",
     "MQTimeoutError",
     "Message",
     "MessageExt",
+    "MessageModel",
     "MessageQueue",
     "MessageQueueSelector",
     "NoRouteError",
@@ -41,6 +66,7 @@ __all__ = [
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
     "SelectByHash",
     "SendCallback",
     "SendError",
