@@ -39,6 +39,8 @@ from mq.route import GroupInfo
 
 _log = structlog.get_logger("mq.client.offsets")
 
+COMMIT_ENTRIES_MAX = 4096
+"""Offsets one UPDATE_CONSUMER_OFFSET may carry (docs/broker-api.md); more are split."""
 OFFSETS_FILE_BYTES_MAX = 64 * 1024 * 1024
 """A local offsets file larger than this is refused rather than read (a bounded read)."""
 
@@ -117,29 +119,33 @@ class BrokerOffsetStore:
             groups.setdefault(group_name, (info, []))[1].extend(group_entries)
         committed: list[CommitEntry] = []
         stale: list[MessageQueue] = []
-        for group_name, (info, group_entries) in groups.items():
-            frame = request(
-                RequestCode.UPDATE_CONSUMER_OFFSET,
-                {
-                    "group": self.group,
-                    "offsets": [
-                        [e.mq.topic, e.mq.queue_id, e.offset, e.generation] for e in group_entries
-                    ],
-                },
-            )
-            try:
-                response = await request_leader(self._client, info, frame)
-                refused = {
-                    _topic_queue(item) for item in get_list(response.fields, "stale", default=[])
-                }
-            except (MQClientError, FieldError) as exc:
-                _log.info("offset_commit_failed", group=group_name, error=str(exc))
-                continue
-            for entry in group_entries:
-                if (entry.mq.topic, entry.mq.queue_id) in refused:
-                    stale.append(entry.mq)
-                else:
-                    committed.append(entry)
+        for group_name, (info, all_entries) in groups.items():
+            for start in range(0, len(all_entries), COMMIT_ENTRIES_MAX):
+                group_entries = all_entries[start : start + COMMIT_ENTRIES_MAX]
+                frame = request(
+                    RequestCode.UPDATE_CONSUMER_OFFSET,
+                    {
+                        "group": self.group,
+                        "offsets": [
+                            [e.mq.topic, e.mq.queue_id, e.offset, e.generation]
+                            for e in group_entries
+                        ],
+                    },
+                )
+                try:
+                    response = await request_leader(self._client, info, frame)
+                    refused = {
+                        _topic_queue(item)
+                        for item in get_list(response.fields, "stale", default=[])
+                    }
+                except (MQClientError, FieldError) as exc:
+                    _log.info("offset_commit_failed", group=group_name, error=str(exc))
+                    break
+                for entry in group_entries:
+                    if (entry.mq.topic, entry.mq.queue_id) in refused:
+                        stale.append(entry.mq)
+                    else:
+                        committed.append(entry)
         return CommitResult(committed, stale)
 
     async def _group_info(self, topic: str, group_name: str) -> GroupInfo:

@@ -390,9 +390,8 @@ class FakeGroup:
             offsets.append([queue_id, offset])
         generation = self.generations.get((name, topic), 0) + 1
         self.generations[(name, topic)] = generation
-        for each in self.nodes:
-            if each.alive:
-                await each.notify(name, reset_topic=topic)
+        # Only the node that served the reset notifies: members heartbeat every node.
+        await node.notify(name, reset_topic=topic)
         return frame.make_response({"offsets": offsets, "generation": generation})
 
     def _not_leader(self, frame: Frame) -> Frame:
