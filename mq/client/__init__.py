@@ -4,7 +4,7 @@ Async first (anyio: runs under trio and asyncio); `mq.client.blocking` wraps the
 objects for threaded code.
 """
 
-from mq.client.admin import Admin, BrokerStatus
+from mq.client.admin import Admin, BrokerStatus, ConsumerGroupInfo, GroupDescription, QueueLag
 from mq.client.errors import (
     BrokerError,
     ClientClosedError,
@@ -49,7 +49,9 @@ __all__ = [
     "ClientClosedError",
     "ConsumeFrom",
     "ConsumeResult",
+    "ConsumerGroupInfo",
     "Delivery",
+    "GroupDescription",
     "Handler",
     "LatencyFaultTolerance",
     "MQClientError",
@@ -67,6 +69,7 @@ __all__ = [
     "PullResult",
     "PullStatus",
     "PushConsumer",
+    "QueueLag",
     "SelectByHash",
     "SendCallback",
     "SendError",
