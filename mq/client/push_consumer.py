@@ -572,9 +572,15 @@ class PushConsumer:
             mine = set(queues)
         else:
             members = await self._members(route)
-            mine = set(self.allocate.allocate(self.group, self.client_id, members, queues))
             if self.client_id not in members:
+                # The node has not heard from us (it restarted, or our heartbeat is on
+                # its way): RocketMQ would drop every queue here and take them back a
+                # moment later. Keep them instead and heartbeat now; the node then
+                # notifies everyone, and we rebalance with ourselves in the list.
+                _log.info("not_a_member_yet", topic=topic, members=members)
                 self._heartbeat_wanted.set()
+                return
+            mine = set(self.allocate.allocate(self.group, self.client_id, members, queues))
         for mq in sorted(mq for mq in self._queues if mq.topic == topic and mq not in mine):
             await self._drop(self._queues[mq], commit=True)
         for mq in sorted(mine - set(self._queues)):
