@@ -16,6 +16,7 @@ from anyio.from_thread import start_blocking_portal
 from mq.cli import main
 from mq.client import Message
 from mq.client.blocking import BlockingProducer
+from mq.commands import data_cmd
 from tests.mq.fake_broker import Env, fake_env
 
 
@@ -34,8 +35,15 @@ def env() -> Iterator[Env]:
 
 
 @pytest.fixture(autouse=True)
-def _default_logging() -> Iterator[None]:
-    """`mq consume --group` configures logging for the process: undo it after."""
+def _quiet_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`mq consume --group` configures logging for its process (to stderr, loggers
+    cached). Here it would cache loggers writing to pytest's capture file, which is
+    closed after the test: drop its logs instead, uncached, and restore the defaults."""
+
+    def quiet(level: str = "info") -> None:
+        structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+
+    monkeypatch.setattr(data_cmd, "configure_logging", quiet)
     yield
     structlog.reset_defaults()
 
