@@ -726,7 +726,10 @@ class PushConsumer:
             pq = queues[entry.mq]
             if self._queues.get(entry.mq) is pq:
                 pq.committed = entry.offset
-        stale_topics = {mq.topic for mq in result.stale}
+        # Only a queue still consumed under the generation it committed with needs a
+        # reset: one already re-read (a reset notification overtook this commit) must
+        # not be dropped and re-read a second time.
+        stale_topics = {mq.topic for mq in result.stale if self._queues.get(mq) is queues[mq]}
         if stale_topics and not final:
             _log.info("offsets_stale", topics=sorted(stale_topics))
             self._reset_topics.update(stale_topics)

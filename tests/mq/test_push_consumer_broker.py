@@ -155,3 +155,25 @@ async def wait_until_committed(admin: Admin, total: int) -> None:
             if sum(q.consumer_offset or 0 for q in described.queues) == total:
                 return
             await trio.sleep(0.5)
+
+
+async def test_consuming_continues_across_a_leader_failover(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with broker_group() as group:
+        await create_topic(group)
+        seen: Counter[str] = Counter()
+        async with member(group, Counting("f0", seen)):
+            ids = await produce(group, 16)
+            await wait_until(lambda: sum(seen.values()) == 16)
+            old = await group.leader()
+            group.stop(old.config.node_id)  # the leader dies; pulls move to a follower
+            new = await group.leader()
+            assert new is not old
+            more = await produce(group, 16)
+            await wait_until(lambda: all(seen[i] >= 1 for i in ids + more))
+            async with Admin([group.nameserver.address]) as admin:
+                await wait_until_committed(admin, 32)  # on the new leader, replicated
+        assert set(seen) == set(ids + more)
+        # Duplicates only for messages handled but not yet committed at the failover.
+        assert sum(seen.values()) - len(seen) <= 16
