@@ -60,7 +60,7 @@ from mq.client.offset_store import (
     OffsetStore,
 )
 from mq.client.process_queue import ProcessQueue
-from mq.client.pull_consumer import PullConsumer, PullStatus, TagFilter
+from mq.client.pull_consumer import PULL_COUNT_MAX, PullConsumer, PullStatus, TagFilter
 from mq.client.queues import MessageQueue, readable_queues
 from mq.client.rebalance import AllocateAveragely, AllocateStrategy
 from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
@@ -235,6 +235,8 @@ class PushConsumer:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive")
+        if pull_batch > PULL_COUNT_MAX:
+            raise ValueError(f"pull_batch must be at most {PULL_COUNT_MAX}")
         if suspend_ms < 0 or retry_delay_ms < 0 or pull_error_delay_ms < 0:
             raise ValueError("delays must not be negative")
         self.handlers_max = handlers_max
@@ -297,6 +299,13 @@ class PushConsumer:
         validate_topic(topic)
         self._subscriptions[topic] = Subscription(topic, tags or "*", TagFilter.parse(tags))
         if self._started:
+            self._heartbeat_wanted.set()
+            self._rebalance_wanted.set()
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop consuming `topic`: its queues are dropped (their offsets committed) at
+        the next rebalance, which is requested at once."""
+        if self._subscriptions.pop(topic, None) is not None and self._started:
             self._heartbeat_wanted.set()
             self._rebalance_wanted.set()
 
@@ -386,8 +395,10 @@ class PushConsumer:
         finally:
             # Outside the shield: the task group was entered before it (scopes nest).
             task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-            await self._client.aclose()
+            try:
+                await task_group.__aexit__(None, None, None)
+            finally:
+                await self._client.aclose()
 
     # --- the iterator form -------------------------------------------------------------
 
@@ -484,9 +495,6 @@ class PushConsumer:
 
     async def _pull_loop(self, pq: ProcessQueue) -> None:
         """Pull one queue into its process queue until the queue is dropped."""
-        subscription = self._subscriptions.get(pq.mq.topic)
-        if subscription is None:
-            return
         error_delay_s = self.pull_error_delay_ms / 1000
         with pq.cancel_scope:
             while pq.pulled_to is None:
@@ -497,6 +505,9 @@ class PushConsumer:
                     await anyio.sleep(error_delay_s)
             while not pq.dropped:
                 await pq.wait_for_room()
+                subscription = self._subscriptions.get(pq.mq.topic)
+                if subscription is None:
+                    return  # unsubscribed: the next rebalance drops the queue
                 offset = pq.pulled_to
                 assert offset is not None
                 asked_s = anyio.current_time()

@@ -462,3 +462,6 @@ async def test_subscribing_needs_a_topic_and_handler_modes_do_not_mix(
             with pytest.raises(RuntimeError):
                 async for _ in push.deliveries():
                     pass
+            push.unsubscribe("orders")
+            await wait_until(lambda: push.assigned == [])
+            assert committed(env, QUEUES[0]) == 0  # dropped queues commit their offsets
