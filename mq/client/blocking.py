@@ -221,7 +221,9 @@ class BlockingPushConsumer(_Facade[PushConsumer]):
 
     def register_handler(self, handler: BlockingHandler) -> None:
         async def in_thread(message: MessageExt) -> ConsumeResult | None:
-            return await anyio.to_thread.run_sync(handler, message, abandon_on_cancel=False)
+            # Abandoned when the consumer's close times out (shutdown_timeout_ms): the
+            # thread finishes on its own, its message unacked (delivered again later).
+            return await anyio.to_thread.run_sync(handler, message, abandon_on_cancel=True)
 
         if self._portal is None:
             self._client.register_handler(in_thread)

@@ -45,8 +45,6 @@ class ProcessQueue:
         self.cancel_scope = anyio.CancelScope()
         """Cancels the queue's pull task when the queue is dropped."""
         self._messages: dict[int, MessageExt] = {}
-        # Insertion order is offset order: pulls arrive in offset order and a message
-        # is never re-inserted (a retry stays in place), so the first key is the lowest.
         self._bytes = 0
         self._room = anyio.Event()
 
@@ -106,9 +104,11 @@ class ProcessQueue:
         return offset in self._messages
 
     def commit_offset(self) -> int | None:
-        """The offset that may be committed now: the lowest held, else `pulled_to`."""
-        for offset in self._messages:
-            return offset
+        """The offset that may be committed now: the lowest held, else `pulled_to`.
+        (A scan, not the first key: after a pull offset moved back, insertion order is
+        no longer offset order. At most `messages_max` keys, once per commit.)"""
+        if self._messages:
+            return min(self._messages)
         return self.pulled_to
 
     def drop(self) -> None:

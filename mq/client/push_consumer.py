@@ -85,6 +85,11 @@ RETRY_DELAY_MS_DEFAULT = 1_000
 SHUTDOWN_TIMEOUT_MS_DEFAULT = 10_000
 PULL_ERROR_DELAY_MS_DEFAULT = 1_000
 """Pause of a queue's pull after a failed pull or offset read (RocketMQ: 3 s)."""
+OFFSET_BACKWARD_REFUSALS = 3
+"""OFFSET_ILLEGAL answers pointing *below* the pull offset that are waited out (each
+after `pull_error_delay_ms`) before the queue moves back as told: a lagging follower
+catches up meanwhile, while a queue that really lost messages is not stuck forever.
+(RocketMQ's slaves never correct an offset downwards, for the same reason.)"""
 PULL_EMPTY_DELAY_MS = 100
 """Pause after an empty answer that came back well before `suspend_ms`: a broker that
 does not hold the request (a node that does not know the queue yet) must not turn
@@ -496,6 +501,7 @@ class PushConsumer:
     async def _pull_loop(self, pq: ProcessQueue) -> None:
         """Pull one queue into its process queue until the queue is dropped."""
         error_delay_s = self.pull_error_delay_ms / 1000
+        refusals_backward = 0
         with pq.cancel_scope:
             while pq.pulled_to is None:
                 try:
@@ -526,11 +532,19 @@ class PushConsumer:
                 if pq.dropped:
                     return
                 if result.status is PullStatus.OFFSET_ILLEGAL:
+                    backward = result.next_offset < offset
+                    if backward and refusals_backward < OFFSET_BACKWARD_REFUSALS:
+                        # A node that has less than we already read is a follower
+                        # catching up, not a reason to deliver everything again.
+                        refusals_backward += 1
+                        await anyio.sleep(error_delay_s)
+                        continue
                     _log.info(
                         "pull_offset_moved", queue=str(pq.mq), offset=offset, to=result.next_offset
                     )
                     pq.move_to(result.next_offset)
                     continue
+                refusals_backward = 0
                 for message in pq.put(result.messages, result.next_offset):
                     self._ready_send.send_nowait(_Work(pq, message))
                 quick_s = self.suspend_ms / 2000

@@ -37,6 +37,10 @@ async def test_the_commit_offset_is_the_lowest_in_flight_else_past_the_last_pull
     assert pq.commit_offset() == 7
     pq.put([], next_offset=9)  # tags filtered everything
     assert pq.commit_offset() == 9
+    pq.put([message(12)], next_offset=13)
+    pq.move_to(10)  # the broker moved the pull offset back
+    pq.put([message(10)], next_offset=11)
+    assert pq.commit_offset() == 10  # the lowest held, not the first held
 
 
 async def test_a_full_queue_waits_for_room() -> None:
