@@ -328,6 +328,11 @@ class PushConsumer:
         return dict(self._subscriptions)
 
     @property
+    def in_flight(self) -> int:
+        """Messages being handled now (unsettled deliveries in the iterator form)."""
+        return self._in_flight
+
+    @property
     def assigned(self) -> list[MessageQueue]:
         """The queues this member consumes now, sorted."""
         return sorted(self._queues)

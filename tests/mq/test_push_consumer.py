@@ -289,7 +289,7 @@ async def test_close_waits_for_handlers_in_flight_then_commits_and_unregisters(
 
         async with trio.open_nursery() as nursery:
             await push.start()  # started and closed by the same task, as with `async with`
-            await wait_until(lambda: push._in_flight == 3)
+            await wait_until(lambda: push.in_flight == 3)
             nursery.start_soon(release_later)
             await push.aclose()
             closed.set()
