@@ -49,34 +49,8 @@ class AllocateStrategy(Protocol):
     ) -> list[MessageQueue]: ...
 
 
-class AllocateAveragely:
-    """RocketMQ's AllocateMessageQueueAveragely: with q queues and n members, member i
-    (by sorted id) takes a contiguous block; the first q % n members take one more."""
-
-    name = "averagely"
-
-    def allocate(
-        self,
-        group: str,
-        client_id: str,
-        client_ids: Sequence[str],
-        queues: Sequence[MessageQueue],
-    ) -> list[MessageQueue]:
-        if client_id not in client_ids or not queues:
-            return []
-        index = client_ids.index(client_id)
-        count, members = len(queues), len(client_ids)
-        size, extra = divmod(count, members)
-        start = index * size + min(index, extra)
-        end = start + size + (1 if index < extra else 0)
-        return list(queues[start:end])
-
-
-class AllocateAveragelyByCircle:
-    """RocketMQ's AllocateMessageQueueAveragelyByCircle: member i takes queues
-    i, i+n, i+2n, ... (spreads one broker group's queues over the members)."""
-
-    name = "circle"
+class _ByPosition:
+    """A strategy that needs only this member's position among the sorted members."""
 
     def allocate(
         self,
@@ -87,8 +61,33 @@ class AllocateAveragelyByCircle:
     ) -> list[MessageQueue]:
         if client_id not in client_ids:
             return []
-        index = client_ids.index(client_id)
-        return list(queues[index :: len(client_ids)])
+        return self.share(client_ids.index(client_id), len(client_ids), queues)
+
+    def share(self, index: int, members: int, queues: Sequence[MessageQueue]) -> list[MessageQueue]:
+        raise NotImplementedError
+
+
+class AllocateAveragely(_ByPosition):
+    """RocketMQ's AllocateMessageQueueAveragely: with q queues and n members, member i
+    (by sorted id) takes a contiguous block; the first q % n members take one more."""
+
+    name = "averagely"
+
+    def share(self, index: int, members: int, queues: Sequence[MessageQueue]) -> list[MessageQueue]:
+        size, extra = divmod(len(queues), members)
+        start = index * size + min(index, extra)
+        end = start + size + (1 if index < extra else 0)
+        return list(queues[start:end])
+
+
+class AllocateAveragelyByCircle(_ByPosition):
+    """RocketMQ's AllocateMessageQueueAveragelyByCircle: member i takes queues
+    i, i+n, i+2n, ... (spreads one broker group's queues over the members)."""
+
+    name = "circle"
+
+    def share(self, index: int, members: int, queues: Sequence[MessageQueue]) -> list[MessageQueue]:
+        return list(queues[index::members])
 
 
 class AllocateConsistentHash:
