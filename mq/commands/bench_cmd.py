@@ -47,6 +47,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     failover.add_argument("--json", action="store_true", help="print JSON (the only format)")
     failover.set_defaults(handler=_failover)
 
+    e2e = kinds.add_parser("e2e", help="producer to push-consumer handler: latency, delivered/s")
+    _cluster_flags(e2e)
+    e2e.add_argument("--rate", type=int, default=1000, help="light phase: messages/s (paced)")
+    e2e.add_argument("--light", type=float, default=10.0, help="light phase: seconds")
+    e2e.add_argument("--window", type=int, default=64, help="produce and load phases: in flight")
+    e2e.add_argument("--duration", type=float, default=10.0, help="produce and load phases: s")
+    e2e.add_argument("--size", type=int, default=1024, help="message body bytes")
+    e2e.set_defaults(handler=_e2e)
+
     peer = kinds.add_parser("pysyncobj", help="the same windowed workload on PySyncObj vs ours")
     peer.add_argument("--dir", help="directory of our cluster started for the run")
     peer.add_argument("--flush", choices=("sync", "async"), default="sync")
@@ -153,6 +162,24 @@ def _failover(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result))
     return 0 if result["acked_lost"] == 0 else 1
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    from mq.bench import e2e_bench
+
+    result = e2e_bench.run(
+        namesrv=_namesrv(args),
+        directory=args.dir,
+        flush=args.flush,
+        rate=args.rate,
+        light_s=args.light,
+        window=args.window,
+        duration_s=args.duration,
+        size=args.size,
+        broker_args=args.broker_arg,
+    )
+    print(json.dumps(result))
+    return 0 if result["light"]["lost"] == 0 and result["load"]["lost"] == 0 else 1
 
 
 def _pysyncobj(args: argparse.Namespace) -> int:
