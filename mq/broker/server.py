@@ -54,6 +54,8 @@ IN_FLIGHT_PER_CONNECTION_MAX = 1024
 RECONNECT_BACKOFF_S_MIN = 0.05
 RECONNECT_BACKOFF_S_MAX = 1.0
 REGISTER_TIMEOUT_S = 3.0
+PEER_WRITE_FRAMES_MAX = 64
+"""Raft frames to one peer that share a write (the writer sends big bodies on their own)."""
 UNREGISTER_TIMEOUT_S = 1.0
 
 _log = structlog.get_logger("mq.broker")
@@ -372,7 +374,13 @@ class BrokerServer:
                     connected_before = True
                     backoff_s = RECONNECT_BACKOFF_S_MIN
                     async for frame in frames:
-                        await conn.send_oneway(frame)
+                        # What the raft loop queued meanwhile (appends, commit updates)
+                        # leaves in the same write.
+                        batch = [frame]
+                        with contextlib.suppress(trio.WouldBlock):
+                            while len(batch) < PEER_WRITE_FRAMES_MAX:
+                                batch.append(frames.receive_nowait())
+                        await conn.send_oneway_many(batch)
             except (TransportError, OSError) as exc:
                 if connected_before:
                     log.info("peer_disconnected", reason=str(exc))

@@ -153,6 +153,26 @@ class Connection:
         frame = replace(frame, request_id=next(self._ids), flags=flags)
         await self._send(encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max), frame.body)
 
+    async def send_oneway_many(self, frames: list[Frame]) -> None:
+        """`send_oneway` for several frames, in order, in as few writes as they fit."""
+        self._raise_if_closed()
+        encoded: list[tuple[bytes, bytes | bytearray | memoryview]] = []
+        for frame in frames:
+            flags = (frame.flags | Flag.ONEWAY) & ~Flag.RESPONSE
+            frame = replace(frame, request_id=next(self._ids), flags=flags)
+            encoded.append(
+                (encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max), frame.body)
+            )
+        try:
+            await self._writer.write_many(encoded)
+        except anyio.get_cancelled_exc_class():
+            if self._writer.failed:
+                await self._fail("a send was cancelled part-way through a frame")
+            raise
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            await self._fail(f"send failed: {type(exc).__name__}: {exc}")
+            raise ConnectionClosedError(self._describe_close()) from exc
+
     async def aclose(self) -> None:
         """Close the connection; waiting requests fail with ConnectionClosedError."""
         await self._fail("closed locally")

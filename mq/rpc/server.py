@@ -66,7 +66,10 @@ class Peer:
         self._closed_event = trio.Event()
         self._stream = stream
         self._writer = CoalescingWriter(
-            stream.send_all, trio.BrokenResourceError, inline_bytes_max=BODY_INLINE_BYTES_MAX
+            stream.send_all,
+            trio.BrokenResourceError,
+            inline_bytes_max=BODY_INLINE_BYTES_MAX,
+            gather=True,
         )
         self._oneway_ids = itertools.count(1)
 

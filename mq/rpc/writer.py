@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 Buffer = bytes | bytearray | memoryview
 INLINE_BYTES_MAX_DEFAULT = 64 * 1024
@@ -30,12 +31,16 @@ class CoalescingWriter:
         broken: Callable[[str], BaseException],
         *,
         inline_bytes_max: int = INLINE_BYTES_MAX_DEFAULT,
+        gather: bool = False,
     ) -> None:
         """`send` writes one buffer to the stream; `broken(reason)` makes the exception
-        a waiting caller raises when the write that carried its frame failed."""
+        a waiting caller raises when the write that carried its frame failed. With
+        `gather`, a write first yields once, so frames written by other tasks woken in
+        the same scheduling round share its syscall (a servers' responses)."""
         self._send = send
         self._broken = broken
         self._inline_bytes_max = inline_bytes_max
+        self._gather = gather
         self._parts: list[Buffer] = []
         self._next_done = anyio.Event()
         self._writing = False
@@ -63,6 +68,20 @@ class CoalescingWriter:
         self.frames += 1
         if on_queued is not None:
             on_queued()
+        await self._flush()
+
+    async def write_many(self, frames: list[tuple[bytes, Buffer]]) -> None:
+        """Write several frames, in order, sharing writes; as `write` otherwise."""
+        if self._failure is not None:
+            raise self._broken(self._failure)
+        for head, body in frames:
+            self._parts.append(head)
+            if body:
+                self._parts.append(body)
+        self.frames += len(frames)
+        await self._flush()
+
+    async def _flush(self) -> None:
         if self._writing:
             done = self._next_done
             await done.wait()
@@ -72,6 +91,10 @@ class CoalescingWriter:
         self._writing = True
         done = self._next_done
         try:
+            if self._gather:
+                # Let the other tasks of this scheduling round (a leader answering a
+                # whole committed batch) queue their frames for this same write.
+                await anyio.lowlevel.checkpoint()
             while self._parts:
                 parts, self._parts = self._parts, []
                 done, self._next_done = self._next_done, anyio.Event()
