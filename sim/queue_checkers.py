@@ -178,6 +178,8 @@ class QueueCheckers:
         self.deliveries = 0
         self.scans = 0
         self.tolerated = 0
+        # (node, queue) -> ConsumeQueue units already compared since the node started
+        self._scanned: dict[tuple[int, QueueKey], int] = {}
 
     # -- the model
 
@@ -216,6 +218,8 @@ class QueueCheckers:
         """A restarted node: re-verify its whole committed prefix and its ConsumeQueues
         (recovery rebuilt them from a CommitLog that may have lost a torn tail)."""
         self._verified[host.id] = 0
+        for key in self.model.queues:
+            self._scanned.pop((host.id, key), None)
         self.catch_up(host)
         self.scan(host)
 
@@ -312,37 +316,51 @@ class QueueCheckers:
     # -- ConsumeQueue scans
 
     def scan(self, host: BrokerHost) -> None:
-        """Compare `host`'s ConsumeQueues with the model: a prefix of it."""
+        """Compare `host`'s ConsumeQueues with the model: a prefix of it.
+
+        Incremental while the node is up (a unit is never rewritten, so only units
+        past those already compared are read; a queue that got shorter fails); a
+        restart resets it, so what recovery rebuilt is read in full."""
         core = host.core
         if core is None:
             return
         self.scans += 1
         self.catch_up(host)
-        for (topic, queue_id), model_queue in sorted(self.model.queues.items()):
-            ids = self.queue_ids(host, topic, queue_id)
-            where = f"n{host.id}'s ConsumeQueue {topic}/{queue_id}"
-            if len(ids) > len(model_queue):
+        for key, model_queue in sorted(self.model.queues.items()):
+            where = f"n{host.id}'s ConsumeQueue {key[0]}/{key[1]}"
+            checked = self._scanned.get((host.id, key), 0)
+            queue = core.store.queues.get(*key)
+            end = 0 if queue is None else queue.max_offset
+            if end < checked:
                 raise Violation(
                     "committed_only",
-                    f"{where} holds {len(ids)} messages, only {len(model_queue)} are committed",
+                    f"{where} shrank from {checked} to {end} units while the node was up",
                 )
-            for at, msg_id in enumerate(ids):
+            if end > len(model_queue):
+                raise Violation(
+                    "committed_only",
+                    f"{where} holds {end} messages, only {len(model_queue)} are committed",
+                )
+            for at, msg_id in enumerate(self.queue_ids(host, *key, start=checked), checked):
                 if msg_id != model_queue[at]:
                     raise Violation(
                         "queue_order",
                         f"{where} holds {msg_id} at {at}, {model_queue[at]} is committed there",
                     )
+            self._scanned[(host.id, key)] = end
 
     @staticmethod
-    def queue_ids(host: BrokerHost, topic: str, queue_id: int) -> list[str]:
-        """The message ids of a node's ConsumeQueue, read through the CommitLog."""
+    def queue_ids(host: BrokerHost, topic: str, queue_id: int, start: int = 0) -> list[str]:
+        """The message ids of a node's ConsumeQueue from `start`, read through the
+        CommitLog (CRC checked)."""
         core = host.core
         assert core is not None
         queue = core.store.queues.get(topic, queue_id)
         if queue is None:
             return []
+        start = max(start, queue.min_offset)
         ids: list[str] = []
-        for unit in queue.get_range(queue.min_offset, queue.max_offset - queue.min_offset):
+        for unit in queue.get_range(start, queue.max_offset - start):
             frame, _ = core.commit_log.frame_at(unit.commit_offset, verify_crc=True)
             ids.append(decode_message_header(frame, verify_crc=False).msg_id)
         return ids
