@@ -454,7 +454,8 @@ def format_broker_result(result: RunResult, cfg: BrokerSimConfig) -> str:
         f"{_n(s['messages'], 'message')} ({s['dropped']} lost)"
     )
     if s.get("tolerated"):
-        head += f"\ntolerated {s['tolerated']} known-bug differences ({', '.join(cfg.tolerate)})"
+        counts = ", ".join(f"{bug} {n}" for bug, n in sorted(s["tolerated"].items()))
+        head += f"\nunit differences explained by known bugs (tolerated): {counts}"
     if result.ok:
         if s["heal_to_probe_ms"] is not None:
             head += (
