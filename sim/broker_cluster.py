@@ -92,8 +92,8 @@ class BrokerCluster:
         self._clients: dict[str, Callable[[int, Frame], None]] = {}
         self.client_latency_min_ns = NS_PER_MS // 2
         self.client_latency_max_ns = 2 * NS_PER_MS
-        # Called with each host that (re)starts, and with each response a node sends
-        # (host, client name, reply id, frame), before it travels.
+        # Called with each host that (re)starts (after recovery, before it runs), and
+        # with each response a node sends, before it travels (the checkers' hooks).
         self.on_host_start: Callable[[BrokerHost], None] = lambda host: None
         self.on_response: Callable[[BrokerHost, Frame], None] = lambda host, frame: None
         self._reply_owner: dict[int, str] = {}

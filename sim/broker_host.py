@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mq.broker.config import BrokerConfig
-from mq.broker.core import BrokerCore, PeerMessage, Reply, RoleChanged, Work
+from mq.broker.core import BrokerCore, PeerMessage, Reply, Work
 from mq.broker.raft_codec import decode_envelope
 from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
@@ -274,8 +274,8 @@ class BrokerHost:
                         faults.on_vote_granted(self)  # type: ignore[arg-type]
             elif isinstance(out, Reply):
                 replies.append(out)
-            elif isinstance(out, RoleChanged):
-                pass  # observed from the Raft node itself in _observe
+            # RoleChanged / TopicsChanged are for NameServer registration: role changes
+            # are read from the Raft node itself (_observe).
         # Held pulls are woken in the core's set order; answer in request order so the
         # run does not depend on PYTHONHASHSEED.
         replies.sort(key=lambda r: r.reply_to)

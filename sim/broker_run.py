@@ -30,7 +30,7 @@ from mq.protocol import Frame
 from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_host import BrokerHost
 from sim.broker_plants import PLANTS, install
-from sim.broker_workload import TOPIC, BrokerWorkload, Producer
+from sim.broker_workload import TOPIC, BrokerWorkload, Producer, ReplyIds
 from sim.checkers import Violation
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
 from sim.faults import FAULTS, FaultSchedule
@@ -205,7 +205,7 @@ class _Liveness:
         checkers: QueueCheckers,
         rng: random.Random,
         cfg: BrokerSimConfig,
-        reply_ids: Any,
+        reply_ids: ReplyIds,
     ) -> None:
         self.cluster = cluster
         self.bound_ns = int(cfg.liveness_bound_s * NS_PER_S)

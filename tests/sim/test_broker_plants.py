@@ -13,7 +13,7 @@ from sim.queue_checkers import KNOWN_BUGS
 
 # plant -> (seed budget, checkers that may catch it)
 BUDGETS: dict[str, tuple[int, set[str]]] = {
-    "pull_uncommitted": (5, {"committed_only"}),
+    "pull_uncommitted": (5, {"committed_only", "queue_order"}),
     "ack_unstored": (5, {"acked_durable"}),
     "fsync_lies": (40, {"acked_durable", "log_matching", "committed_only", "queue_order"}),
     "fresh_seq_retry": (5, {"no_duplicate"}),
