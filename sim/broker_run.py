@@ -30,7 +30,7 @@ from mq.protocol import Frame
 from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_host import BrokerHost
 from sim.broker_plants import PLANTS, install
-from sim.broker_workload import TOPIC, BrokerWorkload, Producer, ReplyIds
+from sim.broker_workload import SUBSCRIPTIONS, TOPIC, BrokerWorkload, Producer, ReplyIds
 from sim.checkers import Violation
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
 from sim.faults import FAULTS, FaultSchedule
@@ -39,6 +39,7 @@ from sim.run import LIVENESS_BOUND_S, RunResult, _StormGuard
 from sim.trace import Trace
 
 SCAN_INTERVAL_NS = NS_PER_S
+FINAL_TAGS = next(tags for tags in SUBSCRIPTIONS if tags is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,8 @@ def run_broker(
         f"producers={cfg.producers} consumers={cfg.consumers} queues={cfg.queues} "
         f"think={cfg.think_ms}ms"
     )
-    checkers = QueueCheckers(node_ids, TOPIC)
+    checkers = QueueCheckers(node_ids, TOPIC, frozenset(cfg.tolerate))
+    checkers.final_tags = FINAL_TAGS
     cluster = BrokerCluster(
         loop,
         trace,
@@ -136,7 +138,7 @@ def run_broker(
         workload.stop()
         faults.heal_all()
         liveness.run()
-        checkers.check_final([cluster.hosts[n] for n in node_ids], frozenset(cfg.tolerate))
+        checkers.check_final([cluster.hosts[n] for n in node_ids])
     except Violation as v:
         checker, message = v.checker, v.message
         trace.emit(f"VIOLATION {v.checker}: {v.message}")
@@ -161,6 +163,7 @@ def run_broker(
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
         "scans": checkers.scans,
         "tolerated": checkers.tolerated,
+        "filtered_pulls_skipped_torn": checkers.skipped_torn,
         "crashes": sum(h.crashes for h in cluster.hosts.values()),
         "messages": cluster.network.sent,
         "dropped": cluster.network.dropped,

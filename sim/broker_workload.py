@@ -12,15 +12,17 @@ and a duplicate is visible as one id stored twice.
 
 Consumers (`c1`, `c2`, ...) form one group; queue q belongs to consumer q mod N. Each
 queue is pulled in a loop from a random node, leader or follower (followers serve
-committed data), from the consumer's position; half the pulls long-poll. Every
-response is handed to the checkers. Positions are committed every 300 ms, and now and
+committed data), from the consumer's position; half the pulls long-poll. Every other
+consumer subscribes to two of the three tags and its pulls carry their tag hashes, so
+the broker filters by the ConsumeQueue units' tag hashes. Every response is handed to
+the checkers. Positions are committed every 300 ms, and now and
 then a consumer restarts: it forgets its positions and resumes from the committed ones
 (messages after them are served again and must be the same messages).
 
 The consumer offsets are kept client-side, in the workload: UPDATE_CONSUMER_OFFSET /
 QUERY_CONSUMER_OFFSET were not yet served by the broker core when this was written
 (they are on the groups-broker branch); once they are, committing through the broker
-is a change to `Consumer._commit` and `Consumer._restart` only.
+is a change to `Consumer._commit` and `Consumer.restart` only.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ from sim.broker_cluster import BrokerCluster
 from sim.checkers import Violation
 from sim.events import NS_PER_MS
 from sim.queue_checkers import QueueCheckers, message_frames
-from storage.record import MessageRecord, decode_message_header, encode_messages
+from storage.record import MessageRecord, decode_message_header, encode_messages, tag_hash
 
 TOPIC = "SimTopic"
+TAGS = ("t0", "t1", "t2")
+# Consumer i subscribes to SUBSCRIPTIONS[i % 2]: everything, or two of the three tags
+# (its pulls carry tag hashes, so the ConsumeQueue's tag hashes decide what it gets).
+SUBSCRIPTIONS: tuple[frozenset[str] | None, ...] = (frozenset({"t0", "t1"}), None)
 _RETRY_ERRORS = {
     ErrorCode.REPLICATION_TIMEOUT,
     ErrorCode.SYSTEM_BUSY,
@@ -118,7 +124,7 @@ class Producer:
                 TOPIC,
                 rng.randbytes(rng.randrange(8, 96)),
                 queue_id,
-                tags=f"t{k % 3}",
+                tags=rng.choice(TAGS),
                 keys=ids[k],
                 msg_id=ids[k],
                 born_timestamp_ms=self._loop.now_ns // NS_PER_MS,
@@ -219,6 +225,7 @@ class Consumer:
         queue_ids: list[int],
         timeout_ns: int = 500 * NS_PER_MS,
         swap_served: bool = False,
+        tags: frozenset[str] | None = None,
     ) -> None:
         self.name = name
         self._cluster = cluster
@@ -228,6 +235,8 @@ class Consumer:
         self.queue_ids = queue_ids
         self._timeout_ns = timeout_ns
         self._swap_served = swap_served
+        self.tags = tags
+        self._tag_hashes = None if tags is None else sorted(tag_hash(t) for t in tags)
         self._trace = cluster.trace
         self._loop = cluster.loop
         self.position: dict[int, int] = {q: 0 for q in queue_ids}
@@ -265,6 +274,8 @@ class Consumer:
         }
         if rng.random() < 0.5:
             fields["suspend_ms"] = 200
+        if self._tag_hashes is not None:
+            fields["tag_hashes"] = self._tag_hashes
         reply_id = self._ids()
         self._in_flight[reply_id] = (q, offset, node)
         self._cluster.send(self.name, node, reply_id, request(RequestCode.PULL_MESSAGE, fields))
@@ -285,14 +296,15 @@ class Consumer:
         q, offset, node = pending
         gen = self._gen
         status = frame.fields.get("status") if frame.ok else None
-        if status == "FOUND":
+        if status == "FOUND" or (status == "NO_MATCHED_MSG" and self.tags is not None):
             served = self._served(node, q, offset, frame)
             self.served += len(served)
+            next_offset = frame.fields["next_offset"]
             self._trace.emit(
-                f"{self.name} got q{q}@{offset}..{served[-1][0]} from n{node} ({len(served)})"
+                f"{self.name} got q{q}@{offset}..{next_offset - 1} from n{node} ({len(served)})"
             )
             if self.position[q] == offset:
-                self.position[q] = served[-1][0] + 1
+                self.position[q] = next_offset
             delay = self._rng.randrange(1, 20) * NS_PER_MS
         elif status == "NO_NEW_MSG":
             delay = self._rng.randrange(20, 100) * NS_PER_MS
@@ -303,7 +315,8 @@ class Consumer:
 
     def _served(self, node: int, q: int, offset: int, frame: Frame) -> list[tuple[int, str]]:
         if not self._swap_served:
-            return self._checkers.on_pull(self.name, node, q, offset, frame)
+            host = self._cluster.hosts[node]
+            return self._checkers.on_pull(self.name, host, q, offset, frame, self.tags)
         # Plant: the consumer hands the checker its batch out of order.
         checkers = self._checkers
         served = [
@@ -380,6 +393,7 @@ class BrokerWorkload:
                 self.reply_ids,
                 [q for q in range(queues) if q % consumers == i - 1],
                 swap_served=plant == "swap_served",
+                tags=SUBSCRIPTIONS[(i - 1) % len(SUBSCRIPTIONS)],
             )
             for i in range(1, consumers + 1)
         ]

@@ -45,7 +45,7 @@ from mq.broker.commands import MAGIC_COMMAND, CommandError, SendCommand, decode_
 from mq.protocol import Frame, RequestCode, request
 from raft.messages import EntryKind
 from sim.checkers import Violation
-from storage.record import FRAME_HEADER_BYTES, MAGIC_MESSAGE, decode_message_header
+from storage.record import FRAME_HEADER_BYTES, MAGIC_MESSAGE, decode_message_header, tag_hash
 
 if TYPE_CHECKING:
     from sim.broker_host import BrokerHost
@@ -127,6 +127,7 @@ class QueueModel:
     terms: list[int] = field(default_factory=lambda: [0])  # terms[i] = term of entry i
     queues: dict[QueueKey, list[str]] = field(default_factory=dict)
     where: dict[str, tuple[QueueKey, int]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # msg id -> its tags
     producers: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -167,13 +168,17 @@ class QueueModel:
                         f"{head.topic}/{head.queue_id}@{len(queue)} (entry {index})",
                     )
                 self.where[head.msg_id] = (key, len(queue))
+                self.tags[head.msg_id] = head.tags
                 queue.append(head.msg_id)
 
 
 class QueueCheckers:
-    def __init__(self, node_ids: tuple[int, ...], topic: str) -> None:
+    def __init__(
+        self, node_ids: tuple[int, ...], topic: str, tolerate: frozenset[str] = frozenset()
+    ) -> None:
         self.node_ids = node_ids
         self.topic = topic
+        self.tolerate = tolerate
         self.model = QueueModel()
         # Per node: the committed index up to which its log terms were compared.
         self._verified: dict[int, int] = {n: 0 for n in node_ids}
@@ -182,6 +187,9 @@ class QueueCheckers:
         self.acks = 0
         self.deliveries = 0
         self.scans = 0
+        self.skipped_torn = 0  # filtered pulls that skipped a message of a torn unit
+        # The end also reads every queue from every node with this tag filter.
+        self.final_tags: frozenset[str] = frozenset()
         # KNOWN_BUGS name -> ConsumeQueue units whose difference it explained
         self.tolerated: dict[str, int] = {}
         # (node, queue) -> ConsumeQueue units already compared since the node started
@@ -269,24 +277,47 @@ class QueueCheckers:
             self.acked[(key, at)] = f"{producer}:s{seq}"
 
     def on_pull(
-        self, consumer: str, node_id: int, queue_id: int, offset: int, response: Frame
+        self,
+        consumer: str,
+        host: BrokerHost,
+        queue_id: int,
+        offset: int,
+        response: Frame,
+        tags: frozenset[str] | None = None,
     ) -> list[tuple[int, str]]:
-        """A FOUND pull response for `queue_id` from `offset`; returns (offset, msg id)
-        of each message served, checked."""
+        """A FOUND or NO_MATCHED_MSG pull response for `queue_id` from `offset`, by a
+        consumer subscribed to `tags` (None: everything); returns (offset, msg id) of
+        each message served, checked.
+
+        Without a filter the offsets must be contiguous from `offset` and `next_offset`
+        right after the last. With one, the node examined [offset, next_offset): the
+        offsets served must lie there, ascending, and every committed message there
+        that carries a subscribed tag must have been served."""
         f = response.fields
         offsets = list(f.get("queue_offsets") or [])
         frames = list(message_frames(response.body))
         key = (self.topic, queue_id)
-        where = f"{consumer} pulled {self.topic}/{queue_id}@{offset} from n{node_id}"
-        if len(frames) != len(offsets) or not frames:
+        next_offset = f.get("next_offset")
+        where = f"{consumer} pulled {self.topic}/{queue_id}@{offset} from n{host.id}"
+        if len(frames) != len(offsets) or not isinstance(next_offset, int):
             raise Violation(
-                "queue_order", f"{where}: {len(frames)} frames, {len(offsets)} queue offsets"
+                "queue_order",
+                f"{where}: {len(frames)} frames, {len(offsets)} queue offsets, next {next_offset}",
             )
-        if offsets != list(range(offset, offset + len(offsets))):
-            raise Violation("queue_order", f"{where}: offsets {offsets} are not contiguous from it")
-        if f.get("next_offset") != offsets[-1] + 1:
+        if tags is None:
+            if not offsets or offsets != list(range(offset, offset + len(offsets))):
+                raise Violation(
+                    "queue_order", f"{where}: offsets {offsets} are not contiguous from it"
+                )
+            if next_offset != offsets[-1] + 1:
+                raise Violation(
+                    "queue_order", f"{where}: next_offset {next_offset} after {offsets[-1]}"
+                )
+        elif offsets != sorted(set(offsets)) or (
+            offsets and not offset <= offsets[0] <= offsets[-1] < next_offset
+        ):
             raise Violation(
-                "queue_order", f"{where}: next_offset {f.get('next_offset')} after {offsets[-1]}"
+                "queue_order", f"{where}: offsets {offsets} not ascending in [it, {next_offset})"
             )
         served: list[tuple[int, str]] = []
         for at, frame in zip(offsets, frames, strict=True):
@@ -296,7 +327,56 @@ class QueueCheckers:
                     "queue_order", f"{where}: got a message of {head.topic}/{head.queue_id}"
                 )
             served.append((at, head.msg_id))
-        return self.check_served(consumer, node_id, key, served)
+        self.check_served(consumer, host.id, key, served)
+        if tags is not None:
+            self._check_skipped(where, host, key, offset, next_offset, offsets, tags)
+        return served
+
+    def _check_skipped(
+        self,
+        where: str,
+        host: BrokerHost,
+        key: QueueKey,
+        offset: int,
+        next_offset: int,
+        offsets: list[int],
+        tags: frozenset[str],
+    ) -> None:
+        queue = self.model.queues.get(key, [])
+        if next_offset > len(queue):
+            raise Violation(
+                "committed_only",
+                f"{where}: examined up to {next_offset}, only {len(queue)} messages are committed",
+            )
+        served = set(offsets)
+        model_tags = self.model.tags
+        for at in range(offset, next_offset):
+            if at in served or model_tags[queue[at]] not in tags:
+                continue
+            # A subscribed consumer never gets it from this node: for an acknowledged
+            # message that is a lost acknowledged message.
+            acked = self.acked.get((key, at))
+            checker = "queue_order" if acked is None else "acked_durable"
+            what = f"{where}: skipped {queue[at]} at {at}, which has a subscribed tag" + (
+                "" if acked is None else f" (acknowledged to {acked})"
+            )
+            if self._torn_unit(host, key, at, model_tags[queue[at]]):
+                self.skipped_torn += 1
+                if "torn_cq_tag_hash" in self.tolerate:
+                    continue
+                raise Violation(
+                    checker,
+                    f"{what}: the node's ConsumeQueue unit has a torn tag hash "
+                    f"(KNOWN_BUGS: torn_cq_tag_hash)",
+                )
+            raise Violation(checker, what)
+
+    @staticmethod
+    def _torn_unit(host: BrokerHost, key: QueueKey, at: int, tags: str) -> bool:
+        core = host.core
+        queue = None if core is None else core.store.queues.get(*key)
+        unit = None if queue is None else queue.get(at)
+        return unit is not None and _torn_tag_hash(tag_hash(tags), unit.tag_hash)
 
     def check_served(
         self, consumer: str, node_id: int, key: QueueKey, served: list[tuple[int, str]]
@@ -373,18 +453,21 @@ class QueueCheckers:
 
     # -- the end
 
-    def check_final(self, hosts: list[BrokerHost], tolerate: frozenset[str] = frozenset()) -> None:
+    def check_final(self, hosts: list[BrokerHost]) -> None:
         """After the heal: every node serves exactly the model through PULL_MESSAGE,
         then every node holds the same ConsumeQueue units (commit offset, size, tag
         hash). The first comparison runs on every node before the second, so a lost
         message is reported as such, not as a replica difference.
 
-        `tolerate` may name KNOWN_BUGS whose exact signature is then not a failure."""
+        Differences that the KNOWN_BUGS in `tolerate` fully explain are counted, not
+        failed."""
         for host in hosts:
             self.catch_up(host)
         for host in hosts:
             for key, model_queue in sorted(self.model.queues.items()):
                 self._compare_final(host, key, model_queue, self._pull_all(host, key))
+                if self.final_tags:
+                    self._pull_filtered(host, key, self.final_tags)
         for key in sorted(self.model.queues):
             first: tuple[int, list[tuple[int, int, int]]] | None = None
             for host in hosts:
@@ -396,7 +479,7 @@ class QueueCheckers:
                     if a == b:
                         continue
                     bugs = _explained(a, b)
-                    if bugs and tolerate.issuperset(bugs):
+                    if bugs and self.tolerate.issuperset(bugs):
                         for bug in bugs:
                             self.tolerated[bug] = self.tolerated.get(bug, 0) + 1
                         continue
@@ -440,6 +523,31 @@ class QueueCheckers:
             raise Violation(
                 "replicas_identical", f"{where}, {want or 'nothing'} is committed there"
             )
+
+    def _pull_filtered(self, host: BrokerHost, key: QueueKey, tags: frozenset[str]) -> None:
+        """Read a queue from a node as a consumer subscribed to `tags` would, from the
+        start: every committed message with one of the tags must be served."""
+        core = host.core
+        assert core is not None
+        hashes = sorted(tag_hash(t) for t in tags)
+        offset = 0
+        for _ in range(1 << 20):
+            frame = request(
+                RequestCode.PULL_MESSAGE,
+                {
+                    "topic": key[0],
+                    "queue_id": key[1],
+                    "offset": offset,
+                    "max_count": 256,
+                    "tag_hashes": hashes,
+                },
+            )
+            response = core.handle(frame, 0, host.now_ms())
+            assert response is not None
+            if response.fields.get("status") not in ("FOUND", "NO_MATCHED_MSG"):
+                break
+            self.on_pull("a final filtered read", host, key[1], offset, response, tags)
+            offset = response.fields["next_offset"]
 
     @staticmethod
     def _pull_all(host: BrokerHost, key: QueueKey) -> list[str]:
