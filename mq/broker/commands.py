@@ -25,8 +25,13 @@ MAGIC_COMMAND = 0x5C0A7D81
 
 FRAME_HEADER_BYTES = 12
 _HEADER = struct.Struct("<III")
-COMMAND_BYTES_MAX = 4096
-"""A command is a few names and ints; anything longer is refused when decoding."""
+COMMAND_BYTES_MAX = 1 << 20
+"""Refused when decoding. The largest command is an offset commit of
+`OFFSET_ENTRIES_MAX` entries (a 127-character topic name and three ints each: about
+600 KiB); every other one is a few names and ints."""
+
+OFFSET_ENTRIES_MAX = 4096
+"""Queue offsets one UPDATE_CONSUMER_OFFSET (one `offset` command) may carry."""
 
 
 class CommandError(ValueError):
@@ -59,7 +64,41 @@ class CreateTopicCommand:
     perm: int
 
 
-Command: TypeAlias = SendCommand | CreateTopicCommand
+@dataclass(frozen=True, slots=True)
+class OffsetEntry:
+    """One queue's committed consumer offset, valid for `generation` of (group, topic)."""
+
+    topic: str
+    queue_id: int
+    offset: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetCommand:
+    """A consumer group commits offsets (the next queue offset to consume) for queues.
+
+    An entry whose `generation` is not the replicated generation of (group, topic) when
+    the command is applied is not applied: an admin reset happened in between.
+    """
+
+    group: str
+    entries: tuple[OffsetEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCommand:
+    """An admin reset: set every listed queue's offset of (group, topic) and start a new
+    generation. The new generation is not in the record: applying increments it, so two
+    resets proposed before either is applied still end in distinct generations."""
+
+    group: str
+    topic: str
+    offsets: tuple[tuple[int, int], ...]
+    """(queue_id, offset) pairs, computed by the leader from its ConsumeQueues."""
+
+
+Command: TypeAlias = SendCommand | CreateTopicCommand | OffsetCommand | ResetCommand
 
 
 def encode_command(command: Command) -> bytes:
@@ -72,7 +111,7 @@ def encode_command(command: Command) -> bytes:
             payload["s"] = command.seq
         if command.create_queues:
             payload["c"] = command.create_queues
-    else:
+    elif isinstance(command, CreateTopicCommand):
         payload = {
             "k": "topic",
             "t": command.topic,
@@ -80,8 +119,23 @@ def encode_command(command: Command) -> bytes:
             "w": command.write_queues,
             "m": command.perm,
         }
+    elif isinstance(command, OffsetCommand):
+        payload = {
+            "k": "offset",
+            "g": command.group,
+            "o": [[e.topic, e.queue_id, e.offset, e.generation] for e in command.entries],
+        }
+    else:
+        payload = {
+            "k": "reset",
+            "g": command.group,
+            "t": command.topic,
+            "o": [[queue_id, offset] for queue_id, offset in command.offsets],
+        }
     body = cbor2.dumps(payload)
     size = FRAME_HEADER_BYTES + len(body)
+    if size > COMMAND_BYTES_MAX:
+        raise CommandError(f"command of {size} bytes is over {COMMAND_BYTES_MAX}")
     return _HEADER.pack(size, MAGIC_COMMAND, zlib.crc32(body)) + body
 
 
@@ -115,6 +169,20 @@ def decode_command(frame: memoryview | bytes) -> Command:
                 read_queues=_int(payload["r"]),
                 write_queues=_int(payload["w"]),
                 perm=_int(payload["m"]),
+            )
+        if kind == "offset":
+            return OffsetCommand(
+                group=_str(payload["g"]),
+                entries=tuple(
+                    OffsetEntry(_str(topic), _int(queue_id), _int(offset), _int(generation))
+                    for topic, queue_id, offset, generation in payload["o"]
+                ),
+            )
+        if kind == "reset":
+            return ResetCommand(
+                group=_str(payload["g"]),
+                topic=_str(payload["t"]),
+                offsets=tuple((_int(q), _int(o)) for q, o in payload["o"]),
             )
     except CommandError:
         raise

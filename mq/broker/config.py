@@ -71,6 +71,10 @@ class BrokerConfig:
     """How often the topic and producer tables are snapshotted (at a checkpoint)."""
     pull_suspend_ms_max: int = 30_000
     held_pulls_max: int = 10_000
+    consumer_expire_ms: int = 120_000
+    """A consumer not heard from (HEARTBEAT) for this long leaves its group."""
+    consumers_max: int = 65_536
+    """Consumer instances (summed over groups) one node tracks; more are refused."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -103,6 +107,8 @@ class BrokerConfig:
             "checkpoint_interval_ms",
             "state_snapshot_interval_ms",
             "held_pulls_max",
+            "consumer_expire_ms",
+            "consumers_max",
             "message_bytes_max",
             "cq_units_per_segment",
             "index_slots",

@@ -37,6 +37,13 @@ finished before `advance` steps their (queued) acknowledgements. The response st
 checks `flushed_offset` and waits for a flush if needed, so the rule does not rest
 on that reasoning alone.
 
+Consumer groups. Membership is per node and in memory (mq/broker/consumer_groups.py):
+the driver names each client connection with an int token (`handle(...,
+connection=token)`, `connection_closed(token, now_ms)`), and the core answers a change
+of a group's member set with `Notify(token, frame)` outputs for the members left.
+Consumer offsets are replicated state: commits and resets are command-only entries
+answered after apply, like CREATE_TOPIC.
+
 Restart. The store is opened without re-dispatching (`ReplicatedMessageStore`); the
 replicated state is loaded from its snapshot and the commands between the snapshot
 and the store's dispatched checkpoint are re-applied (`_replay`); then the store is
@@ -61,19 +68,25 @@ import structlog
 
 from mq.broker.commands import (
     MAGIC_COMMAND,
+    OFFSET_ENTRIES_MAX,
+    Command,
     CommandError,
     CreateTopicCommand,
+    OffsetCommand,
+    OffsetEntry,
+    ResetCommand,
     SendCommand,
     decode_command,
     encode_command,
 )
 from mq.broker.config import BrokerConfig
+from mq.broker.consumer_groups import MODELS, TOPICS_PER_MEMBER_MAX, ConsumerGroups, GroupsFullError
 from mq.broker.hard_state import decode_hard_state, encode_hard_state
 from mq.broker.raft_codec import RaftCodecError, decode_envelope, encode_envelope
 from mq.broker.raft_log import CommitLogStore
 from mq.broker.state import BrokerState, SendOutcome, SendRecord
-from mq.fields import FieldError, get_int, get_list, get_str
-from mq.protocol import ErrorCode, Frame, RequestCode
+from mq.fields import NAME_CHARS_MAX, FieldError, get_int, get_list, get_name, get_str
+from mq.protocol import ErrorCode, Flag, Frame, RequestCode
 from mq.route import PERM_READ_WRITE, QUEUES_MAX, BrokerRegistration, Perm, TopicConfig
 from mq.route import Role as RouteRole
 from raft.config import RandomSource
@@ -110,6 +123,9 @@ BATCH_COUNT_MAX = 65_536
 DEFERRED_RAFT_MAX = 16_384
 """Raft messages queued while an fsync is in flight; more are dropped (Raft retries)."""
 PULL_COUNT_MAX = 1024
+OFFSET_GROUP_TOPICS_MAX = 100_000
+"""(group, topic) pairs the replicated offset table may hold; a commit that would add
+more is refused (SYSTEM_BUSY) by the leader, so the table cannot grow without bound."""
 ENTRY_FRAME_OVERHEAD_BYTES = FRAME_HEADER_BYTES + 17  # entry header: term, index, kind
 
 _STORE_TS_OFFSET = FRAME_HEADER_BYTES + 16  # queue_id u32, flag u32, born u64
@@ -167,7 +183,17 @@ class TopicsChanged:
     """The replicated topic table changed: re-register with NameServers."""
 
 
-Output = Reply | PeerMessage | RoleChanged | TopicsChanged
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """A one-way frame to push to a client connection: the `connection` token the driver
+    passed with that client's HEARTBEAT. Delivery is best effort (drop it if the
+    connection is gone or its queue is full): consumers also rebalance on a timer."""
+
+    connection: int
+    frame: Frame
+
+
+Output = Reply | PeerMessage | RoleChanged | TopicsChanged | Notify
 
 
 @dataclass(slots=True)
@@ -228,9 +254,11 @@ class _Held:
 class _Applied:
     """What `_on_record` applied for the entry being dispatched."""
 
-    command: SendCommand | CreateTopicCommand
+    command: Command
     outcome: SendOutcome | None
     offset: int
+    fields: dict[str, Any] | None = None
+    """The response fields of an offset commit or reset, decided by applying it."""
 
 
 class RequestError(Exception):
@@ -285,6 +313,7 @@ class BrokerCore:
         self._state = BrokerState(config.producers_max)
         self._applied_ops: list[_Applied] = []
         self._topics_changed = False
+        self._consumers = ConsumerGroups(config.consumer_expire_ms, config.consumers_max)
 
         store_config = StoreConfig(
             segment_bytes=config.segment_bytes,
@@ -447,10 +476,21 @@ class BrokerCore:
             if not known and command.topic in state.topics:
                 self._topics_changed = True
             applied = _Applied(command, outcome, offset)
-        else:
+        elif isinstance(command, CreateTopicCommand):
             state.apply_create_topic(command)
             self._topics_changed = True
             applied = _Applied(command, None, offset)
+        elif isinstance(command, OffsetCommand):
+            stale = state.apply_offsets(command)
+            applied = _Applied(command, None, offset, {"stale": [list(s) for s in stale]})
+        else:
+            generation = state.apply_reset(command)
+            applied = _Applied(
+                command,
+                None,
+                offset,
+                {"offsets": [list(o) for o in command.offsets], "generation": generation},
+            )
         self._applied_ops.append(applied)
         return applied
 
@@ -460,14 +500,22 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ inputs
 
-    def handle(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+    def handle(
+        self, request: Frame, reply_to: int, now_ms: int, *, connection: int | None = None
+    ) -> Frame | None:
         """Serve one request. Returns its response now, or None when it will come later
-        as a `Reply(reply_to, ...)` output (writes, long polls) or never (one-way)."""
+        as a `Reply(reply_to, ...)` output (writes, long polls) or never (one-way).
+
+        `connection` is the driver's token for the client connection the request came
+        on: a HEARTBEAT's member is notified through it (`Notify` outputs) and dropped
+        when the driver reports it closed (`connection_closed`)."""
         code = request.code
         try:
             if code == RequestCode.RAFT_MESSAGE:
                 self.receive_raft(request)
                 return None
+            if code == RequestCode.HEARTBEAT:
+                return self._handle_heartbeat(request, now_ms, connection)
             if code == RequestCode.SEND_MESSAGE or code == RequestCode.SEND_BATCH:
                 return self._handle_send(request, reply_to, now_ms)
             if code == RequestCode.PULL_MESSAGE:
@@ -515,10 +563,19 @@ class BrokerCore:
         self._check_role()
 
     def tick(self, now_ms: int) -> None:
-        """One Raft tick (config.tick_ms) passed; also expires timed-out requests."""
+        """One Raft tick (config.tick_ms) passed; also expires timed-out requests, long
+        polls and consumers not heard from."""
         self.raft.tick()
         self._expire(now_ms)
+        for group in sorted(self._consumers.expire(now_ms)):
+            self._notify_group(group)
         self._check_role()
+
+    def connection_closed(self, connection: int, now_ms: int) -> None:
+        """The client connection with this token closed: its consumers leave their groups
+        (and the members that remain are notified)."""
+        for group in sorted(self._consumers.connection_closed(connection)):
+            self._notify_group(group)
 
     # ------------------------------------------------------------------ driver loop
 
@@ -618,6 +675,7 @@ class BrokerCore:
         self.entry_log.refresh_durable()
         self._write_state_snapshot()
         self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
+        self._release_held_pulls()
         self.store.close(wall)
         for index in list(self._pending):
             self._fail_pending(index, ErrorCode.SERVICE_NOT_AVAILABLE, "broker shutting down")
@@ -656,6 +714,13 @@ class BrokerCore:
             response = request.make_error(ErrorCode.SYSTEM_ERROR, "entry applied no command")
         elif isinstance(ops[0].command, CreateTopicCommand):
             response = request.make_response({})
+        elif ops[0].fields is not None:
+            response = request.make_response(ops[0].fields)
+            reset = ops[0].command
+            if isinstance(reset, ResetCommand):
+                # Only the node that served the reset notifies (members heartbeat every
+                # node; one notification per member is enough).
+                self._notify_group(reset.group, reset_topic=reset.topic)
         else:
             op = ops[0]
             command = op.command
@@ -778,6 +843,11 @@ class BrokerCore:
     def _not_leader_error(self) -> tuple[ErrorCode, str]:
         return ErrorCode.NOT_LEADER, f"leader is {self.leader_address}"
 
+    def _require_leader(self) -> None:
+        """Writes go to the leader only; anyone else answers NOT_LEADER with its address."""
+        if self.raft.role is not Role.LEADER:
+            raise self._not_leader()
+
     def _not_leader(self) -> RequestError:
         return RequestError(
             ErrorCode.NOT_LEADER,
@@ -840,8 +910,7 @@ class BrokerCore:
     # ------------------------------------------------------------------ sends
 
     def _handle_send(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
-        if self.raft.role is not Role.LEADER:
-            raise self._not_leader()
+        self._require_leader()
         f = request.fields
         topic = get_str(f, "topic")
         try:
@@ -866,8 +935,11 @@ class BrokerCore:
                 raise RequestError(ErrorCode.NO_PERMISSION, f"topic {topic} is not writable")
             write_queues = config.write_queues
         if queue_id >= write_queues:
+            # The sender's route is provisional (auto-create) or stale: it may retry.
             raise RequestError(
-                ErrorCode.INVALID_REQUEST, f"queue_id {queue_id} >= write queues {write_queues}"
+                ErrorCode.NO_ROUTE,
+                f"queue_id {queue_id} >= write queues {write_queues} of topic {topic}",
+                fields={"write_queues": write_queues},
             )
         if producer_id is not None:
             assert seq is not None
@@ -962,8 +1034,7 @@ class BrokerCore:
     # ------------------------------------------------------------------ topics
 
     def _handle_create_topic(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
-        if self.raft.role is not Role.LEADER:
-            raise self._not_leader()
+        self._require_leader()
         f = request.fields
         topic = get_str(f, "topic")
         try:
@@ -977,16 +1048,160 @@ class BrokerCore:
             f, "write_queues", default=self.config.default_queues, low=1, high=QUEUES_MAX
         )
         perm = get_int(f, "perm", default=int(PERM_READ_WRITE), high=0xFF)
-        if len(self._pending) >= self.config.pending_requests_max:
-            raise RequestError(ErrorCode.SYSTEM_BUSY, "too many requests await replication")
-        command = encode_command(CreateTopicCommand(topic, read_queues, write_queues, perm))
-        self._propose(request, reply_to, command, now_ms)
+        command = CreateTopicCommand(topic, read_queues, write_queues, perm)
+        self._propose_command(request, reply_to, command, now_ms)
         return None
 
     def _handle_get_all_topics(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
         return request.make_response(
             {"topics": {name: c.to_fields() for name, c in self._state.topics.items()}}
         )
+
+    # ------------------------------------------------------------------ consumer groups
+
+    def _handle_heartbeat(self, request: Frame, now_ms: int, connection: int | None) -> Frame:
+        f = request.fields
+        group = get_name(f, "group")
+        client_id = get_name(f, "client_id")
+        model = get_str(f, "model", default="clustering")
+        if model not in MODELS:
+            raise FieldError(f"field 'model' must be one of {', '.join(MODELS)}, got {model!r}")
+        topics = get_list(f, "topics", default=[])
+        if len(topics) > TOPICS_PER_MEMBER_MAX:
+            raise FieldError(f"field 'topics' lists more than {TOPICS_PER_MEMBER_MAX} topics")
+        for topic in topics:
+            if not isinstance(topic, str) or not topic or len(topic) > NAME_CHARS_MAX:
+                raise FieldError("field 'topics' must be a list of topic names")
+        consume_from = get_str(f, "consume_from", default="")
+        try:
+            added = self._consumers.heartbeat(
+                group,
+                client_id,
+                model=model,
+                topics=topics,
+                consume_from=consume_from,
+                connection=connection,
+                now_ms=now_ms,
+            )
+        except GroupsFullError as exc:
+            raise RequestError(ErrorCode.SYSTEM_BUSY, str(exc)) from None
+        if added:
+            self._notify_group(group)
+        return request.make_response({})
+
+    def _handle_unregister_client(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        group = get_name(request.fields, "group")
+        if self._consumers.unregister(group, get_name(request.fields, "client_id")):
+            self._notify_group(group)
+        return request.make_response({})
+
+    def _notify_group(self, group: str, *, reset_topic: str | None = None) -> None:
+        """Push NOTIFY_CONSUMER_IDS_CHANGED to every connection of the group's members."""
+        fields: dict[str, Any] = {"group": group}
+        if reset_topic is not None:
+            fields["reset_topic"] = reset_topic
+        frame = Frame(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, flags=Flag.ONEWAY, fields=fields)
+        for connection in self._consumers.connections(group):
+            self._outbox.append(Notify(connection, frame))
+
+    def _handle_get_consumer_list(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        group = get_name(request.fields, "group")
+        return request.make_response(
+            {"client_ids": [m.client_id for m in self._consumers.members(group)]}
+        )
+
+    def _handle_get_consumer_groups(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        consumers = self._consumers
+        topics: dict[str, set[str]] = {}
+        for group, topic in self._state.offsets:
+            topics.setdefault(group, set()).add(topic)
+        groups: dict[str, Any] = {}
+        for group in sorted(set(consumers.group_names()) | topics.keys()):
+            members = consumers.members(group)
+            subscribed = topics.get(group, set()).union(*(m.topics for m in members))
+            groups[group] = {
+                "members": [m.client_id for m in members],
+                "model": consumers.model(group),
+                "topics": sorted(subscribed),
+            }
+        return request.make_response({"groups": groups})
+
+    # ------------------------------------------------------------------ consumer offsets
+
+    def _handle_update_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        self._require_leader()
+        f = request.fields
+        group = get_name(f, "group")
+        entries = _offset_entries(get_list(f, "offsets"))
+        if not entries:
+            return request.make_response({"stale": []})
+        state = self._state
+        new_keys = {(group, e.topic) for e in entries} - state.offsets.keys()
+        if new_keys and len(state.offsets) + len(new_keys) > OFFSET_GROUP_TOPICS_MAX:
+            raise RequestError(
+                ErrorCode.SYSTEM_BUSY,
+                f"the offset table holds {len(state.offsets)} (group, topic) pairs already",
+            )
+        self._propose_command(request, reply_to, OffsetCommand(group, entries), now_ms)
+        return None
+
+    def _handle_query_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame:
+        f = request.fields
+        group = get_name(f, "group")
+        topic = get_name(f, "topic")
+        queues = self._state.committed_offsets(group, topic)
+        if f.get("queue_id") is not None:
+            queue_id = get_int(f, "queue_id", high=QUEUES_MAX - 1)
+            offsets = [[queue_id, queues[queue_id]]] if queue_id in queues else []
+        else:
+            offsets = [[q, o] for q, o in sorted(queues.items())]
+        return request.make_response(
+            {"offsets": offsets, "generation": self._state.generation(group, topic)}
+        )
+
+    def _handle_reset_offset(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
+        self._require_leader()
+        f = request.fields
+        group = get_name(f, "group")
+        topic = get_name(f, "topic")
+        to = get_str(f, "to")
+        if to not in ("first", "last", "timestamp"):
+            raise FieldError(f"field 'to' must be first, last or timestamp, got {to!r}")
+        timestamp_ms = get_int(f, "timestamp_ms") if to == "timestamp" else 0
+        config = self._state.topics.get(topic)
+        if config is None:
+            raise RequestError(ErrorCode.TOPIC_NOT_EXIST, f"topic {topic} does not exist")
+        offsets = tuple(
+            (q, self._reset_position(topic, q, to, timestamp_ms)) for q in range(config.read_queues)
+        )
+        self._propose_command(request, reply_to, ResetCommand(group, topic, offsets), now_ms)
+        return None
+
+    def _reset_position(self, topic: str, queue_id: int, to: str, timestamp_ms: int) -> int:
+        """Where a reset `to` first / last / timestamp puts one queue, by this node's store."""
+        if to == "first":
+            return self.store.min_offset(topic, queue_id)
+        if to == "last":
+            return self.store.max_offset(topic, queue_id)
+        return self.store.offset_for_timestamp(topic, queue_id, timestamp_ms)
+
+    def _propose_command(
+        self, request: Frame, reply_to: int, command: Command, now_ms: int
+    ) -> None:
+        """Propose a command-only entry; the request is answered once it is applied."""
+        if len(self._pending) >= self.config.pending_requests_max:
+            raise RequestError(ErrorCode.SYSTEM_BUSY, "too many requests await replication")
+        try:
+            data = encode_command(command)
+        except CommandError as exc:
+            raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        if len(data) + ENTRY_FRAME_OVERHEAD_BYTES > self.commit_log.segment_bytes:
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"request of {len(data)} bytes does not fit a "
+                f"{self.commit_log.segment_bytes}-byte segment: send fewer entries",
+            )
+        self._propose(request, reply_to, data, now_ms)
 
     # ------------------------------------------------------------------ reads
 
@@ -1060,6 +1275,17 @@ class BrokerCore:
                 self._held[key] = still
             else:
                 del self._held[key]
+
+    def _release_held_pulls(self) -> None:
+        """Answer every long poll with what its queue has now (the node is closing: the
+        consumer should not wait out its suspend time for a node that is gone)."""
+        for waiting in self._held.values():
+            for held in waiting:
+                response = self._pull_response(held.request)
+                assert response is not None
+                self._finish_held(held, response)
+        self._held.clear()
+        self._held_deadlines.clear()
 
     def _finish_held(self, held: _Held, response: Frame) -> None:
         held.done = True
@@ -1156,6 +1382,7 @@ class BrokerCore:
             "bad_raft_frames": stats.bad_raft_frames,
             "pending": len(self._pending),
             "held_pulls": self._held_count,
+            "consumers": len(self._consumers),
         }
 
     _simple_handlers: dict[int, Callable[[BrokerCore, Frame, int, int], Frame | None]] = {
@@ -1168,6 +1395,12 @@ class BrokerCore:
         RequestCode.VIEW_MESSAGE_BY_ID: _handle_view,
         RequestCode.GET_BROKER_STATUS: _handle_status,
         RequestCode.PING: _handle_ping,
+        RequestCode.UNREGISTER_CLIENT: _handle_unregister_client,
+        RequestCode.GET_CONSUMER_LIST: _handle_get_consumer_list,
+        RequestCode.GET_CONSUMER_GROUPS: _handle_get_consumer_groups,
+        RequestCode.UPDATE_CONSUMER_OFFSET: _handle_update_offset,
+        RequestCode.QUERY_CONSUMER_OFFSET: _handle_query_offset,
+        RequestCode.RESET_CONSUMER_OFFSET: _handle_reset_offset,
     }
 
 
@@ -1182,6 +1415,33 @@ def _send_result(queue_id: int, dispatched: list[Dispatched]) -> dict[str, Any]:
     }
 
 
+def _offset_entries(raw: list[Any]) -> tuple[OffsetEntry, ...]:
+    """UPDATE_CONSUMER_OFFSET's `offsets`, checked entry by entry (FieldError names the
+    first bad one, and nothing of the request is applied)."""
+    if len(raw) > OFFSET_ENTRIES_MAX:
+        raise FieldError(
+            f"field 'offsets' has {len(raw)} entries, at most {OFFSET_ENTRIES_MAX} per request"
+        )
+    entries: list[OffsetEntry] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, list | tuple) or len(item) != 4:
+            raise FieldError(f"offsets[{i}] must be [topic, queue_id, offset, generation]")
+        topic, queue_id, offset, generation = item
+        try:
+            validate_topic(topic)
+        except InvalidTopicError as exc:
+            raise FieldError(f"offsets[{i}]: {exc}") from None
+        for name, value, high in (
+            ("queue_id", queue_id, QUEUES_MAX - 1),
+            ("offset", offset, 2**63 - 1),
+            ("generation", generation, 2**63 - 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+                raise FieldError(f"offsets[{i}]: {name} must be an integer within [0, {high}]")
+        entries.append(OffsetEntry(topic, queue_id, offset, generation))
+    return tuple(entries)
+
+
 def _topic_queue(request: Frame) -> tuple[str, int]:
     return get_str(request.fields, "topic"), get_int(
         request.fields, "queue_id", high=QUEUES_MAX - 1
@@ -1191,6 +1451,7 @@ def _topic_queue(request: Frame) -> tuple[str, int]:
 # Re-exported for drivers that only need the message types.
 __all__ = [
     "BrokerCore",
+    "Notify",
     "Output",
     "PeerMessage",
     "Reply",

@@ -13,7 +13,11 @@ threads for fsyncs, and the sockets:
   connection, reconnecting with backoff. When the peer is down or slow the queue
   fills and further messages are dropped — Raft resends — so a peer never blocks us;
 * one registration task per NameServer: every `register_interval_ms`, and at once
-  when the role, term, leader or topic table changes.
+  when the role, term, leader or topic table changes;
+* one task per client connection that sent a HEARTBEAT: the core knows it by an int
+  token; the task drains a bounded queue of the core's `Notify` frames onto it (full:
+  dropped — consumers also rebalance on a timer — so a slow or dead client never
+  blocks the core), and reports the connection closed to the core when it ends.
 
 Shutdown (cancel the nursery, e.g. on SIGTERM) closes the store cleanly.
 """
@@ -33,8 +37,8 @@ import structlog
 import trio
 
 from mq.broker.config import BrokerConfig
-from mq.broker.core import BrokerCore, PeerMessage, Reply, RoleChanged, TopicsChanged
-from mq.protocol import Frame, RequestCode, request
+from mq.broker.core import BrokerCore, Notify, PeerMessage, Reply, RoleChanged, TopicsChanged
+from mq.protocol import Frame, ProtocolError, RequestCode, request
 from mq.rpc.address import format_address, parse_address
 from mq.rpc.client import connect
 from mq.rpc.errors import TransportError
@@ -43,6 +47,8 @@ from storage.files import FileSystem, RealFileSystem
 
 PEER_QUEUE_FRAMES_MAX = 4096
 """Raft frames queued for one peer; past it they are dropped (Raft resends)."""
+NOTIFY_QUEUE_FRAMES_MAX = 64
+"""Notifications queued for one client connection; past it they are dropped."""
 IN_FLIGHT_PER_CONNECTION_MAX = 1024
 """Requests one client connection may have outstanding (pipelined sends)."""
 RECONNECT_BACKOFF_S_MIN = 0.05
@@ -57,6 +63,14 @@ _log = structlog.get_logger("mq.broker")
 class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
     frame: Frame | None = None
+
+
+@dataclass(slots=True)
+class _Client:
+    """A client connection the core knows by `token` (it sent a HEARTBEAT)."""
+
+    token: int
+    notifications: trio.MemorySendChannel[Frame]
 
 
 class BrokerServer:
@@ -83,7 +97,12 @@ class BrokerServer:
         self._wakeup = trio.Event()
         self._peers: dict[int, trio.MemorySendChannel[Frame]] = {}
         self._register_events: list[trio.Event] = []
+        self._nursery: trio.Nursery | None = None
+        self._client_tokens = itertools.count(1)
+        self._clients: dict[Peer, _Client] = {}
+        self._clients_by_token: dict[int, _Client] = {}
         self.dropped_peer_frames = 0
+        self.dropped_notifications = 0
         self.registrations = 0
 
     @property
@@ -131,6 +150,7 @@ class BrokerServer:
 
     async def _start(self, nursery: trio.Nursery, core: BrokerCore) -> None:
         config = self.config
+        self._nursery = nursery
         listeners = await nursery.start(
             partial(
                 serve_tcp,
@@ -212,11 +232,12 @@ class BrokerServer:
             core.receive_raft(request)
             self._after_input()
             return None
+        connection = self._connection_token(peer, create=request.code == RequestCode.HEARTBEAT)
         reply_id = next(self._reply_ids)
         waiter = _Waiter()
         self._waiters[reply_id] = waiter
         try:
-            response = core.handle(request, reply_id, self.now_ms())
+            response = core.handle(request, reply_id, self.now_ms(), connection=connection)
             self._after_input()
             if response is not None or request.is_oneway:
                 return response
@@ -224,6 +245,43 @@ class BrokerServer:
             return waiter.frame
         finally:
             del self._waiters[reply_id]
+
+    def _connection_token(self, peer: Peer, *, create: bool) -> int | None:
+        """The core's token for `peer`'s connection; with `create`, a new one (and the
+        task that serves it) if it has none yet."""
+        client = self._clients.get(peer)
+        if client is not None:
+            return client.token
+        if not create or peer.closed or self._nursery is None:
+            return None
+        send, receive = trio.open_memory_channel[Frame](NOTIFY_QUEUE_FRAMES_MAX)
+        client = _Client(next(self._client_tokens), send)
+        self._clients[peer] = client
+        self._clients_by_token[client.token] = client
+        self._nursery.start_soon(self._client_loop, peer, client, receive)
+        return client.token
+
+    async def _client_loop(
+        self, peer: Peer, client: _Client, notifications: trio.MemoryReceiveChannel[Frame]
+    ) -> None:
+        """Push the connection's notifications until it closes (or a push fails), then
+        tell the core, so the consumers on it leave their groups."""
+
+        async def push() -> None:
+            async for frame in notifications:
+                try:
+                    await peer.send_oneway(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+                    return
+
+        try:
+            await _first_of(peer.wait_closed, push)
+        finally:
+            del self._clients[peer]
+            del self._clients_by_token[client.token]
+            notifications.close()
+            self.core.connection_closed(client.token, self.now_ms())
+            self._after_input()
 
     def _after_input(self) -> None:
         self._dispatch_outputs()
@@ -244,6 +302,14 @@ class BrokerServer:
                     channel.send_nowait(out.frame)
                 except trio.WouldBlock:
                     self.dropped_peer_frames += 1
+            elif isinstance(out, Notify):
+                client = self._clients_by_token.get(out.connection)
+                if client is None:
+                    continue  # closed meanwhile; the core hears of it from its task
+                try:
+                    client.notifications.send_nowait(out.frame)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.dropped_notifications += 1
             elif isinstance(out, RoleChanged | TopicsChanged):
                 for event in self._register_events:
                     event.set()
@@ -336,6 +402,7 @@ class BrokerServer:
         status = self.core.status()
         status.update(self.core.stats())
         status["dropped_peer_frames"] = self.dropped_peer_frames
+        status["dropped_notifications"] = self.dropped_notifications
         return status
 
 

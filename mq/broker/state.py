@@ -1,4 +1,4 @@
-"""The broker's replicated state: the topic table and the idempotent-producer table.
+"""The broker's replicated state: topics, idempotent producers and consumer offsets.
 
 Both change only by applying committed commands (mq/broker/commands.py) in log order,
 so every replica holds the same state at the same log position. That is why the
@@ -17,6 +17,12 @@ increasing per producer. A batch whose seq is at or below the producer's last ap
 seq is a duplicate (a retry) and is not stored again. Only the last batch's record is
 kept per producer, so a duplicate of an older seq is still refused but its original
 result is unknown (see `SendRecord`).
+
+Consumer offsets: per (group, topic) the committed offset of each queue (the next
+queue offset to consume) and a generation, 0 until the first admin reset. A commit
+carries the generation the consumer read; it applies only if that is still the
+generation when the commit is applied, so a consumer that has not seen a reset cannot
+overwrite what the reset set (its entries come back as `stale`).
 """
 
 from __future__ import annotations
@@ -29,13 +35,20 @@ from typing import Any
 
 import cbor2
 
-from mq.broker.commands import CreateTopicCommand, SendCommand
+from mq.broker.commands import (
+    CreateTopicCommand,
+    OffsetCommand,
+    ResetCommand,
+    SendCommand,
+)
 from mq.route import TopicConfig
 
 PRODUCERS_MAX_DEFAULT = 10_000
 """Idempotent producers remembered; the least recently applied one is forgotten first."""
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""2 added consumer offsets and generations; version 1 snapshots still load (none)."""
+_SNAPSHOT_VERSIONS_READ = (1, 2)
 _CRC = struct.Struct("<I")
 
 
@@ -67,6 +80,10 @@ class BrokerState:
         self.producers_max = producers_max
         self.topics: dict[str, TopicConfig] = {}
         self.producers: OrderedDict[str, SendRecord] = OrderedDict()
+        self.offsets: dict[tuple[str, str], dict[int, int]] = {}
+        """(group, topic) -> {queue_id: committed offset}."""
+        self.generations: dict[tuple[str, str], int] = {}
+        """(group, topic) -> generation; absent means 0."""
 
     # ------------------------------------------------------------------ apply
 
@@ -96,8 +113,35 @@ class BrokerState:
             command.read_queues, command.write_queues, command.perm
         )
 
+    def apply_offsets(self, command: OffsetCommand) -> list[tuple[str, int]]:
+        """Apply a commit; returns the (topic, queue_id) entries refused as stale."""
+        stale: list[tuple[str, int]] = []
+        for entry in command.entries:
+            key = (command.group, entry.topic)
+            if entry.generation != self.generations.get(key, 0):
+                stale.append((entry.topic, entry.queue_id))
+                continue
+            self.offsets.setdefault(key, {})[entry.queue_id] = entry.offset
+        return stale
+
+    def apply_reset(self, command: ResetCommand) -> int:
+        """Apply an admin reset; returns the new generation of (group, topic)."""
+        key = (command.group, command.topic)
+        generation = self.generations.get(key, 0) + 1
+        self.generations[key] = generation
+        queues = self.offsets.setdefault(key, {})
+        for queue_id, offset in command.offsets:
+            queues[queue_id] = offset
+        return generation
+
     def last_send(self, producer_id: str) -> SendRecord | None:
         return self.producers.get(producer_id)
+
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        return self.offsets.get((group, topic), {})
+
+    def generation(self, group: str, topic: str) -> int:
+        return self.generations.get((group, topic), 0)
 
     # ------------------------------------------------------------------ snapshot
 
@@ -113,6 +157,11 @@ class BrokerState:
                 [pid, r.seq, r.topic, r.queue_id, r.commit_offset, r.count]
                 for pid, r in self.producers.items()
             ],
+            "offsets": [
+                [group, topic, [[q, o] for q, o in queues.items()]]
+                for (group, topic), queues in self.offsets.items()
+            ],
+            "generations": [[group, topic, g] for (group, topic), g in self.generations.items()],
         }
         body = cbor2.dumps(payload)
         return _CRC.pack(zlib.crc32(body)) + body
@@ -128,7 +177,7 @@ class BrokerState:
             return None
         try:
             payload = cbor2.loads(body)
-            if payload["v"] != _SNAPSHOT_VERSION:
+            if payload["v"] not in _SNAPSHOT_VERSIONS_READ:
                 return None
             state = cls(producers_max)
             for name, (read, write, perm) in payload["topics"].items():
@@ -137,6 +186,10 @@ class BrokerState:
                 state.producers[pid] = SendRecord(seq, topic, queue_id, offset, count)
             while len(state.producers) > producers_max:
                 state.producers.popitem(last=False)
+            for group, topic, queues in payload.get("offsets", []):
+                state.offsets[(group, topic)] = {int(q): int(o) for q, o in queues}
+            for group, topic, generation in payload.get("generations", []):
+                state.generations[(group, topic)] = int(generation)
             return state, int(payload["offset"])
         except Exception:
             return None

@@ -26,6 +26,10 @@ Retry rules (`retries`, default 2, so at most 3 requests per send):
 - A connection failure or a timeout: the group is avoided (latency fault tolerance,
   `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
   which goes to a queue of another group when there is one.
+- NO_ROUTE (the queue id is beyond the topic's write queues in that group: our route
+  was provisional or stale): the answer's `write_queues` corrects the cached route and
+  the next attempt picks a queue again (an ordered send keeps its queue and fails after
+  its retries: its selector chose from a route the group does not agree with).
 - SYSTEM_BUSY, SYSTEM_ERROR, SERVICE_NOT_AVAILABLE, REPLICATION_TIMEOUT, FLUSH_TIMEOUT,
   TOPIC_NOT_EXIST, NO_PERMISSION: the group's latency is recorded, the next attempt
   prefers another group (RocketMQ's retryable broker codes, plus our replication ones).
@@ -53,12 +57,14 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
+from mq.client.auto_batch import MESSAGES_MAX_DEFAULT, SENDERS_MAX_DEFAULT, Accumulator
 from mq.client.errors import (
     BrokerError,
     ClientClosedError,
@@ -98,9 +104,10 @@ RETRYABLE_ERRORS = frozenset(
         ErrorCode.FLUSH_TIMEOUT,
         ErrorCode.TOPIC_NOT_EXIST,
         ErrorCode.NO_PERMISSION,
+        ErrorCode.NO_ROUTE,
     }
 )
-ROUTE_ERRORS = frozenset({ErrorCode.TOPIC_NOT_EXIST, ErrorCode.NO_PERMISSION})
+ROUTE_ERRORS = frozenset({ErrorCode.TOPIC_NOT_EXIST, ErrorCode.NO_PERMISSION, ErrorCode.NO_ROUTE})
 """Errors that mean our route is stale: refresh it."""
 
 _log = structlog.get_logger("mq.client")
@@ -258,6 +265,18 @@ class _Batch:
         return self.frames
 
 
+@dataclass(slots=True)
+class _Queued:
+    """One send waiting in its topic's accumulator, then its outcome."""
+
+    message: Message
+    msg_id: str
+    frame: bytes
+    done: anyio.Event
+    result: SendResult | None = None
+    error: BaseException | None = None
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -269,7 +288,9 @@ class Producer:
     (default: a fresh uuid4; it must not be shared by two live producers),
     `send_timeout_ms` per request, `retries` per send, `latency_fault_tolerance`,
     `route_refresh_ms`, `connect_timeout_ms`, `message_bytes_max` (per body),
-    `batch_bytes_max`, `async_in_flight_max`.
+    `batch_bytes_max`, `async_in_flight_max`, and auto-batching of concurrent sends
+    (`auto_batch`, on by default; `auto_batch_senders` batches of a topic in flight at
+    once, `auto_batch_messages_max` messages in one; see mq/client/auto_batch.py).
     """
 
     def __init__(
@@ -286,6 +307,9 @@ class Producer:
         message_bytes_max: int = MESSAGE_BYTES_MAX,
         batch_bytes_max: int = BATCH_BYTES_MAX_DEFAULT,
         async_in_flight_max: int = ASYNC_IN_FLIGHT_MAX_DEFAULT,
+        auto_batch: bool = True,
+        auto_batch_senders: int = SENDERS_MAX_DEFAULT,
+        auto_batch_messages_max: int = MESSAGES_MAX_DEFAULT,
         born_host: str | None = None,
         id_generator: MessageIdGenerator | None = None,
         wall_clock_ms: Callable[[], int] = _wall_clock_ms,
@@ -294,6 +318,15 @@ class Producer:
             raise ValueError("retries must be >= 0")
         if async_in_flight_max <= 0:
             raise ValueError("async_in_flight_max must be positive")
+        if auto_batch_senders <= 0 or not 0 < auto_batch_messages_max <= BATCH_COUNT_MAX:
+            raise ValueError(
+                f"auto_batch_senders must be positive and auto_batch_messages_max in "
+                f"1..{BATCH_COUNT_MAX}"
+            )
+        self.auto_batch = auto_batch
+        self.auto_batch_senders = auto_batch_senders
+        self.auto_batch_messages_max = auto_batch_messages_max
+        self._accumulators: dict[str, Accumulator[_Queued]] = {}
         self.group = group
         self.retries = retries
         self.send_timeout_ms = send_timeout_ms
@@ -368,7 +401,14 @@ class Producer:
         With `selector`, the queue is `selector.select(queues, message, arg)` and the
         send never moves to another queue (ordered messages). Raises SendError,
         NoRouteError, ValueError (invalid message), ClientClosedError.
+
+        Without a selector and with `auto_batch` on, the message may leave in one
+        request with other sends to its topic that are waiting at the same time
+        (mq/client/auto_batch.py); its result is its own all the same. A cancelled
+        send may still be stored, as with any request already on its way.
         """
+        if selector is None and self.auto_batch:
+            return await self._await_queued(self._enqueue(message))
         batch = self._prepare([message], RequestCode.SEND_MESSAGE)
         try:
             return await self._deliver(batch, selector, arg)
@@ -403,16 +443,23 @@ class Producer:
         running. The send belongs to the producer: closing it waits for the send."""
         future = SendFuture()
         await self._async_slots.acquire()
+        deliver: Callable[[], Awaitable[SendResult]]
+        release: Callable[[], None] | None = None
         try:
-            batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+            if self._async_group is None or not self._open:
+                raise ClientClosedError("the producer is closed")
+            if selector is None and self.auto_batch:
+                deliver = partial(self._await_queued, self._enqueue(message))
+            else:
+                batch = self._prepare([message], RequestCode.SEND_MESSAGE)
+                deliver = partial(self._deliver, batch, selector, arg)
+                release = partial(self._lanes.release, batch.lane)
         except BaseException:
             self._async_slots.release()
             raise
-        if self._async_group is None or not self._open:
-            self._async_slots.release()
-            self._lanes.release(batch.lane)
-            raise ClientClosedError("the producer is closed")
-        self._async_group.start_soon(self._run_async, batch, selector, arg, future, callback)
+        self._async_group.start_soon(
+            self._run_async, deliver, release, message.topic, future, callback
+        )
         return future
 
     async def send_oneway(
@@ -449,6 +496,23 @@ class Producer:
             raise ClientClosedError("the producer is not started (use `async with`) or closed")
 
     def _prepare(self, messages: list[Message], code: RequestCode) -> _Batch:
+        msg_ids, frames, sizes = self._encode(messages)
+        lane, producer_id, seq = self._lanes.acquire()  # released when the send is over
+        return _Batch(
+            topic=messages[0].topic,
+            first=messages[0],
+            count=len(messages),
+            msg_ids=msg_ids,
+            lane=lane,
+            producer_id=producer_id,
+            seq=seq,
+            code=code,
+            frames=frames,
+            sizes=sizes,
+        )
+
+    def _encode(self, messages: list[Message]) -> tuple[tuple[str, ...], bytes, list[int]]:
+        """Validate and encode: (message ids, the frames, each frame's size)."""
         self._check_open()
         if not messages:
             raise ValueError("a batch needs at least one message")
@@ -479,19 +543,89 @@ class Producer:
             for m, msg_id in zip(messages, msg_ids, strict=True)
         ]
         frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
-        lane, producer_id, seq = self._lanes.acquire()  # released when the send is over
-        return _Batch(
+        return msg_ids, bytes(frames), sizes
+
+    # --- internals: auto-batching ---------------------------------------------------
+
+    def _enqueue(self, message: Message) -> _Queued:
+        """Validate and encode one message and queue it for its topic's next batch."""
+        msg_ids, frame, sizes = self._encode([message])
+        item = _Queued(message, msg_ids[0], frame, anyio.Event())
+        topic = message.topic
+        accumulator = self._accumulators.get(topic)
+        if accumulator is None:
+            accumulator = self._accumulators[topic] = Accumulator(
+                senders_max=self.auto_batch_senders,
+                messages_max=self.auto_batch_messages_max,
+                bytes_max=self.batch_bytes_max,
+            )
+        if accumulator.add(item, sizes[0]):
+            if self._async_group is None or not self._open:
+                accumulator.sender_done()
+                raise ClientClosedError("the producer is closed")
+            self._async_group.start_soon(self._drain, topic, accumulator)
+        return item
+
+    async def _await_queued(self, item: _Queued) -> SendResult:
+        await item.done.wait()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    async def _drain(self, topic: str, accumulator: Accumulator[_Queued]) -> None:
+        """One sender of a topic: send what is queued, batch after batch, until nothing is."""
+        items: list[_Queued] = []
+        try:
+            while items := accumulator.take():
+                await self._send_queued(topic, items)
+            accumulator.sender_done()
+        finally:
+            for item in items:  # only when cancelled mid-batch (the producer is closing)
+                if not item.done.is_set():
+                    item.error = ClientClosedError("the producer closed before the send completed")
+                    item.done.set()
+
+    async def _send_queued(self, topic: str, items: list[_Queued]) -> None:
+        lane, producer_id, seq = self._lanes.acquire()
+        sizes = [len(item.frame) for item in items]
+        batch = _Batch(
             topic=topic,
-            first=messages[0],
-            count=len(messages),
-            msg_ids=msg_ids,
+            first=items[0].message,
+            count=len(items),
+            msg_ids=tuple(item.msg_id for item in items),
             lane=lane,
             producer_id=producer_id,
             seq=seq,
-            code=code,
-            frames=bytes(frames),
+            code=RequestCode.SEND_BATCH if len(items) > 1 else RequestCode.SEND_MESSAGE,
+            frames=b"".join(item.frame for item in items),
             sizes=sizes,
         )
+        try:
+            result = await self._deliver(batch, None, None)
+        except Exception as exc:
+            # Every failure belongs to the senders' awaits, never to the task group.
+            for item in items:
+                item.error = _error_for_message(exc, item.msg_id)
+        else:
+            position = result.commit_offset
+            for i, item in enumerate(items):
+                item.result = SendResult(
+                    status=result.status,
+                    msg_id=result.msg_ids[i],
+                    msg_ids=(result.msg_ids[i],),
+                    queue=result.queue,
+                    queue_offset=result.queue_offset + i,
+                    commit_offset=position,
+                    duplicate=result.duplicate,
+                    attempts=result.attempts,
+                )
+                if position is not None:
+                    position += sizes[i]
+        finally:
+            self._lanes.release(lane)
+        for item in items:
+            item.done.set()
 
     def _frame(self, batch: _Batch, queue: MessageQueue, *, oneway: bool = False) -> Frame:
         body = batch.body(queue.queue_id)
@@ -620,6 +754,15 @@ class Producer:
                 else:
                     avoid_group = queue.group
                 continue
+            if code == ErrorCode.NO_ROUTE and selector is None:
+                # Our route offered a queue the group does not have (a provisional
+                # auto-create route, or the topic shrank): learn its real count and
+                # pick again; the group itself is fine.
+                write_queues = response.fields.get("write_queues")
+                if isinstance(write_queues, int) and write_queues > 0:
+                    client.routes.note_write_queues(batch.topic, queue.group, write_queues)
+                client.routes.request_refresh(batch.topic)
+                continue
             if code in RETRYABLE_ERRORS:
                 self.fault.update(queue.group, latency_ms)
                 if code in ROUTE_ERRORS:
@@ -703,16 +846,16 @@ class Producer:
 
     async def _run_async(
         self,
-        batch: _Batch,
-        selector: MessageQueueSelector | None,
-        arg: Any,
+        deliver: Callable[[], Awaitable[SendResult]],
+        release: Callable[[], None] | None,
+        topic: str,
         future: SendFuture,
         callback: SendCallback | None,
     ) -> None:
         result: SendResult | None = None
         error: BaseException | None = None
         try:
-            result = await self._deliver(batch, selector, arg)
+            result = await deliver()
         except anyio.get_cancelled_exc_class():
             future._set(None, ClientClosedError("the send was cancelled"))
             self._async_slots.release()
@@ -722,7 +865,8 @@ class Producer:
             # one failed send must not take the producer down.
             error = exc
         finally:
-            self._lanes.release(batch.lane)
+            if release is not None:
+                release()
             if not future.done():
                 future._set(result, error)
                 self._async_slots.release()
@@ -732,7 +876,17 @@ class Producer:
                 if isinstance(outcome, Awaitable):
                     await outcome
             except Exception:
-                _log.exception("send_callback_failed", topic=batch.topic)
+                _log.exception("send_callback_failed", topic=topic)
+
+
+def _error_for_message(error: Exception, msg_id: str) -> Exception:
+    """The failure of an automatic batch as seen by one of its sends: a SendError names
+    that send's message only; other errors (no route, closed) are shared as they are."""
+    if not isinstance(error, SendError):
+        return error
+    own = type(error)(str(error), code=error.code, attempts=error.attempts, msg_ids=(msg_id,))
+    own.__cause__ = error.__cause__
+    return own
 
 
 def _group_route(route: TopicRoute, group: str) -> GroupRoute | None:

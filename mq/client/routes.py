@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import anyio.abc
@@ -173,6 +173,20 @@ class RouteTable:
             self._hints.pop(group, None)
         else:
             self._hints[group] = (address, anyio.current_time())
+
+    def note_write_queues(self, topic: str, group: str, write_queues: int) -> None:
+        """`group` said `topic` has `write_queues` queues there: a provisional (auto-create)
+        or stale route had more. Correct the cached route until the next fetch."""
+        cached = self._routes.get(topic)
+        if cached is None:
+            return
+        groups = tuple(
+            replace(g, topic=replace(g.topic, write_queues=write_queues))
+            if g.group == group and g.topic.write_queues > write_queues
+            else g
+            for g in cached.route.groups
+        )
+        self._store(topic, replace(cached.route, groups=groups), cached.fetch_number)
 
     def forget_leader(self, group: str, address: str) -> None:
         """`address` failed as `group`'s leader: stop preferring it over the route."""

@@ -63,11 +63,21 @@ class Peer:
         self.address = address
         self.frame_bytes_max = frame_bytes_max
         self.closed = False
+        self._closed_event = trio.Event()
         self._stream = stream
         self._writer = CoalescingWriter(
             stream.send_all, trio.BrokenResourceError, inline_bytes_max=BODY_INLINE_BYTES_MAX
         )
         self._oneway_ids = itertools.count(1)
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed: whoever keeps state per connection
+        (the broker's consumer groups) learns that the client went away."""
+        await self._closed_event.wait()
+
+    def _mark_closed(self) -> None:
+        self.closed = True
+        self._closed_event.set()
 
     async def send(self, frame: Frame) -> None:
         """Write one whole frame. Frames never interleave; frames sent while a write is
@@ -152,7 +162,7 @@ async def serve_connection(
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
     finally:
-        peer.closed = True
+        peer._mark_closed()
         await trio.aclose_forcefully(stream)
 
 

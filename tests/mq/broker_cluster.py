@@ -212,10 +212,11 @@ class CoreCluster:
 
     # ------------------------------------------------------------------ requests
 
-    def call(self, node_id: int, frame: Frame) -> int:
-        """Hand a request to a node; returns its reply id (see `reply`)."""
+    def call(self, node_id: int, frame: Frame, connection: int | None = None) -> int:
+        """Hand a request to a node (as if it came on client `connection`); returns its
+        reply id (see `reply`)."""
         reply_id = next(self._reply_ids)
-        response = self.cores[node_id].handle(frame, reply_id, self.now_ms)
+        response = self.cores[node_id].handle(frame, reply_id, self.now_ms, connection=connection)
         if response is not None:
             self.replies[reply_id] = response
         self._route(node_id, self.cores[node_id].take_outputs())
@@ -224,9 +225,11 @@ class CoreCluster:
     def reply(self, reply_id: int) -> Frame | None:
         return self.replies.get(reply_id)
 
-    def request(self, node_id: int, frame: Frame, ticks_max: int = 50) -> Frame:
+    def request(
+        self, node_id: int, frame: Frame, ticks_max: int = 50, connection: int | None = None
+    ) -> Frame:
         """Send a request and drive the cluster until it is answered."""
-        reply_id = self.call(node_id, frame)
+        reply_id = self.call(node_id, frame, connection)
         self.run()
         for _ in range(ticks_max):
             response = self.replies.get(reply_id)

@@ -276,6 +276,11 @@ class FakeGroup:
         topic, queue_id = f["topic"], f["queue_id"]
         if topic not in self.topics:
             return frame.make_error(ErrorCode.TOPIC_NOT_EXIST, f"no topic {topic}")
+        write_queues = self.topics[topic].write_queues
+        if queue_id >= write_queues:
+            return frame.make_response(
+                {"write_queues": write_queues}, error=ErrorCode.NO_ROUTE, remark="stale route"
+            )
         key = (f.get("producer_id"), f.get("seq"))
         if key[0] is not None:
             # The real broker's rule (docs/broker-api.md): only each producer's last

@@ -23,6 +23,7 @@ from mq.client import (
 )
 from mq.client.queues import stable_hash
 from mq.protocol import ErrorCode, RequestCode
+from mq.route import TopicConfig
 from storage.record import MessageRecord
 from tests.mq.fake_broker import Fault, fake_env
 
@@ -81,7 +82,7 @@ async def test_batch_is_one_request_with_contiguous_offsets() -> None:
 
 
 async def test_async_sends_complete_futures_and_callbacks_and_each_lane_is_in_call_order() -> None:
-    async with fake_env() as env, Producer(env.namesrv) as producer:
+    async with fake_env() as env, Producer(env.namesrv, auto_batch=False) as producer:
         seen: list[tuple[SendResult | None, BaseException | None]] = []
         futures = [
             await producer.send_async(
@@ -110,7 +111,10 @@ async def test_concurrent_sends_use_separate_lanes_so_none_is_refused_as_an_old_
     """The group remembers only a producer id's last batch: a batch that overtook
     another (scheduling, or a retry after a failover) made the other an "old duplicate",
     refused unstored. Concurrent batches therefore never share a producer id."""
-    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, auto_batch=False) as producer,
+    ):
         g1 = env.group("g1")
         g1.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.NOT_LEADER, times=1))
         async with trio.open_nursery() as nursery:
@@ -359,3 +363,124 @@ async def test_after_a_connection_failure_the_route_is_read_again_before_retryin
         assert result.attempts == 2
         assert group.sends()[-1].node == 1
         assert [m.body for m in group.all_messages()] == [b"warm", b"x"]
+
+
+# --- auto-batching ------------------------------------------------------------------
+
+
+async def _send_concurrently(producer: Producer, count: int) -> list[SendResult]:
+    """`count` sends at once, the first alone on its way before the others start."""
+    results: list[SendResult] = []
+
+    async def send(i: int) -> None:
+        results.append(await producer.send(Message("orders", bytes([i]), keys=[f"k{i}"])))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, 0)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(1, count):
+            nursery.start_soon(send, i)
+    return results
+
+
+async def test_a_lone_send_leaves_at_once_as_a_single_message_request() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        result = await producer.send(Message("orders", b"x"))
+        [request] = env.group("g1").sends()
+        assert request.code == RequestCode.SEND_MESSAGE and request.fields["count"] == 1
+        assert result.msg_ids == (result.msg_id,)
+
+
+async def test_concurrent_sends_share_requests_and_each_gets_its_own_result() -> None:
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, auto_batch_senders=2, auto_batch_messages_max=16) as producer,
+    ):
+        g1 = env.group("g1")
+        # Slow answers make sends queue up behind the two senders in flight.
+        g1.fault(Fault(None, action="delay", delay_ms=50, times=1000))
+        results = await _send_concurrently(producer, 60)
+        requests = g1.sends()
+        assert len(results) == 60 and len(requests) < 60
+        assert max(r.fields["count"] for r in requests) <= 16
+        assert len({r.msg_id for r in results}) == 60
+        stored = {
+            s.msg_id: (q, offset)
+            for q in range(4)
+            for offset, s in enumerate(g1.messages("orders", q))
+        }
+        assert len(stored) == 60
+        for r in results:  # each result says where its own message is
+            assert r.msg_ids == (r.msg_id,)
+            assert stored[r.msg_id] == (r.queue_id, r.queue_offset)
+
+
+async def test_a_failed_batch_fails_each_send_with_its_own_message_id() -> None:
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, retries=0, auto_batch_senders=1) as producer,
+    ):
+        g1 = env.group("g1")
+        g1.fault(Fault(None, action="delay", delay_ms=50, times=1))
+        g1.fault(Fault(RequestCode.SEND_BATCH, error=ErrorCode.INVALID_REQUEST, times=1))
+        outcomes: list[BaseException | SendResult] = []
+
+        async def send(i: int) -> None:
+            try:
+                outcomes.append(await producer.send(Message("orders", bytes([i]))))
+            except SendError as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, 0)
+            await trio.testing.wait_all_tasks_blocked()  # the first is on its way, alone
+            for i in range(1, 10):
+                nursery.start_soon(send, i)
+        errors = [o for o in outcomes if isinstance(o, SendError)]
+        # The first send went alone (and was delayed); the nine queued behind it went
+        # as one batch, which the broker refused.
+        assert len(errors) == 9
+        assert all(len(e.msg_ids) == 1 for e in errors)
+        assert len({e.msg_ids[0] for e in errors}) == 9
+        assert all(e.code == ErrorCode.INVALID_REQUEST for e in errors)
+
+
+async def test_a_retried_automatic_batch_is_stored_once() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        g1 = env.group("g1")
+        g1.fault(Fault(None, action="delay", delay_ms=50, times=1))
+        g1.fault(Fault(RequestCode.SEND_BATCH, action="store_then_hang", times=1))
+        producer.send_timeout_ms = 200
+        results = await _send_concurrently(producer, 30)
+        stored = [s.msg_id for q in range(4) for s in g1.messages("orders", q)]
+        assert sorted(stored) == sorted(r.msg_id for r in results)
+        assert any(r.duplicate for r in results)
+
+
+async def test_async_sends_are_batched_too_and_complete_their_futures() -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        g1 = env.group("g1")
+        g1.fault(Fault(None, action="delay", delay_ms=50, times=1000))
+        futures = [await producer.send_async(Message("orders", bytes([i]))) for i in range(40)]
+        results = [await f for f in futures]
+        assert len({r.msg_id for r in results}) == 40
+        assert len(g1.sends()) < 40
+
+
+def test_auto_batch_limits_are_checked() -> None:
+    with pytest.raises(ValueError):
+        Producer("127.0.0.1:9876", auto_batch_senders=0)
+    with pytest.raises(ValueError):
+        Producer("127.0.0.1:9876", auto_batch_messages_max=100_000)
+
+
+async def test_a_provisional_route_with_too_many_queues_is_corrected_by_the_group() -> None:
+    """The NameServer does not know the topic yet (its registration is on the way), so
+    the producer guesses 8 queues; the group has 2 and says so: every send lands."""
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv, auto_batch=False) as producer:
+        g1 = env.group("g1")
+        g1.topics["fresh"] = TopicConfig(read_queues=2, write_queues=2)  # not registered
+        results = [await producer.send(Message("fresh", bytes([i]))) for i in range(12)]
+        assert {r.queue_id for r in results} <= {0, 1}
+        stored = [m.msg_id for q in (0, 1) for m in g1.messages("fresh", q)]
+        assert sorted(stored) == sorted(r.msg_id for r in results)
