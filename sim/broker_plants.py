@@ -27,6 +27,8 @@ PLANTS: dict[str, str] = {
     "tail of its CommitLog, numbering the messages on from the queue's end",
     "ack_unstored": "the leader acknowledges one send in ten without storing it, with "
     "the offset the batch would get",
+    "offset_ack_unstored": "the leader acknowledges one consumer offset commit in five "
+    "without proposing it",
     "fsync_lies": "CommitLog fsyncs are reported done but never happen (the disk cache "
     "lies), so a power cut loses acknowledged entries",
     "fresh_seq_retry": "a producer retries a batch under a new seq, so the broker cannot "
@@ -48,6 +50,8 @@ def install(plant: str | None, cluster: BrokerCluster, rng: random.Random) -> No
             host.request_filter = _pull_uncommitted
         elif plant == "ack_unstored":
             host.request_filter = _AckUnstored(random.Random(rng.getrandbits(64)))
+        elif plant == "offset_ack_unstored":
+            host.request_filter = _OffsetAckUnstored(random.Random(rng.getrandbits(64)))
         elif plant == "fsync_lies":
             host.skip_fsync = True
         else:
@@ -116,3 +120,16 @@ class _AckUnstored:
                 "duplicate": False,
             }
         )
+
+
+class _OffsetAckUnstored:
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def __call__(self, host: BrokerHost, frame: Frame, now_ms: int) -> Frame | None:
+        core = host.core
+        if core is None or frame.code != RequestCode.UPDATE_CONSUMER_OFFSET or not core.is_leader:
+            return None
+        if self._rng.random() >= 0.2:
+            return None
+        return frame.make_response({"stale": []})

@@ -161,6 +161,7 @@ def run_broker(
         "send_attempts": sum(p.attempts for p in workload.producers),
         "messages_served": sum(c.served for c in workload.consumers),
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
+        "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
         "scans": checkers.scans,
         "tolerated": checkers.tolerated,
         "filtered_pulls_skipped_torn": checkers.skipped_torn,

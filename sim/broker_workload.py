@@ -15,14 +15,12 @@ queue is pulled in a loop from a random node, leader or follower (followers serv
 committed data), from the consumer's position; half the pulls long-poll. Every other
 consumer subscribes to two of the three tags and its pulls carry their tag hashes, so
 the broker filters by the ConsumeQueue units' tag hashes. Every response is handed to
-the checkers. Positions are committed every 300 ms, and now and
-then a consumer restarts: it forgets its positions and resumes from the committed ones
-(messages after them are served again and must be the same messages).
-
-The consumer offsets are kept client-side, in the workload: UPDATE_CONSUMER_OFFSET /
-QUERY_CONSUMER_OFFSET were not yet served by the broker core when this was written
-(they are on the groups-broker branch); once they are, committing through the broker
-is a change to `Consumer._commit` and `Consumer.restart` only.
+the checkers. Positions are committed through the broker every 300 ms
+(UPDATE_CONSUMER_OFFSET to the leader, replicated through the log), and now and then a
+consumer restarts: it forgets everything and resumes from the offsets QUERY_CONSUMER_OFFSET
+returns (from the leader it knows, a third of the time from any node: followers may
+lag). Messages after those offsets are served again and must be the same messages; a
+queried offset must be one the group committed.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ from sim.queue_checkers import QueueCheckers, message_frames
 from storage.record import MessageRecord, decode_message_header, encode_messages, tag_hash
 
 TOPIC = "SimTopic"
+GROUP = "SimGroup"
 TAGS = ("t0", "t1", "t2")
 # Consumer i subscribes to SUBSCRIPTIONS[i % 2]: everything, or two of the three tags
 # (its pulls carry tag hashes, so the ConsumeQueue's tag hashes decide what it gets).
@@ -240,21 +239,101 @@ class Consumer:
         self._trace = cluster.trace
         self._loop = cluster.loop
         self.position: dict[int, int] = {q: 0 for q in queue_ids}
-        self.committed: dict[int, int] = {q: 0 for q in queue_ids}
         self._in_flight: dict[int, tuple[int, int, int]] = {}  # reply id -> queue, offset, node
+        # reply id -> (what, node, generation, offsets sent) of an offset commit or query
+        self._ops: dict[int, tuple[str, int, int, list[list[Any]]]] = {}
+        self._committing = False
+        self._leader = rng.choice(cluster.node_ids)
         self._gen = 0
         self.served = 0
         self.restarts = 0
+        self.commits_acked = 0
         self.stopped = False
         cluster.register_client(name, self._on_response)
 
     def start(self) -> None:
-        for q in self.queue_ids:
-            self._loop.after(1 + self._rng.randrange(20 * NS_PER_MS), self._pull, (self._gen, q))
-        self._loop.after(300 * NS_PER_MS, self._commit, self._gen)
+        """(Re)start: ask the broker for the group's committed offsets first."""
+        self._query(self._gen)
 
     def stop(self) -> None:
         self.stopped = True
+
+    # -- committed offsets, through the broker
+
+    def _query(self, gen: int) -> None:
+        if gen != self._gen or self.stopped:
+            return
+        # Prefer the leader (followers may lag), but ask any node a third of the time.
+        node = self._leader
+        if self._rng.random() < 1 / 3:
+            node = self._rng.choice(self._cluster.node_ids)
+        fields = {"group": GROUP, "topic": TOPIC}
+        self._send_op("query", node, gen, [], request(RequestCode.QUERY_CONSUMER_OFFSET, fields))
+
+    def _commit(self, gen: int) -> None:
+        if gen != self._gen or self.stopped:
+            return
+        if not self._committing:
+            self._committing = True
+            offsets = [[TOPIC, q, self.position[q], 0] for q in self.queue_ids]
+            frame = request(
+                RequestCode.UPDATE_CONSUMER_OFFSET, {"group": GROUP, "offsets": offsets}
+            )
+            self._send_op("commit", self._leader, gen, offsets, frame)
+        self._loop.after(300 * NS_PER_MS, self._commit, gen)
+
+    def _send_op(
+        self, what: str, node: int, gen: int, offsets: list[list[Any]], frame: Frame
+    ) -> None:
+        reply_id = self._ids()
+        self._ops[reply_id] = (what, node, gen, offsets)
+        self._cluster.send(self.name, node, reply_id, frame)
+        self._loop.after(self._timeout_ns, self._op_timeout, reply_id)
+
+    def _op_timeout(self, reply_id: int) -> None:
+        op = self._ops.pop(reply_id, None)
+        if op is None:
+            return
+        what, node, gen, _ = op
+        self._leader = self._other_node(node)
+        if what == "commit":
+            self._committing = False
+        else:
+            self._loop.after(NS_PER_MS, self._query, gen)
+
+    def _other_node(self, node: int) -> int:
+        others = [n for n in self._cluster.node_ids if n != node]
+        return self._rng.choice(others) if others else node
+
+    def _on_op(self, op: tuple[str, int, int, list[list[Any]]], frame: Frame) -> None:
+        what, node, gen, offsets = op
+        if frame.error == ErrorCode.NOT_LEADER:
+            leader = frame.fields.get("leader")
+            hint = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
+            self._leader = hint if hint is not None else self._other_node(node)
+        if what == "commit":
+            self._committing = False
+            if frame.ok:
+                self.commits_acked += 1
+                self._checkers.on_offsets_acked(self.name, GROUP, offsets, frame)
+            return
+        if gen != self._gen:
+            return
+        if not frame.ok:
+            self._loop.after(self._rng.randrange(10, 50) * NS_PER_MS, self._query, gen)
+            return
+        host = self._cluster.hosts[node]
+        committed = self._checkers.on_offsets_queried(self.name, host, GROUP, frame)
+        self.position = {q: committed.get(q, 0) for q in self.queue_ids}
+        self._trace.emit(
+            f"{self.name} resumes from n{node}: "
+            + " ".join(f"q{q}@{self.position[q]}" for q in self.queue_ids)
+        )
+        for q in self.queue_ids:
+            self._loop.after(1 + self._rng.randrange(20 * NS_PER_MS), self._pull, (gen, q))
+        self._loop.after(300 * NS_PER_MS, self._commit, gen)
+
+    # -- pulls
 
     def _pull(self, item: tuple[int, int]) -> None:
         gen, q = item
@@ -290,6 +369,10 @@ class Consumer:
         self._loop.after(NS_PER_MS, self._pull, (gen, pending[0]))
 
     def _on_response(self, reply_id: int, frame: Frame) -> None:
+        op = self._ops.pop(reply_id, None)
+        if op is not None:
+            self._on_op(op, frame)
+            return
         pending = self._in_flight.pop(reply_id, None)
         if pending is None:
             return
@@ -318,39 +401,22 @@ class Consumer:
             host = self._cluster.hosts[node]
             return self._checkers.on_pull(self.name, host, q, offset, frame, self.tags)
         # Plant: the consumer hands the checker its batch out of order.
-        checkers = self._checkers
         served = [
-            (at, msg_id)
-            for at, msg_id in zip(
-                frame.fields["queue_offsets"],
-                [
-                    decode_message_header(m, verify_crc=True).msg_id
-                    for m in message_frames(frame.body)
-                ],
-                strict=True,
-            )
+            (at, decode_message_header(m, verify_crc=True).msg_id)
+            for at, m in zip(frame.fields["queue_offsets"], message_frames(frame.body), strict=True)
         ]
         if len(served) >= 2:
             served[0], served[1] = (served[0][0], served[1][1]), (served[1][0], served[0][1])
-        return checkers.check_served(self.name, node, (TOPIC, q), served)
-
-    def _commit(self, gen: int) -> None:
-        if gen != self._gen or self.stopped:
-            return
-        self.committed = dict(self.position)
-        self._loop.after(300 * NS_PER_MS, self._commit, gen)
+        return self._checkers.check_served(self.name, node, (TOPIC, q), served)
 
     def restart(self) -> None:
-        """A consumer process restart: in-flight pulls are forgotten, positions go back
-        to the last committed offsets."""
+        """A consumer process restart: what it had in flight is forgotten, and it resumes
+        from the offsets the broker has committed for the group."""
         self._gen += 1
         self.restarts += 1
         self._in_flight.clear()
-        self.position = dict(self.committed)
-        self._trace.emit(
-            f"{self.name} restarts from "
-            + " ".join(f"q{q}@{self.position[q]}" for q in self.queue_ids)
-        )
+        self._committing = False
+        self._trace.emit(f"{self.name} restarts")
         self.start()
 
 

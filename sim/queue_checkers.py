@@ -39,9 +39,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mq.broker.commands import MAGIC_COMMAND, CommandError, SendCommand, decode_command
+from mq.broker.commands import (
+    MAGIC_COMMAND,
+    CommandError,
+    OffsetCommand,
+    ResetCommand,
+    SendCommand,
+    decode_command,
+)
 from mq.protocol import Frame, RequestCode, request
 from raft.messages import EntryKind
 from sim.checkers import Violation
@@ -128,6 +135,11 @@ class QueueModel:
     queues: dict[QueueKey, list[str]] = field(default_factory=dict)
     where: dict[str, tuple[QueueKey, int]] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)  # msg id -> its tags
+    # Consumer offsets: (group, topic, queue) -> committed offset, and every offset
+    # ever committed there; (group, topic) -> generation.
+    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    offset_history: dict[tuple[str, str, int], set[int]] = field(default_factory=dict)
+    generations: dict[tuple[str, str], int] = field(default_factory=dict)
     producers: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -149,7 +161,9 @@ class QueueModel:
                     store = False
                     continue
                 store = True
-                if isinstance(command, SendCommand) and command.producer_id is not None:
+                if isinstance(command, OffsetCommand | ResetCommand):
+                    self._apply_offsets(command)
+                elif isinstance(command, SendCommand) and command.producer_id is not None:
                     assert command.seq is not None
                     last = self.producers.get(command.producer_id)
                     if last is not None and command.seq <= last:
@@ -171,6 +185,22 @@ class QueueModel:
                 self.tags[head.msg_id] = head.tags
                 queue.append(head.msg_id)
 
+    def _apply_offsets(self, command: OffsetCommand | ResetCommand) -> None:
+        group = command.group
+        if isinstance(command, ResetCommand):
+            key = (group, command.topic)
+            self.generations[key] = self.generations.get(key, 0) + 1
+            pairs = [(command.topic, q, o) for q, o in command.offsets]
+        else:
+            pairs = [
+                (e.topic, e.queue_id, e.offset)
+                for e in command.entries
+                if e.generation == self.generations.get((group, e.topic), 0)
+            ]
+        for topic, queue_id, offset in pairs:
+            self.offsets[(group, topic, queue_id)] = offset
+            self.offset_history.setdefault((group, topic, queue_id), set()).add(offset)
+
 
 class QueueCheckers:
     def __init__(
@@ -187,6 +217,7 @@ class QueueCheckers:
         self.acks = 0
         self.deliveries = 0
         self.scans = 0
+        self.offsets_acked = 0
         self.skipped_torn = 0  # filtered pulls that skipped a message of a torn unit
         # The end also reads every queue from every node with this tag filter.
         self.final_tags: frozenset[str] = frozenset()
@@ -399,6 +430,39 @@ class QueueCheckers:
             self.delivered.setdefault((key, at), _Delivered(msg_id, consumer))
         return served
 
+    # -- consumer offsets
+
+    def on_offsets_acked(
+        self, consumer: str, group: str, offsets: list[list[Any]], response: Frame
+    ) -> None:
+        """An OK UPDATE_CONSUMER_OFFSET: every entry not reported stale is committed."""
+        stale = {(t, q) for t, q in response.fields.get("stale") or []}
+        for topic, queue_id, offset, _generation in offsets:
+            if (topic, queue_id) in stale:
+                continue
+            if offset not in self.model.offset_history.get((group, topic, queue_id), ()):
+                raise Violation(
+                    "acked_durable",
+                    f"{consumer}'s offset commit {group} {topic}/{queue_id}={offset} was "
+                    f"acknowledged, but no committed entry holds it",
+                )
+            self.offsets_acked += 1
+
+    def on_offsets_queried(
+        self, consumer: str, host: BrokerHost, group: str, response: Frame
+    ) -> dict[int, int]:
+        """A QUERY_CONSUMER_OFFSET answer: each offset must be one the group committed."""
+        got: dict[int, int] = {}
+        for queue_id, offset in response.fields.get("offsets") or []:
+            if offset not in self.model.offset_history.get((group, self.topic, queue_id), ()):
+                raise Violation(
+                    "committed_only",
+                    f"n{host.id} told {consumer} that {group} committed {self.topic}/{queue_id}="
+                    f"{offset}, an offset no committed entry holds",
+                )
+            got[queue_id] = offset
+        return got
+
     # -- ConsumeQueue scans
 
     def scan(self, host: BrokerHost) -> None:
@@ -468,6 +532,8 @@ class QueueCheckers:
                 self._compare_final(host, key, model_queue, self._pull_all(host, key))
                 if self.final_tags:
                     self._pull_filtered(host, key, self.final_tags)
+        for host in hosts:
+            self._compare_offsets(host)
         for key in sorted(self.model.queues):
             first: tuple[int, list[tuple[int, int, int]]] | None = None
             for host in hosts:
@@ -523,6 +589,28 @@ class QueueCheckers:
             raise Violation(
                 "replicas_identical", f"{where}, {want or 'nothing'} is committed there"
             )
+
+    def _compare_offsets(self, host: BrokerHost) -> None:
+        """Every node answers QUERY_CONSUMER_OFFSET with the committed offsets."""
+        core = host.core
+        assert core is not None
+        for group in sorted({g for g, _t, _q in self.model.offsets}):
+            frame = request(
+                RequestCode.QUERY_CONSUMER_OFFSET, {"group": group, "topic": self.topic}
+            )
+            response = core.handle(frame, 0, host.now_ms())
+            assert response is not None
+            got = {q: o for q, o in response.fields.get("offsets") or []}
+            want = {
+                q: o
+                for (g, t, q), o in self.model.offsets.items()
+                if g == group and t == self.topic
+            }
+            if got != want:
+                raise Violation(
+                    "replicas_identical",
+                    f"n{host.id} answers {group}'s offsets {got}, the committed ones are {want}",
+                )
 
     def _pull_filtered(self, host: BrokerHost, key: QueueKey, tags: frozenset[str]) -> None:
         """Read a queue from a node as a consumer subscribed to `tags` would, from the

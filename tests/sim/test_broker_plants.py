@@ -15,6 +15,7 @@ from sim.queue_checkers import KNOWN_BUGS
 BUDGETS: dict[str, tuple[int, set[str]]] = {
     "pull_uncommitted": (5, {"committed_only", "queue_order"}),
     "ack_unstored": (5, {"acked_durable"}),
+    "offset_ack_unstored": (5, {"acked_durable"}),
     "fsync_lies": (40, {"acked_durable", "log_matching", "committed_only", "queue_order"}),
     "fresh_seq_retry": (5, {"no_duplicate"}),
     "swap_served": (5, {"queue_order"}),
