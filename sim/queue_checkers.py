@@ -5,25 +5,32 @@ The model is the oracle. It reads the Raft entries a node has *committed* (its R
 commit index, never its dispatch progress), in index order, and applies them as
 docs/broker-api.md specifies, independently of mq/broker: a send command's messages
 get the next queue offsets of their queue, unless (producer_id, seq) is at or below the
-producer's last applied seq (an idempotent retry, not stored again). So the model says,
-for every queue offset, which message id a correct broker must hold there, and it only
-ever grows. Every observation is compared with it the moment it is made:
+producer's last applied seq (an idempotent retry, not stored again); an offset command
+sets a consumer group's committed offsets (of the current generation). So the model
+says, for every queue offset, which message id (and tags) a correct broker must hold
+there, and which offsets a group committed; it only ever grows. Every observation is
+compared with it the moment it is made:
 
 * an acknowledged send (OK SendResult): its messages must be in the model at the queue
   offsets the ack gave (`acked_durable`);
 * a pulled message: its queue offset must already be in the model (anything else was
   served before it was committed: `committed_only`) and hold the same message id
   (`queue_order`); the offsets of a pull response must be contiguous from the offset
-  asked for (`queue_order`);
+  asked for, or, for a tag-filtered pull, every message with a subscribed tag in the
+  range the node examined must be served (`queue_order`);
+* an acknowledged offset commit must be in the model (`acked_durable`); an offset a
+  node answers to QUERY_CONSUMER_OFFSET must be one the group committed
+  (`committed_only`);
 * a node's ConsumeQueues, scanned after every restart and every second: a prefix of the
   model (`queue_order`), never longer than it (`committed_only`);
 * the committed Raft prefixes of all nodes: the same term at every index
   (`log_matching`), and a message id stored twice (`no_duplicate`).
 
 At the end, after the heal, every node's ConsumeQueues must be unit-for-unit identical
-and equal to the model, read back through PULL_MESSAGE (`replicas_identical`; a missing
-acknowledged message is reported as `acked_durable`, a missing delivered one as
-`committed_only`).
+and equal to the model, read back through PULL_MESSAGE, unfiltered and filtered by tag,
+and every node must answer the committed consumer offsets (`replicas_identical`; a
+missing acknowledged message is reported as `acked_durable`, a missing delivered one
+as `committed_only`).
 
 Why a model and not "compare the nodes with each other": replicas that agree can still
 all be wrong (a retry stored twice everywhere, an entry dispatched before commit on

@@ -75,3 +75,23 @@ def test_a_sweep_of_seeds_under_every_fault_passes() -> None:
             failures[seed] = f"{result.checker}: {result.message}"
     assert not failures, failures
     assert crashes > 20  # the faults did happen
+
+
+def _mq(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mq.cli", "sim", "broker", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_the_cli_summarizes_many_seeds_and_refuses_bad_arguments() -> None:
+    tolerate = [arg for bug in KNOWN_BUGS for arg in ("--tolerate", bug)]
+    many = _mq("--seeds", "2", "--start", "100", "--duration", "2", *tolerate)
+    assert many.returncode == 0, many.stdout + many.stderr
+    assert many.stdout.startswith("2 seeds, 0 failed;")
+    assert _mq("--faults", "bogus").returncode == 2
+    plants = _mq("--list-plants")
+    assert plants.returncode == 0 and "pull_uncommitted" in plants.stdout
