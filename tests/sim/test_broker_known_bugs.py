@@ -2,7 +2,9 @@
 lines and marked xfail (strict: when the bug is fixed the test passes, the xfail fails
 and this file must be updated). The simulator names them in sim/queue_checkers.py
 KNOWN_BUGS; `--tolerate NAME` skips exactly their signature so a sweep can look past
-them. The last bug has no signature to tolerate: the node cannot restart."""
+them. The last bug has no signature to tolerate: the node cannot restart. The seeded
+tests also move when the simulator's random streams change (another workload draws
+differently): pick the seed again from a sweep (`mq sim broker --seeds 200`)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ class _TearAConsumeQueueUnit:
 )
 def test_a_torn_consume_queue_unit_is_not_kept_with_a_wrong_tag_hash() -> None:
     fs = SimFileSystem(_TearAConsumeQueueUnit())
-    cfg = StoreConfig(segment_bytes=4096, cq_units_per_segment=64, index_slots=16)
+    cfg = StoreConfig(
+        segment_bytes=4096, cq_units_per_segment=64, index_slots=16, index_entries_max=64
+    )
     store = MessageStore(fs, "/s", cfg)
     store.put_messages([MessageRecord("T", b"x", 0, tags="a", msg_id="m0")])
     store.commit_log.flush()
@@ -116,20 +120,20 @@ def test_a_broker_restarts_after_a_snapshot_at_a_segment_tail() -> None:
     cluster.start(leader)  # today: OffsetOutOfRangeError, at every restart
 
 
-@pytest.mark.xfail(strict=True, reason="the same bug, as mq sim broker finds it (seed 23)")
-def test_mq_sim_broker_seed_23_passes() -> None:
+@pytest.mark.xfail(strict=True, reason="the same bug, as mq sim broker finds it (seed 61)")
+def test_mq_sim_broker_seed_61_passes() -> None:
     cfg = BrokerSimConfig(tolerate=("torn_cq_tag_hash", "truncate_keeps_filler"))
-    result = run_broker(23, cfg)
+    result = run_broker(61, cfg)
     assert result.ok, f"{result.checker}: {result.message}"
 
 
-@pytest.mark.xfail(strict=True, reason="torn_cq_tag_hash, as mq sim broker finds it (seed 0)")
-def test_mq_sim_broker_seed_0_passes_strictly() -> None:
-    result = run_broker(0, BrokerSimConfig())
+@pytest.mark.xfail(strict=True, reason="torn_cq_tag_hash, as mq sim broker finds it (seed 1)")
+def test_mq_sim_broker_seed_1_passes_strictly() -> None:
+    result = run_broker(1, BrokerSimConfig())
     assert result.ok, f"{result.checker}: {result.message}"
 
 
-@pytest.mark.xfail(strict=True, reason="truncate_keeps_filler, as mq sim broker finds it (seed 67)")
-def test_mq_sim_broker_seed_67_passes() -> None:
-    result = run_broker(67, BrokerSimConfig(tolerate=("torn_cq_tag_hash",)))
+@pytest.mark.xfail(strict=True, reason="truncate_keeps_filler, as mq sim broker finds it (seed 82)")
+def test_mq_sim_broker_seed_82_passes() -> None:
+    result = run_broker(82, BrokerSimConfig(tolerate=("torn_cq_tag_hash",)))
     assert result.ok, f"{result.checker}: {result.message}"
