@@ -214,6 +214,17 @@ class RaftNode:
         else:
             self._bcast_pending = True
 
+    def match_index(self, peer: int) -> int | None:
+        """How far `peer`'s log is known to match ours (a leader's view); None when this
+        node does not lead or `peer` is not a voter."""
+        progress = self._progress.get(peer) if self._role is _LEADER else None
+        return None if progress is None else progress.match
+
+    @property
+    def transferee(self) -> int | None:
+        """The node a transfer under way hands leadership to, else None."""
+        return self._transferee
+
     def compact(self, index: int) -> None:
         """Entries up to `index` were applied and captured in a snapshot the
         SnapshotSource can produce: drop them from the log."""

@@ -264,6 +264,11 @@ class CommitLog:
     def _segment_start(self, pos: int) -> int:
         return pos - (pos - self._min) % self._segment_bytes
 
+    def normalize(self, pos: int) -> int:
+        """`pos`, or the next segment start if no frame header fits before the segment end:
+        where the next frame after a frame ending at `pos` starts."""
+        return self._normalize(pos)
+
     def _normalize(self, pos: int) -> int:
         """`pos`, or the next segment start if no frame header fits before the segment end."""
         left = self._segment_bytes - (pos - self._min) % self._segment_bytes
@@ -484,10 +489,11 @@ class CommitLog:
     ) -> Iterator[tuple[int, memoryview]]:
         """Yield (offset, frame view) for every non-blank frame starting in [start, end).
 
-        `start` (default min_offset) must be a frame boundary; `end` defaults to
+        `start` (default min_offset) must be a frame boundary or the end of a frame (which
+        may sit in a segment tail too short for another frame); `end` defaults to
         max_offset as it is when each frame is fetched.
         """
-        pos = self._min if start is None else start
+        pos = self._min if start is None else self._normalize(start)
         while pos < (self._max if end is None else min(end, self._max)):
             view, nxt = self.frame_at(pos, verify_crc=verify_crc)
             if _SIZE_MAGIC.unpack_from(view, 0)[1] != MAGIC_BLANK:

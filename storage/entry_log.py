@@ -85,7 +85,9 @@ class EntryLog:
         self._offsets: array[int] = array("Q")  # commit offset of entry base_index + 1 + i
         self._ends: array[int] = array("Q")  # offset just past it
         self._terms: array[int] = array("Q")
-        self._scan(max(start, commit_log.min_offset))
+        self._base_end = max(start, commit_log.min_offset)
+        """Where the entry after the base (the snapshot point) is placed from."""
+        self._scan(self._base_end)
         self._durable = self._durable_from_flushed()
 
     def _scan(self, start: int) -> None:
@@ -223,7 +225,12 @@ class EntryLog:
             raise EntryLogError(f"cannot truncate at {index}: log starts after {self._base_index}")
         if pos >= len(self._terms):
             return
-        self._log.truncate(self._offsets[pos])
+        # Cut where the entry before ends, not where the removed one starts: a blank
+        # filler may sit between the two (the removed entry did not fit the segment),
+        # and keeping it would place the next entry where a replica that never had the
+        # removed one would not, so replicas holding the same entries would differ.
+        start = self._ends[pos - 1] if pos > 0 else max(self._base_end, self._log.min_offset)
+        self._log.truncate(self._log.normalize(start))
         del self._offsets[pos:]
         del self._ends[pos:]
         del self._terms[pos:]
@@ -252,6 +259,7 @@ class EntryLog:
         del self._ends[:drop]
         del self._terms[:drop]
         self._base_index, self._base_term = index, term
+        self._base_end = start
         self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
 
     def reset(self, index: int, term: int) -> None:
@@ -269,4 +277,5 @@ class EntryLog:
         self._terms = array("Q")
         self._base_index, self._base_term = index, term
         self._durable = index
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._log.max_offset))
+        self._base_end = self._log.max_offset
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._base_end))

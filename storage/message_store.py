@@ -37,6 +37,7 @@ from storage.record import (
     MessageRecord,
     decode_message_header,
     encode_messages,
+    tag_hash,
     validate_topic,
 )
 
@@ -153,14 +154,21 @@ class MessageStore:
         return RecoveryReport(clean, cl.max_offset, truncated, redispatched)
 
     def _unit_matches(self, queue: ConsumeQueue, queue_offset: int, unit: Unit) -> bool:
-        """Does the CommitLog hold, at the unit's offset, a message of that queue?"""
+        """Does the CommitLog hold, at the unit's offset and size, a message of that queue
+        with that tag hash? Every field is compared: a crash can tear a 20-byte unit
+        anywhere, e.g. after the offset and size but before the tag hash, and a unit with a
+        wrong tag hash would make tag-filtered pulls skip its message for good."""
         try:
             head = decode_message_header(
                 self._frame(unit.commit_offset, unit.size), verify_crc=False
             )
         except (CorruptRecordError, OffsetOutOfRangeError):
             return False
-        return head.topic == queue.topic and head.queue_id == queue.queue_id
+        return (
+            head.topic == queue.topic
+            and head.queue_id == queue.queue_id
+            and tag_hash(head.tags) == unit.tag_hash
+        )
 
     def dispatch_limit_on_open(self) -> int:
         """How far to re-dispatch on open. A standalone store treats everything in the

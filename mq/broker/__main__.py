@@ -76,8 +76,18 @@ async def _main(config: BrokerConfig) -> None:
             )
             async for signum in signals:
                 _log.info("broker_stopping", signal=signal.Signals(signum).name)
+                # A leader hands over first, unless a second signal says hurry.
+                with trio.CancelScope() as hand_over:
+                    nursery.start_soon(_cancel_on_next_signal, signals, hand_over)
+                    await server.hand_over()
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _cancel_on_next_signal(signals: Any, scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
 
 
 def partial_run(config: BrokerConfig) -> Any:

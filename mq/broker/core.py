@@ -831,6 +831,24 @@ class BrokerCore:
         )
         self._outbox.append(RoleChanged(_ROLE_NAMES[raft.role], raft.term, raft.leader_id))
 
+    def hand_over(self) -> int | None:
+        """Start handing leadership to the most caught-up other node (Raft's transfer:
+        it is brought up to date, then told to campaign at once), so that a planned stop
+        costs the group a round trip instead of an election timeout. Until the transfer
+        ends (at most an election timeout) sends are refused with NOT_LEADER and retried
+        by producers. Returns the chosen node, or None when this node does not lead or
+        leads alone."""
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            return None
+        others = [p for p in raft.peers if p != self.config.node_id]
+        if not others:
+            return None
+        target = max(others, key=lambda p: (raft.match_index(p) or 0, -p))
+        raft.transfer_leadership(target)
+        _log.info("leadership_hand_over", to=target, term=raft.term)
+        return target
+
     @property
     def is_leader(self) -> bool:
         return self.raft.role is Role.LEADER
@@ -849,6 +867,16 @@ class BrokerCore:
             raise self._not_leader()
 
     def _not_leader(self) -> RequestError:
+        transferee = self.raft.transferee if self.raft.role is Role.LEADER else None
+        if transferee is not None:
+            # Handing over: the transferee leads in a moment (if it does not, it names
+            # us again and the sender comes back).
+            return RequestError(
+                ErrorCode.NOT_LEADER,
+                f"node {self.config.node_id} is handing {self.config.group} over to "
+                f"node {transferee}",
+                {"leader": self.voters.get(transferee), "group": self.config.group},
+            )
         return RequestError(
             ErrorCode.NOT_LEADER,
             f"node {self.config.node_id} is not the leader of {self.config.group}",

@@ -103,6 +103,7 @@ class BrokerServer:
         self._clients_by_token: dict[int, _Client] = {}
         self.dropped_peer_frames = 0
         self.dropped_notifications = 0
+        self._role_changed = trio.Event()
         self.registrations = 0
 
     @property
@@ -186,6 +187,21 @@ class BrokerServer:
             flush=config.flush.value,
             namesrv=list(config.namesrv),
         )
+
+    async def hand_over(self) -> bool:
+        """Before a planned stop: if this node leads, hand leadership to the most
+        caught-up other node and wait until it has (or the transfer was given up, after
+        an election timeout). True when this node does not lead any more."""
+        core = self._core
+        if core is None or core.hand_over() is None:
+            return core is None or not core.is_leader
+        self._after_input()
+        with trio.move_on_after(2 * self.config.election_ms / 1000):
+            while core.is_leader:
+                await self._role_changed.wait()
+        handed = not core.is_leader
+        _log.info("leadership_handed_over" if handed else "leadership_hand_over_failed")
+        return handed
 
     async def _unregister(self) -> None:
         """Tell every NameServer we are going, so clients stop routing to us at once
@@ -313,6 +329,9 @@ class BrokerServer:
             elif isinstance(out, RoleChanged | TopicsChanged):
                 for event in self._register_events:
                     event.set()
+                if isinstance(out, RoleChanged):
+                    self._role_changed.set()
+                    self._role_changed = trio.Event()
 
     # ------------------------------------------------------------------ loops
 

@@ -127,6 +127,24 @@ def test_sigstopped_leader_is_replaced_and_rejoins_as_follower_after_sigcont(
     check_replicas_identical(cluster, topic, QUEUES)
 
 
+def test_a_leader_stopped_with_sigterm_hands_leadership_over_first(cluster: LocalCluster) -> None:
+    """A planned stop (SIGTERM) of the leader: it hands leadership to a caught-up node
+    before it exits, so the group elects without waiting for an election timeout, and
+    the producer loses nothing (sends refused during the hand-over are retried)."""
+    topic = "handover"
+    create_topic(cluster.namesrv, topic, QUEUES)
+    old = cluster.leader()
+    with SequentialProducer(cluster.namesrv, topic) as producer:
+        producer.wait_acked(BATCH, "before the stop")
+        cluster.kill(old, signal.SIGTERM)
+        new = cluster.leader(exclude=[old])
+        producer.wait_acked(producer.count() + BATCH, "the new leader serves writes")
+    handed = [e for e in cluster.log_events("leadership_handed_over") if e["process"] == old]
+    assert handed, f"{old} exited without handing leadership over"
+    assert new != old
+    check_delivery(producer.acked, consume_all(cluster.namesrv, topic))
+
+
 @pytest.mark.parametrize("flush", ["sync", "async"])
 def test_every_acknowledged_message_survives_kill_9_of_the_whole_group(
     make_cluster: Callable[..., LocalCluster], flush: str

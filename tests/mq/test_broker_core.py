@@ -9,7 +9,7 @@ import pytest
 
 from mq.broker.core import RoleChanged, TopicsChanged
 from mq.protocol import ErrorCode, Frame, RequestCode, request
-from storage.record import decode_message_header
+from storage.record import MessageRecord, decode_message_header
 from tests.mq.broker_cluster import CoreCluster, message_body, send_request
 
 
@@ -485,3 +485,48 @@ def test_raft_messages_wait_while_an_fsync_is_in_flight(cluster: CoreCluster) ->
     cluster.network.clear()
     cluster.settle()
     assert all_bodies(cluster, follower, "t") == [b"a", b"b"]
+
+
+def test_a_leader_hands_over_to_the_most_caught_up_node_and_loses_nothing(
+    cluster: CoreCluster,
+) -> None:
+    leader = cluster.elect()
+    for i in range(5):
+        frame = send_request("handover", [f"m{i}".encode()], prefix=f"p{i}-")
+        assert cluster.request(leader, frame).ok
+    term = cluster.cores[leader].raft.term
+    target = cluster.cores[leader].hand_over()
+    assert target is not None and target != leader
+    # While the transfer runs, sends are refused, naming the node taking over.
+    reply_id = cluster.call(leader, send_request("handover", [b"late"], prefix="late-"))
+    refused = cluster.reply(reply_id)
+    assert refused is not None and refused.error == ErrorCode.NOT_LEADER
+    assert refused.fields["leader"] == cluster.cores[target].address
+    cluster.run()
+    assert cluster.leader() == target
+    assert cluster.cores[target].raft.term == term + 1  # one election, no split vote
+    assert cluster.request(target, send_request("handover", [b"after"])).ok
+    cluster.settle()
+    for node in cluster.ids:
+        pulled = cluster.pull(node, "handover", 0, 0)
+        assert pulled.fields["status"] == "FOUND"
+        bodies = [MessageRecord.decode(f).body for f in _frames(pulled.body)]
+        assert bodies == [b"m0", b"m1", b"m2", b"m3", b"m4", b"after"]
+
+
+def _frames(body: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(body):
+        size = int.from_bytes(body[pos : pos + 4], "little")
+        out.append(body[pos : pos + size])
+        pos += size
+    return out
+
+
+def test_only_a_leader_with_peers_hands_over() -> None:
+    cluster = CoreCluster(size=1)
+    leader = cluster.elect()
+    assert cluster.cores[leader].hand_over() is None
+    three = CoreCluster()
+    leader = three.elect()
+    assert three.cores[three.followers()[0]].hand_over() is None
