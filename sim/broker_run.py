@@ -34,7 +34,7 @@ from sim.broker_workload import SUBSCRIPTIONS, TOPIC, BrokerWorkload, Producer, 
 from sim.checkers import Violation
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
 from sim.faults import FAULTS, FaultSchedule
-from sim.queue_checkers import KNOWN_BUGS, QueueCheckers
+from sim.queue_checkers import QueueCheckers
 from sim.run import LIVENESS_BOUND_S, RunResult, _StormGuard
 from sim.trace import Trace
 
@@ -56,8 +56,6 @@ class BrokerSimConfig:
     think_ms: float = 100.0
     liveness_bound_s: float = LIVENESS_BOUND_S
     mean_fault_gap_ms: float = 700.0
-    # KNOWN_BUGS (sim/queue_checkers.py) whose exact signature is not a failure.
-    tolerate: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -68,11 +66,6 @@ class BrokerSimConfig:
             raise ValueError("queues must be >= 1 and duration >= 0")
         if self.plant is not None and self.plant not in PLANTS:
             raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
-        unknown_bugs = set(self.tolerate) - KNOWN_BUGS.keys()
-        if unknown_bugs:
-            raise ValueError(
-                f"unknown known bugs: {sorted(unknown_bugs)} (known: {', '.join(KNOWN_BUGS)})"
-            )
         unknown = set(self.faults) - FAULTS.keys()
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
@@ -93,7 +86,7 @@ def run_broker(
         f"producers={cfg.producers} consumers={cfg.consumers} queues={cfg.queues} "
         f"think={cfg.think_ms}ms"
     )
-    checkers = QueueCheckers(node_ids, TOPIC, frozenset(cfg.tolerate))
+    checkers = QueueCheckers(node_ids, TOPIC)
     checkers.final_tags = FINAL_TAGS
     cluster = BrokerCluster(
         loop,
@@ -163,8 +156,6 @@ def run_broker(
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
         "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
         "scans": checkers.scans,
-        "tolerated": checkers.tolerated,
-        "filtered_pulls_skipped_torn": checkers.skipped_torn,
         "crashes": sum(h.crashes for h in cluster.hosts.values()),
         "messages": cluster.network.sent,
         "dropped": cluster.network.dropped,

@@ -25,7 +25,7 @@ from sim.broker_plants import PLANTS as BROKER_PLANTS
 from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import CHECKERS
 from sim.faults import FAULTS, parse_faults
-from sim.queue_checkers import KNOWN_BUGS, QUEUE_CHECKERS
+from sim.queue_checkers import QUEUE_CHECKERS
 from sim.run import LIVENESS_BOUND_S, RunResult, SimConfig, run
 
 Runner = Callable[..., RunResult]
@@ -295,7 +295,6 @@ serve exactly the committed history.
 faults: {", ".join(FAULTS)}
 checkers: {", ".join(QUEUE_CHECKERS)}
 plants: {", ".join(BROKER_PLANTS)}
-known bugs (--tolerate): {", ".join(KNOWN_BUGS)}
 """
 
 
@@ -349,14 +348,6 @@ def _add_broker(sims: Any) -> None:
         help="turn on one deliberate bug (sim side: the cores are never changed)",
     )  # fmt: skip
     broker.add_argument("--list-plants", action="store_true", help="list the plants and exit")
-    broker.add_argument(
-        "--tolerate", action="append", choices=sorted(KNOWN_BUGS), default=[], metavar="BUG",
-        help="do not fail on the exact signature of this known bug (repeatable; "
-        "--list-known-bugs describes them)",
-    )  # fmt: skip
-    broker.add_argument(
-        "--list-known-bugs", action="store_true", help="list the known bugs and exit"
-    )
     broker.add_argument("--trace", metavar="FILE", help="write the full event trace to FILE")
     broker.add_argument("--json", action="store_true", help="print JSON instead of text")
     broker.set_defaults(handler=_broker)
@@ -377,8 +368,6 @@ def broker_replay_command(seed: int, cfg: BrokerSimConfig) -> str:
             argv += [flag, f"{value:g}"]
     if cfg.plant:
         argv += ["--plant", cfg.plant]
-    for bug in cfg.tolerate:
-        argv += ["--tolerate", bug]
     return shlex.join(argv)
 
 
@@ -398,9 +387,6 @@ def _broker(args: argparse.Namespace) -> int:
     if args.list_plants:
         _print_table(BROKER_PLANTS)
         return 0
-    if args.list_known_bugs:
-        _print_table(KNOWN_BUGS)
-        return 0
     try:
         cfg = BrokerSimConfig(
             nodes=args.nodes,
@@ -411,7 +397,6 @@ def _broker(args: argparse.Namespace) -> int:
             consumers=args.consumers,
             queues=args.queues,
             think_ms=args.think_ms,
-            tolerate=tuple(sorted(set(args.tolerate))),
         )
     except ValueError as exc:
         print(f"mq sim broker: {exc}", file=sys.stderr)
@@ -453,9 +438,6 @@ def format_broker_result(result: RunResult, cfg: BrokerSimConfig) -> str:
         f"{_n(s['crashes'], 'crash', 'crashes')}, "
         f"{_n(s['messages'], 'message')} ({s['dropped']} lost)"
     )
-    if s.get("tolerated"):
-        counts = ", ".join(f"{bug} {n}" for bug, n in sorted(s["tolerated"].items()))
-        head += f"\nunit differences explained by known bugs (tolerated): {counts}"
     if result.ok:
         if s["heal_to_probe_ms"] is not None:
             head += (

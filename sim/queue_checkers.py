@@ -78,42 +78,6 @@ QUEUE_CHECKERS: dict[str, str] = {
 }
 
 
-KNOWN_BUGS: dict[str, str] = {
-    "torn_cq_tag_hash": "ConsumeQueue recovery keeps a torn last unit whose commit offset "
-    "and size landed but whose tag hash did not (storage/message_store.py _unit_matches "
-    "checks topic and queue only), so replicas disagree on that unit's tag hash and a "
-    "tag-filtered pull on that node skips the message",
-    "truncate_keeps_filler": "truncating a conflicting Raft suffix cuts the CommitLog at the "
-    "first removed entry's start (storage/entry_log.py truncate_suffix), so a blank filler "
-    "written before it at a segment end stays; the replacement entry goes to the next "
-    "segment and the replicas' CommitLog layouts (ConsumeQueue commit offsets) diverge",
-}
-
-
-def _torn_tag_hash(good: int, bad: int) -> bool:
-    """One tag hash is a little-endian byte prefix of the other (a torn unit write)."""
-    for x, y in ((good, bad), (bad, good)):
-        for n in range(8):
-            if y == x & ((1 << (8 * n)) - 1):
-                return True
-    return False
-
-
-def _explained(a: tuple[int, int, int], b: tuple[int, int, int]) -> list[str]:
-    """The KNOWN_BUGS that explain how units `a` and `b` of one message differ, or []
-    when something else differs too (the size, or a tag hash that is not torn)."""
-    if a[1] != b[1]:
-        return []
-    bugs = []
-    if a[0] != b[0]:
-        bugs.append("truncate_keeps_filler")
-    if a[2] != b[2]:
-        if not _torn_tag_hash(a[2], b[2]):
-            return []
-        bugs.append("torn_cq_tag_hash")
-    return bugs
-
-
 def message_frames(body: bytes | memoryview) -> Iterator[memoryview]:
     """The concatenated message frames of a pull response or send request body."""
     view = memoryview(body)
@@ -210,12 +174,9 @@ class QueueModel:
 
 
 class QueueCheckers:
-    def __init__(
-        self, node_ids: tuple[int, ...], topic: str, tolerate: frozenset[str] = frozenset()
-    ) -> None:
+    def __init__(self, node_ids: tuple[int, ...], topic: str) -> None:
         self.node_ids = node_ids
         self.topic = topic
-        self.tolerate = tolerate
         self.model = QueueModel()
         # Per node: the committed index up to which its log terms were compared.
         self._verified: dict[int, int] = {n: 0 for n in node_ids}
@@ -225,11 +186,8 @@ class QueueCheckers:
         self.deliveries = 0
         self.scans = 0
         self.offsets_acked = 0
-        self.skipped_torn = 0  # filtered pulls that skipped a message of a torn unit
         # The end also reads every queue from every node with this tag filter.
         self.final_tags: frozenset[str] = frozenset()
-        # KNOWN_BUGS name -> ConsumeQueue units whose difference it explained
-        self.tolerated: dict[str, int] = {}
         # (node, queue) -> ConsumeQueue units already compared since the node started
         self._scanned: dict[tuple[int, QueueKey], int] = {}
 
@@ -367,13 +325,12 @@ class QueueCheckers:
             served.append((at, head.msg_id))
         self.check_served(consumer, host.id, key, served)
         if tags is not None:
-            self._check_skipped(where, host, key, offset, next_offset, offsets, tags)
+            self._check_skipped(where, key, offset, next_offset, offsets, tags)
         return served
 
     def _check_skipped(
         self,
         where: str,
-        host: BrokerHost,
         key: QueueKey,
         offset: int,
         next_offset: int,
@@ -398,23 +355,7 @@ class QueueCheckers:
             what = f"{where}: skipped {queue[at]} at {at}, which has a subscribed tag" + (
                 "" if acked is None else f" (acknowledged to {acked})"
             )
-            if self._torn_unit(host, key, at, model_tags[queue[at]]):
-                self.skipped_torn += 1
-                if "torn_cq_tag_hash" in self.tolerate:
-                    continue
-                raise Violation(
-                    checker,
-                    f"{what}: the node's ConsumeQueue unit has a torn tag hash "
-                    f"(KNOWN_BUGS: torn_cq_tag_hash)",
-                )
             raise Violation(checker, what)
-
-    @staticmethod
-    def _torn_unit(host: BrokerHost, key: QueueKey, at: int, tags: str) -> bool:
-        core = host.core
-        queue = None if core is None else core.store.queues.get(*key)
-        unit = None if queue is None else queue.get(at)
-        return unit is not None and _torn_tag_hash(tag_hash(tags), unit.tag_hash)
 
     def check_served(
         self, consumer: str, node_id: int, key: QueueKey, served: list[tuple[int, str]]
@@ -528,10 +469,7 @@ class QueueCheckers:
         """After the heal: every node serves exactly the model through PULL_MESSAGE,
         then every node holds the same ConsumeQueue units (commit offset, size, tag
         hash). The first comparison runs on every node before the second, so a lost
-        message is reported as such, not as a replica difference.
-
-        Differences that the KNOWN_BUGS in `tolerate` fully explain are counted, not
-        failed."""
+        message is reported as such, not as a replica difference."""
         for host in hosts:
             self.catch_up(host)
         for host in hosts:
@@ -551,16 +489,10 @@ class QueueCheckers:
                 for at, (a, b) in enumerate(zip(first[1], got, strict=True)):
                     if a == b:
                         continue
-                    bugs = _explained(a, b)
-                    if bugs and self.tolerate.issuperset(bugs):
-                        for bug in bugs:
-                            self.tolerated[bug] = self.tolerated.get(bug, 0) + 1
-                        continue
                     raise Violation(
                         "replicas_identical",
                         f"ConsumeQueue {key[0]}/{key[1]} unit {at} (commit offset, size, tag "
-                        f"hash) is {a} on n{first[0]} and {b} on n{host.id}"
-                        + (f" (KNOWN_BUGS: {', '.join(bugs)})" if bugs else ""),
+                        f"hash) is {a} on n{first[0]} and {b} on n{host.id}",
                     )
 
     @staticmethod

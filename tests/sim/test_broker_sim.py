@@ -1,6 +1,5 @@
 """`mq sim broker`: the real broker cores under faults, replayable by seed, with queue
-checkers that pass on the real code (bar the known bugs, which are tolerated here by
-name and reproduced, failing, in test_broker_known_bugs.py)."""
+checkers that pass on the real code."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ import subprocess
 import sys
 
 from sim.broker_run import BrokerSimConfig, run_broker
-from sim.queue_checkers import KNOWN_BUGS
 
-CFG = BrokerSimConfig(duration_s=4.0, tolerate=tuple(KNOWN_BUGS))
+CFG = BrokerSimConfig(duration_s=4.0)
 
 
 def test_same_seed_gives_the_same_trace_hash() -> None:
@@ -38,8 +36,6 @@ def test_the_trace_file_is_what_the_hash_covers() -> None:
 def test_a_subprocess_with_another_hash_seed_replays_the_same_run() -> None:
     here = run_broker(5, CFG)
     argv = [sys.executable, "-m", "mq.cli", "sim", "broker", "--seed", "5", "--duration", "4"]
-    for bug in KNOWN_BUGS:
-        argv += ["--tolerate", bug]
     proc = subprocess.run(
         [*argv, "--json"],
         capture_output=True,
@@ -59,13 +55,12 @@ def test_a_run_without_faults_passes_every_checker_strictly() -> None:
     assert result.ok, result.message
     s = result.stats
     assert s["batches_acked"] > 50 and s["messages_served"] >= s["messages_committed"] // 2
-    assert s["tolerated"] == {}
 
 
 def test_a_sweep_of_seeds_under_every_fault_passes() -> None:
     """Ten seeds of 8 s: crashes with torn writes, power cuts, partitions, pauses,
     drift. Every acknowledgement, pull and ConsumeQueue is checked against the model."""
-    cfg = BrokerSimConfig(duration_s=8.0, tolerate=tuple(KNOWN_BUGS))
+    cfg = BrokerSimConfig(duration_s=8.0)
     failures = {}
     crashes = 0
     for seed in range(100, 110):
@@ -88,8 +83,7 @@ def _mq(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cli_summarizes_many_seeds_and_refuses_bad_arguments() -> None:
-    tolerate = [arg for bug in KNOWN_BUGS for arg in ("--tolerate", bug)]
-    many = _mq("--seeds", "2", "--start", "100", "--duration", "2", *tolerate)
+    many = _mq("--seeds", "2", "--start", "100", "--duration", "2")
     assert many.returncode == 0, many.stdout + many.stderr
     assert many.stdout.startswith("2 seeds, 0 failed;")
     assert _mq("--faults", "bogus").returncode == 2
