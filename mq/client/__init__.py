@@ -4,7 +4,7 @@ Async first (anyio: runs under trio and asyncio); `mq.client.blocking` wraps the
 objects for threaded code.
 """
 
-from mq.client.admin import Admin, BrokerStatus
+from mq.client.admin import Admin, BrokerStatus, ConsumerGroupInfo, GroupDescription, QueueLag
 from mq.client.errors import (
     BrokerError,
     ClientClosedError,
@@ -19,20 +19,47 @@ from mq.client.errors import (
 from mq.client.fault import LatencyFaultTolerance
 from mq.client.producer import Producer, SendCallback, SendFuture, SendResult, SendStatus
 from mq.client.pull_consumer import PullConsumer, PullResult, PullStatus, TagFilter
+from mq.client.push_consumer import (
+    ConsumeFrom,
+    ConsumeResult,
+    Delivery,
+    Handler,
+    MessageModel,
+    PushConsumer,
+)
 from mq.client.queues import MessageQueue, MessageQueueSelector, SelectByHash
+from mq.client.rebalance import (
+    AllocateAveragely,
+    AllocateAveragelyByCircle,
+    AllocateByConfig,
+    AllocateConsistentHash,
+    AllocateStrategy,
+)
 from mq.message import Message, MessageExt
 
 __all__ = [
     "Admin",
+    "AllocateAveragely",
+    "AllocateAveragelyByCircle",
+    "AllocateByConfig",
+    "AllocateConsistentHash",
+    "AllocateStrategy",
     "BrokerError",
     "BrokerStatus",
     "ClientClosedError",
+    "ConsumeFrom",
+    "ConsumeResult",
+    "ConsumerGroupInfo",
+    "Delivery",
+    "GroupDescription",
+    "Handler",
     "LatencyFaultTolerance",
     "MQClientError",
     "MQConnectionError",
     "MQTimeoutError",
     "Message",
     "MessageExt",
+    "MessageModel",
     "MessageQueue",
     "MessageQueueSelector",
     "NoRouteError",
@@ -41,6 +68,8 @@ __all__ = [
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
+    "QueueLag",
     "SelectByHash",
     "SendCallback",
     "SendError",

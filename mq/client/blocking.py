@@ -20,18 +20,24 @@ from contextlib import AbstractContextManager, ExitStack
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from mq.client.admin import Admin, BrokerStatus
 from mq.client.errors import ClientClosedError
 from mq.client.producer import Producer, SendCallback, SendResult
 from mq.client.pull_consumer import PullConsumer, PullResult
+from mq.client.push_consumer import ConsumeResult, PushConsumer
 from mq.client.queues import MessageQueue, MessageQueueSelector
 from mq.message import Message, MessageExt
 from mq.route import ClusterInfo, TopicConfig, TopicRoute
 
 T = TypeVar("T")
-Client = TypeVar("Client", Producer, PullConsumer, Admin)
+Client = TypeVar("Client", Producer, PullConsumer, PushConsumer, Admin)
+
+BlockingHandler = Callable[[MessageExt], "ConsumeResult | None"]
+"""A push consumer's handler for threaded code: a plain function, run in a worker
+thread (at most `handlers_max` at once). Same results as the async `Handler`."""
 
 
 class _Facade(Generic[Client]):
@@ -176,6 +182,60 @@ class BlockingPullConsumer(_Facade[PullConsumer]):
     def view_message(self, topic: str, msg_id: str) -> MessageExt | None:
         message: MessageExt | None = self._call(self._client.view_message, topic, msg_id)
         return message
+
+
+class BlockingPushConsumer(_Facade[PushConsumer]):
+    """`PushConsumer` for threads: the handler is a plain function run in worker threads
+    (so it may block), everything else runs on the facade's loop thread.
+
+        consumer = BlockingPushConsumer(["127.0.0.1:9876"], "billing", handler=handle)
+        consumer.subscribe("orders", "paid")
+        with consumer:
+            ...  # messages are handled in the background until the block ends
+
+    Takes the same options as `PushConsumer`, plus `backend`.
+    """
+
+    def __init__(
+        self,
+        namesrv: Sequence[str] | str,
+        group: str,
+        *,
+        handler: BlockingHandler | None = None,
+        backend: str = "asyncio",
+        **options: Any,
+    ) -> None:
+        super().__init__(PushConsumer(namesrv, group, **options), backend)
+        if handler is not None:
+            self.register_handler(handler)
+
+    @property
+    def consumer(self) -> PushConsumer:
+        return self._client
+
+    def subscribe(self, topic: str, tags: str | None = "*") -> None:
+        if self._portal is None:
+            self._client.subscribe(topic, tags)
+        else:
+            self._call(self._client.subscribe, topic, tags)
+
+    def register_handler(self, handler: BlockingHandler) -> None:
+        async def in_thread(message: MessageExt) -> ConsumeResult | None:
+            # Abandoned when the consumer's close times out (shutdown_timeout_ms): the
+            # thread finishes on its own, its message unacked (delivered again later).
+            return await anyio.to_thread.run_sync(handler, message, abandon_on_cancel=True)
+
+        if self._portal is None:
+            self._client.register_handler(in_thread)
+        else:
+            self._call(self._client.register_handler, in_thread)
+
+    @property
+    def assigned(self) -> list[MessageQueue]:
+        if self._portal is None:
+            return self._client.assigned
+        queues: list[MessageQueue] = self._portal.call(lambda: self._client.assigned)
+        return queues
 
 
 class BlockingAdmin(_Facade[Admin]):

@@ -17,6 +17,7 @@ from mq.client.errors import ClientClosedError
 from mq.client.pool import ConnectionPool
 from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT, RouteTable
 from mq.protocol import FRAME_BYTES_MAX
+from mq.rpc.client import RequestHandler
 
 REQUEST_TIMEOUT_MS_DEFAULT = 3_000
 CONNECT_TIMEOUT_MS_DEFAULT = 3_000
@@ -31,6 +32,7 @@ class ClientInstance:
         connect_timeout_ms: int = CONNECT_TIMEOUT_MS_DEFAULT,
         route_refresh_ms: int = REFRESH_INTERVAL_MS_DEFAULT,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        on_request: RequestHandler | None = None,
     ) -> None:
         if isinstance(namesrv, str):
             namesrv = [a.strip() for a in namesrv.split(";") if a.strip()]
@@ -43,6 +45,8 @@ class ClientInstance:
         self.connect_timeout_ms = connect_timeout_ms
         self.route_refresh_ms = route_refresh_ms
         self.frame_bytes_max = frame_bytes_max
+        self.on_request = on_request
+        """Serves requests brokers push to us (see `ConnectionPool`)."""
         self._task_group: anyio.abc.TaskGroup | None = None
         self._pool: ConnectionPool | None = None
         self._routes: RouteTable | None = None
@@ -74,6 +78,7 @@ class ClientInstance:
             task_group,
             connect_timeout_s=self.connect_timeout_ms / 1000,
             frame_bytes_max=self.frame_bytes_max,
+            on_request=self.on_request,
         )
         self._routes = RouteTable(
             self._pool,

@@ -18,7 +18,7 @@ import anyio.abc
 from mq.client.errors import ClientClosedError, MQConnectionError, MQTimeoutError
 from mq.protocol import FRAME_BYTES_MAX, Frame
 from mq.rpc.address import parse_address
-from mq.rpc.client import Connection
+from mq.rpc.client import Connection, RequestHandler
 from mq.rpc.errors import ConnectError, ConnectionClosedError, RequestTimeoutError
 
 CONNECTIONS_MAX_DEFAULT = 256
@@ -33,12 +33,17 @@ class ConnectionPool:
         connect_timeout_s: float = 3.0,
         connections_max: int = CONNECTIONS_MAX_DEFAULT,
         frame_bytes_max: int = FRAME_BYTES_MAX,
+        on_request: RequestHandler | None = None,
     ) -> None:
+        """`on_request` answers what servers send us unasked on any of the pool's
+        connections (NOTIFY_CONSUMER_IDS_CHANGED to a push consumer); without it such
+        requests are refused as not supported."""
         assert connections_max > 0
         self._task_group = task_group
         self.connect_timeout_s = connect_timeout_s
         self.connections_max = connections_max
         self.frame_bytes_max = frame_bytes_max
+        self._on_request = on_request
         self._connections: OrderedDict[str, Connection] = OrderedDict()
         self._connecting: dict[str, anyio.Lock] = {}
         self._closed = False
@@ -135,7 +140,12 @@ class ConnectionPool:
             raise MQConnectionError(f"connect to {address} failed: {exc}") from ConnectError(
                 str(exc)
             )
-        conn = Connection(stream, address=address, frame_bytes_max=self.frame_bytes_max)
+        conn = Connection(
+            stream,
+            address=address,
+            frame_bytes_max=self.frame_bytes_max,
+            on_request=self._on_request,
+        )
         await self._task_group.start(conn.run)
         while len(self._connections) >= self.connections_max:
             _, oldest = self._connections.popitem(last=False)

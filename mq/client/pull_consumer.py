@@ -19,11 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from mq.client.broker_requests import request_any_node
 from mq.client.errors import (
-    BrokerError,
     MQClientError,
-    MQConnectionError,
-    MQTimeoutError,
     NoRouteError,
 )
 from mq.client.instance import ClientInstance
@@ -111,6 +109,21 @@ class PullConsumer:
             connect_timeout_ms=connect_timeout_ms,
             route_refresh_ms=route_refresh_ms,
         )
+        self._owns_client = True
+
+    @classmethod
+    def sharing(
+        cls, client: ClientInstance, *, pull_timeout_ms: int = PULL_TIMEOUT_MS_DEFAULT
+    ) -> PullConsumer:
+        """A pull consumer over a client instance someone else owns (the push
+        consumer's): it shares its connections and routes, and neither starts nor
+        closes it."""
+        consumer = cls.__new__(cls)
+        consumer.group = None
+        consumer.pull_timeout_ms = pull_timeout_ms
+        consumer._client = client
+        consumer._owns_client = False
+        return consumer
 
     async def __aenter__(self) -> PullConsumer:
         await self.start()
@@ -120,10 +133,12 @@ class PullConsumer:
         await self.aclose()
 
     async def start(self) -> None:
-        await self._client.start()
+        if self._owns_client:
+            await self._client.start()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     # --- queues ----------------------------------------------------------------------
 
@@ -239,41 +254,13 @@ class PullConsumer:
             group = _find_group(route.groups, group_name)
             if group is None:
                 raise NoRouteError(f"topic {topic!r} has no group {group_name!r}")
-        failures: list[str] = []
-        last: MQClientError | None = None
-        for address in _read_order(group, routes.leader_of(group.info)):
-            try:
-                response = await self._client.pool.request(address, frame, timeout_s=timeout_s)
-            except (MQConnectionError, MQTimeoutError) as exc:
-                failures.append(str(exc))
-                last = exc
-                routes.forget_leader(group_name, address)
-                routes.request_refresh(topic)
-                continue
-            if not response.ok and response.error not in allow:
-                if response.error == ErrorCode.TOPIC_NOT_EXIST:
-                    routes.request_refresh(topic)
-                raise BrokerError(response.error, response.remark, address=address)
-            return response, address
-        if last is None:
-            raise NoRouteError(f"group {group_name!r} has no nodes in the route of {topic!r}")
-        message = f"no node of group {group_name!r} answered: " + "; ".join(failures)
-        if isinstance(last, MQTimeoutError):
-            raise MQTimeoutError(message) from last
-        raise MQConnectionError(message) from last
+        return await request_any_node(
+            self._client, group.info, frame, timeout_s=timeout_s, allow=allow, topic=topic
+        )
 
 
 def _find_group(groups: Sequence[GroupRoute], name: str) -> GroupRoute | None:
     return next((g for g in groups if g.group == name), None)
-
-
-def _read_order(group: GroupRoute, leader: str | None) -> list[str]:
-    """The leader first (freshest data, and it is where the route says writes go), then
-    the other nodes by id."""
-    addresses = [n.address for n in group.info.nodes]
-    if leader is not None:
-        addresses = [leader] + [a for a in addresses if a != leader]
-    return addresses
 
 
 def _pull_result(mq: MessageQueue, response: Frame, tag_filter: TagFilter) -> PullResult:

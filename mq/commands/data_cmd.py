@@ -11,8 +11,19 @@ from typing import Any
 
 import trio
 
-from mq.client import Admin, Message, Producer, PullConsumer
+from mq.client import (
+    Admin,
+    ConsumerGroupInfo,
+    GroupDescription,
+    Message,
+    MessageModel,
+    MessageQueue,
+    Producer,
+    PullConsumer,
+    PushConsumer,
+)
 from mq.cluster import ClusterSpec
+from mq.logs import configure_logging
 
 DEFAULT_NAMESRV = "127.0.0.1:9876"
 
@@ -29,12 +40,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     produce.add_argument("--json-lines", action="store_true", help="print each SendResult as JSON")
     produce.set_defaults(handler=_produce)
 
-    consume = commands.add_parser("consume", help="read messages of a topic (pull)")
+    consume = commands.add_parser(
+        "consume",
+        help="read messages of a topic (pull; with --group as a member of a consumer group)",
+    )
     _namesrv_flags(consume)
     consume.add_argument("--topic", required=True)
-    consume.add_argument("--from", dest="start", choices=("first", "last"), default="first")
     consume.add_argument(
-        "--count", type=int, default=0, help="stop after N messages (default: all there are)"
+        "--group",
+        help="consume as a member of this consumer group (push consumer: queues are shared "
+        "with the group's other members, offsets are committed); without it, pull every queue",
+    )
+    consume.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="with --group: every member gets every message (offsets in ~/.mq/offsets)",
+    )
+    consume.add_argument(
+        "--from",
+        dest="start",
+        choices=("first", "last", "timestamp"),
+        default="first",
+        help="where to start (with --group: only queues the group has no offset for)",
+    )
+    consume.add_argument("--timestamp", type=int, help="with --from timestamp: ms since the epoch")
+    consume.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="stop after N messages (default: all there are; with --group: run until ^C)",
     )
     consume.add_argument("--tags", default="*", help="tag filter, e.g. 'a || b' (default *)")
     consume.add_argument("--json-lines", action="store_true", help="one JSON object per message")
@@ -58,6 +92,33 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _namesrv_flags(cluster)
     cluster.add_argument("--json", action="store_true")
     cluster.set_defaults(handler=_cluster)
+    group = actions.add_parser("group", help="consumer groups: members, offsets, lag, resets")
+    group_actions = group.add_subparsers(dest="group_action", metavar="ACTION", required=True)
+    group_list = group_actions.add_parser("list", help="every consumer group the brokers know")
+    _namesrv_flags(group_list)
+    group_list.add_argument("--json", action="store_true")
+    group_list.set_defaults(handler=_group_list)
+    describe = group_actions.add_parser(
+        "describe", help="members, and per queue the broker offset, committed offset, lag"
+    )
+    _namesrv_flags(describe)
+    describe.add_argument("--group", required=True)
+    describe.add_argument(
+        "--topic", action="append", help="only this topic (repeatable; default: the group's)"
+    )
+    describe.add_argument("--json", action="store_true")
+    describe.set_defaults(handler=_group_describe)
+    reset = group_actions.add_parser(
+        "reset-offset", help="move a group's offsets of a topic (members are told at once)"
+    )
+    _namesrv_flags(reset)
+    reset.add_argument("--group", required=True)
+    reset.add_argument("--topic", required=True)
+    reset.add_argument(
+        "--to", required=True, help="first, last, or a timestamp in ms since the epoch"
+    )
+    reset.add_argument("--json", action="store_true")
+    reset.set_defaults(handler=_group_reset)
 
 
 def _namesrv_flags(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +181,27 @@ def _printable(body: bytes) -> str | None:
 
 
 def _consume(args: argparse.Namespace) -> int:
+    if args.start == "timestamp" and args.timestamp is None:
+        print("mq: error: --from timestamp needs --timestamp MS", file=sys.stderr)
+        return 2
+    if args.group:
+        return _consume_as_member(args)
+    if args.broadcast:
+        print("mq: error: --broadcast needs --group", file=sys.stderr)
+        return 2
+
+    async def start_offset(consumer: PullConsumer, mq: MessageQueue) -> int:
+        if args.start == "first":
+            return await consumer.min_offset(mq)
+        if args.start == "last":
+            return await consumer.max_offset(mq)
+        return await consumer.search_offset(mq, args.timestamp)
+
     async def run() -> int:
         seen = 0
         async with PullConsumer(namesrv_of(args)) as consumer:
             for mq in await consumer.fetch_queues(args.topic):
-                offset = await (
-                    consumer.min_offset(mq) if args.start == "first" else consumer.max_offset(mq)
-                )
+                offset = await start_offset(consumer, mq)
                 while not args.count or seen < args.count:
                     result = await consumer.pull(mq, offset, max_count=32, tags=args.tags)
                     for msg in result.messages:
@@ -137,6 +212,40 @@ def _consume(args: argparse.Namespace) -> int:
                     if result.status in ("NO_NEW_MSG",) or result.next_offset == offset:
                         break
                     offset = result.next_offset
+                if args.count and seen >= args.count:
+                    break
+        if not args.json_lines:
+            print(f"read {seen} messages from {args.topic}", file=sys.stderr)
+        return 0
+
+    return trio.run(run)
+
+
+def _consume_as_member(args: argparse.Namespace) -> int:
+    """A push consumer: messages are acked once printed, so the group's committed
+    offsets move past them (committed every second and when the command ends). Its
+    logs (rebalances, unreachable nodes) go to stderr, warnings only: stdout is for
+    the messages."""
+    configure_logging("warning")
+
+    async def run() -> int:
+        seen = 0
+        consumer = PushConsumer(
+            namesrv_of(args),
+            args.group,
+            model=MessageModel.BROADCASTING if args.broadcast else MessageModel.CLUSTERING,
+            consume_from=args.start,
+            consume_timestamp_ms=args.timestamp,
+        )
+        consumer.subscribe(args.topic, args.tags)
+        async with consumer:
+            if not args.json_lines:
+                queues = ", ".join(str(q) for q in consumer.assigned) or "none yet"
+                print(f"consuming as {consumer.client_id}; queues: {queues}", file=sys.stderr)
+            async for delivery in consumer.deliveries():
+                _print_message(delivery.message, args.json_lines)
+                await delivery.ack()
+                seen += 1
                 if args.count and seen >= args.count:
                     break
         if not args.json_lines:
@@ -163,10 +272,10 @@ def _print_message(msg: Any, json_lines: bool) -> None:
             record["body"] = text
         else:
             record["body_bytes"] = len(msg.body)
-        print(json.dumps(record))
+        print(json.dumps(record), flush=True)
     else:
         shown = text if text is not None else f"<{len(msg.body)} bytes>"
-        print(f"{msg.group}/{msg.queue_id}@{msg.queue_offset} {msg.msg_id} {shown}")
+        print(f"{msg.group}/{msg.queue_id}@{msg.queue_offset} {msg.msg_id} {shown}", flush=True)
 
 
 def _topic_create(args: argparse.Namespace) -> int:
@@ -211,4 +320,70 @@ def _cluster(args: argparse.Namespace) -> int:
         print(f"{group.cluster}/{group.group} leader={group.leader_address}")
         for node in group.nodes:
             print(f"  node {node.node_id} {node.address} {node.role} term {node.term}")
+    return 0
+
+
+def _group_list(args: argparse.Namespace) -> int:
+    async def run() -> list[ConsumerGroupInfo]:
+        async with Admin(namesrv_of(args)) as admin:
+            return await admin.consumer_groups()
+
+    groups = trio.run(run)
+    if args.json:
+        print(json.dumps([g.to_fields() for g in groups]))
+        return 0
+    for group in groups:
+        members = ", ".join(group.members) or "no members"
+        topics = ", ".join(group.topics) or "-"
+        print(f"{group.group} ({group.model or '?'}) topics: {topics}; members: {members}")
+    return 0
+
+
+def _group_describe(args: argparse.Namespace) -> int:
+    async def run() -> GroupDescription:
+        async with Admin(namesrv_of(args)) as admin:
+            return await admin.describe_group(args.group, args.topic)
+
+    described = trio.run(run)
+    if args.json:
+        print(json.dumps(described.to_fields()))
+        return 0
+    members = ", ".join(described.members) or "none"
+    print(f"group {described.group} ({described.model or '?'}), members: {members}")
+    rows = [("topic", "broker-group", "queue", "broker-offset", "consumer-offset", "lag")]
+    for q in described.queues:
+        rows.append((
+            q.queue.topic, q.queue.group, str(q.queue.queue_id), str(q.broker_offset),
+            "-" if q.consumer_offset is None else str(q.consumer_offset),
+            "-" if q.lag is None else str(q.lag),
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"total lag {described.lag}")
+    return 0
+
+
+def _group_reset(args: argparse.Namespace) -> int:
+    to, timestamp_ms = args.to, None
+    if to not in ("first", "last"):
+        try:
+            to, timestamp_ms = "timestamp", int(args.to)
+        except ValueError:
+            print("mq: error: --to must be first, last or a timestamp in ms", file=sys.stderr)
+            return 2
+
+    async def run() -> dict[MessageQueue, int]:
+        async with Admin(namesrv_of(args)) as admin:
+            return await admin.reset_offset(args.group, args.topic, to, timestamp_ms=timestamp_ms)
+
+    offsets = trio.run(run)
+    if args.json:
+        print(json.dumps([
+            {"topic": q.topic, "group": q.group, "queue_id": q.queue_id, "offset": o}
+            for q, o in sorted(offsets.items())
+        ]))  # fmt: skip
+        return 0
+    for queue, offset in sorted(offsets.items()):
+        print(f"{queue} -> {offset}")
     return 0

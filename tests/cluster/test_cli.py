@@ -155,6 +155,25 @@ def test_consume_filters_by_tag_and_reads_keys(cli: LocalCluster) -> None:
     ] * 3
 
 
+def test_consume_as_a_group_continues_where_the_group_left_off(cli: LocalCluster) -> None:
+    cli.leader()
+    mq(cli.directory, "produce", "--topic", "cli-group", "--count", "10")
+    args = ["consume", "--topic", "cli-group", "--group", "cli-g", "--json-lines"]
+    first = mq(cli.directory, *args, "--count", "6").stdout.splitlines()
+    rest = mq(cli.directory, *args, "--count", "4").stdout.splitlines()
+    bodies = sorted(json.loads(line)["body"] for line in first + rest)
+    assert bodies == sorted(f"message {i}" for i in range(10))
+    described = json.loads(
+        mq(cli.directory, "admin", "group", "describe", "--group", "cli-g", "--json").stdout
+    )
+    assert described["lag"] == 0
+    assert sum(q["consumer_offset"] for q in described["queues"]) == 10
+    mq(cli.directory, "admin", "group", "reset-offset", "--group", "cli-g",
+       "--topic", "cli-group", "--to", "first")  # fmt: skip
+    again = mq(cli.directory, *args, "--count", "10").stdout.splitlines()
+    assert sorted(json.loads(line)["body"] for line in again) == bodies
+
+
 def test_kill_node_and_start_node_show_in_status(cli: LocalCluster) -> None:
     leader = cli.leader()
     follower = next(n for n in cli.brokers() if n != leader)

@@ -28,6 +28,15 @@ from mq.rpc.server import Peer, listener_port, serve_tcp
 from storage.record import MessageRecord, frame_size_and_magic, tag_hash
 
 SEND_CODES = (RequestCode.SEND_MESSAGE, RequestCode.SEND_BATCH)
+CONSUMER_CODES = (
+    RequestCode.HEARTBEAT,
+    RequestCode.UNREGISTER_CLIENT,
+    RequestCode.GET_CONSUMER_LIST,
+    RequestCode.GET_CONSUMER_GROUPS,
+    RequestCode.UPDATE_CONSUMER_OFFSET,
+    RequestCode.QUERY_CONSUMER_OFFSET,
+    RequestCode.RESET_CONSUMER_OFFSET,
+)
 
 
 @dataclass
@@ -54,6 +63,16 @@ class Stored:
 
 
 @dataclass
+class Member:
+    """A consumer as one node knows it: from its heartbeats, with their connection."""
+
+    client_id: str
+    peer: Peer
+    model: str
+    topics: list[str]
+
+
+@dataclass
 class Received:
     group: str
     node: int
@@ -71,6 +90,11 @@ class FakeNode:
         self.address = ""
         self.scope = trio.CancelScope()
         self.alive = False
+        self.members: dict[str, dict[str, Member]] = {}
+        """Consumer group -> client id -> member: per node and in memory, as the
+        contract says (every node is sent heartbeats)."""
+        self.notified: list[dict[str, Any]] = []
+        """Fields of every NOTIFY_CONSUMER_IDS_CHANGED this node pushed."""
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.scope:
@@ -84,6 +108,31 @@ class FakeNode:
     def kill(self) -> None:
         """Stop listening and drop every connection, like a crashed process."""
         self.scope.cancel()
+        self.members.clear()
+
+    def member_ids(self, group: str) -> list[str]:
+        return sorted(self.members.get(group, {}))
+
+    async def notify(self, group: str, **extra: Any) -> None:
+        """Push NOTIFY_CONSUMER_IDS_CHANGED to every member of `group` on this node."""
+        fields = {"group": group} | extra
+        self.notified.append(fields)
+        for member in list(self.members.get(group, {}).values()):
+            try:
+                await member.peer.send_oneway(
+                    request(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, fields)
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def prune_closed(self, group: str) -> None:
+        """Forget members whose connection closed (the real broker notices at once)."""
+        members = self.members.get(group, {})
+        gone = [cid for cid, m in members.items() if m.peer.closed]
+        for cid in gone:
+            del members[cid]
+        if gone:
+            await self.notify(group)
 
     async def handle(self, frame: Frame, peer: Peer) -> Frame | None:
         group = self.group
@@ -104,6 +153,8 @@ class FakeNode:
             if fault.action == "store_then_hang":
                 group.handle_now(self, frame)
                 await trio.sleep_forever()
+        if frame.code in CONSUMER_CODES:
+            return await group.handle_consumer(self, frame, peer)
         if frame.code in (RequestCode.PULL_MESSAGE, RequestCode.CREATE_TOPIC):
             return await group.handle_waiting(self, frame)
         return group.handle_now(self, frame)
@@ -133,6 +184,10 @@ class FakeGroup:
         """Make every tag hash match (a worst-case hash collision): the client's exact
         tag check must then do all the filtering."""
         self.new_message = trio.Event()
+        self.consumer_offsets: dict[tuple[str, str, int], int] = {}
+        """(consumer group, topic, queue id) -> committed offset: replicated, so one
+        map for the whole group."""
+        self.generations: dict[tuple[str, str], int] = {}
 
     @property
     def leader(self) -> FakeNode | None:
@@ -260,6 +315,84 @@ class FakeGroup:
                 await self.new_message.wait()
             response = self._pull(frame)
         return response
+
+    async def handle_consumer(self, node: FakeNode, frame: Frame, peer: Peer) -> Frame:
+        """The consumer-group requests of docs/broker-api.md, "Consumer groups"."""
+        f = frame.fields
+        code = frame.code
+        if code == RequestCode.HEARTBEAT:
+            members = node.members.setdefault(f["group"], {})
+            known = members.get(f["client_id"])
+            members[f["client_id"]] = Member(f["client_id"], peer, f["model"], list(f["topics"]))
+            if known is None or known.peer is not peer:
+                await node.notify(f["group"])
+            return frame.make_response()
+        if code == RequestCode.UNREGISTER_CLIENT:
+            if node.members.get(f["group"], {}).pop(f["client_id"], None) is not None:
+                await node.notify(f["group"])
+            return frame.make_response()
+        if code == RequestCode.GET_CONSUMER_LIST:
+            await node.prune_closed(f["group"])
+            return frame.make_response({"client_ids": node.member_ids(f["group"])})
+        if code == RequestCode.GET_CONSUMER_GROUPS:
+            groups: dict[str, dict[str, Any]] = {}
+            for name, members in node.members.items():
+                if members:
+                    groups[name] = {
+                        "members": sorted(members),
+                        "model": next(iter(members.values())).model,
+                        "topics": sorted({t for m in members.values() for t in m.topics}),
+                    }
+            for name, topic, _ in self.consumer_offsets:
+                entry = groups.setdefault(name, {"members": [], "model": None, "topics": []})
+                if topic not in entry["topics"]:
+                    entry["topics"] = sorted([*entry["topics"], topic])
+            return frame.make_response({"groups": groups})
+        if code == RequestCode.QUERY_CONSUMER_OFFSET:
+            name, topic = f["group"], f["topic"]
+            offsets = sorted(
+                [q, o]
+                for (g, t, q), o in self.consumer_offsets.items()
+                if (g, t) == (name, topic) and f.get("queue_id") in (None, q)
+            )
+            return frame.make_response(
+                {"offsets": offsets, "generation": self.generations.get((name, topic), 0)}
+            )
+        if node is not self.leader:
+            return self._not_leader(frame)
+        if code == RequestCode.UPDATE_CONSUMER_OFFSET:
+            stale = []
+            for topic, queue_id, offset, generation in f["offsets"]:
+                if generation < self.generations.get((f["group"], topic), 0):
+                    stale.append([topic, queue_id])
+                else:
+                    self.consumer_offsets[(f["group"], topic, queue_id)] = offset
+            return frame.make_response({"stale": stale})
+        assert code == RequestCode.RESET_CONSUMER_OFFSET
+        name, topic, to = f["group"], f["topic"], f["to"]
+        config = self.topics.get(topic)
+        if config is None:
+            return frame.make_error(ErrorCode.TOPIC_NOT_EXIST, f"no topic {topic}")
+        offsets = []
+        for queue_id in range(config.read_queues):
+            stored = self.queues.get((topic, queue_id), [])
+            if to == "first":
+                offset = 0
+            elif to == "last":
+                offset = len(stored)
+            else:
+                offset = next(
+                    (i for i, s in enumerate(stored)
+                     if s.record.store_timestamp_ms >= f["timestamp_ms"]),
+                    len(stored),
+                )  # fmt: skip
+            self.consumer_offsets[(name, topic, queue_id)] = offset
+            offsets.append([queue_id, offset])
+        generation = self.generations.get((name, topic), 0) + 1
+        self.generations[(name, topic)] = generation
+        # Only the node that served the reset notifies: members heartbeat every node.
+        await node.notify(name, reset_topic=topic)
+        return frame.make_response({"offsets": offsets, "generation": generation})
 
     def _not_leader(self, frame: Frame) -> Frame:
         leader = self.leader

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
-from mq.client import Admin, Message, NoRouteError, Producer
+from mq.client import Admin, Message, MessageQueue, NoRouteError, Producer, PushConsumer
+from mq.client.admin import ConsumerGroupInfo
 from mq.protocol import RequestCode
 from mq.route import TopicConfig
 from tests.mq.fake_broker import fake_env
@@ -49,3 +52,31 @@ async def test_cluster_info_route_and_broker_status() -> None:
         assert status.leader == g1.leader.address
         topics = await admin.all_topics(g1.node(0).address)
         assert topics == {"orders": TopicConfig(4, 4)}
+
+
+async def test_consumer_groups_describe_and_reset(autojump_clock: trio.testing.MockClock) -> None:
+    async with fake_env() as env, Admin(env.namesrv) as admin:
+        g1 = env.group("g1")
+        async with Producer(env.namesrv) as producer:
+            for _ in range(8):
+                await producer.send(Message("orders", b"x"))
+        g1.consumer_offsets[("billing", "orders", 0)] = 1
+        push = PushConsumer(env.namesrv, "billing", client_id="c1", rebalance_interval_ms=10**9)
+        push.subscribe("orders")
+        async with push:
+            (listed,) = await admin.consumer_groups()
+            assert listed == ConsumerGroupInfo("billing", ("c1",), "clustering", ("orders",))
+            described = await admin.describe_group("billing")
+        assert described.members == ("c1",)
+        by_queue = {(q.queue.group, q.queue.queue_id): q for q in described.queues}
+        assert len(by_queue) == 8
+        q0 = by_queue[("g1", 0)]
+        assert (q0.broker_offset, q0.consumer_offset, q0.lag) == (1, 1, 0)
+        assert described.to_fields()["queues"][0]["lag"] == 0
+        offsets = await admin.reset_offset("billing", "orders", "last")
+        assert offsets[MessageQueue("orders", "g1", 0)] == 1
+        assert g1.generations[("billing", "orders")] == 1
+        resets = [r for r in g1.requests if r.code == RequestCode.RESET_CONSUMER_OFFSET]
+        assert resets[0].address == g1.leader.address
+        with pytest.raises(ValueError):
+            await admin.reset_offset("billing", "orders", "timestamp")

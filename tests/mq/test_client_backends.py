@@ -15,15 +15,23 @@ from anyio.from_thread import start_blocking_portal
 
 from mq.client import (
     Admin,
+    ConsumeResult,
     Message,
+    MessageExt,
     MessageQueue,
     Producer,
     PullConsumer,
     PullStatus,
+    PushConsumer,
     SelectByHash,
     SendError,
 )
-from mq.client.blocking import BlockingAdmin, BlockingProducer, BlockingPullConsumer
+from mq.client.blocking import (
+    BlockingAdmin,
+    BlockingProducer,
+    BlockingPullConsumer,
+    BlockingPushConsumer,
+)
 from mq.protocol import ErrorCode, RequestCode
 from tests.mq.fake_broker import Env, Fault, fake_env
 
@@ -73,7 +81,43 @@ async def send_errors_are_clear(env: Env, topic: str) -> None:
         assert caught.value.code == ErrorCode.MESSAGE_TOO_LARGE
 
 
-SCENARIOS = [produce_and_consume, send_errors_are_clear]
+async def push_consumer_handles_and_commits(env: Env, topic: str) -> None:
+    """A push consumer (anyio only) with a handler, then the iterator form."""
+    async with Admin(env.namesrv) as admin:
+        await admin.create_topic(topic, queues=2, group="g1")
+    async with Producer(env.namesrv) as producer:
+        ids = [(await producer.send(Message(topic, f"m{i}".encode()))).msg_id for i in range(4)]
+    handled: list[str] = []
+    done = anyio.Event()
+
+    async def handler(message: MessageExt) -> None:
+        handled.append(message.msg_id)
+        if len(handled) == len(ids):
+            done.set()
+
+    group = f"cg-{topic}"
+    consumer = PushConsumer(env.namesrv, group, handler=handler, consume_from="first")
+    consumer.subscribe(topic)
+    async with consumer:
+        with anyio.fail_after(30):
+            await done.wait()
+    assert sorted(handled) == sorted(ids)
+    offsets = env.group("g1").consumer_offsets
+    assert sum(offsets[(group, topic, q)] for q in range(2)) == 4  # committed on close
+    iterating = PushConsumer(env.namesrv, f"{group}-it", consume_from="first")
+    iterating.subscribe(topic)
+    got = []
+    async with iterating:
+        with anyio.fail_after(30):
+            async for delivery in iterating.deliveries():
+                got.append(delivery.message.msg_id)
+                await delivery.ack()
+                if len(got) == len(ids):
+                    break
+    assert sorted(got) == sorted(ids)
+
+
+SCENARIOS = [produce_and_consume, send_errors_are_clear, push_consumer_handles_and_commits]
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -113,6 +157,33 @@ def test_blocking_facade_from_threads(env: Env, backend: str) -> None:
         assert len(pulled.messages) >= 9  # the one-way send may still be on its way
         assert consumer.min_offset(queue) == 0
         assert consumer.view_message(topic, pulled.messages[0].msg_id) is not None
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_blocking_push_consumer_runs_its_handler_in_threads(env: Env, backend: str) -> None:
+    topic = f"blocking-push-{backend}"
+    with BlockingAdmin(env.namesrv, backend=backend) as admin:
+        admin.create_topic(topic, 2, group="g2")
+    with BlockingProducer(env.namesrv, backend=backend) as producer:
+        ids = [producer.send(Message(topic, f"b{i}".encode())).msg_id for i in range(5)]
+    handled: list[tuple[str, str]] = []
+    all_handled = threading.Event()
+
+    def handler(message: MessageExt) -> ConsumeResult | None:
+        handled.append((message.msg_id, threading.current_thread().name))
+        if len(handled) == len(ids):
+            all_handled.set()
+        return None
+
+    consumer = BlockingPushConsumer(
+        env.namesrv, f"cg-{topic}", handler=handler, backend=backend, consume_from="first"
+    )
+    consumer.subscribe(topic)
+    with consumer:
+        assert all_handled.wait(timeout=30)
+        assert consumer.assigned == [MessageQueue(topic, "g2", q) for q in range(2)]
+    assert sorted(i for i, _ in handled) == sorted(ids)
+    assert threading.main_thread().name not in {name for _, name in handled}
 
 
 def test_blocking_facade_must_be_started(env: Env) -> None:

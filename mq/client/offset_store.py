@@ -1,0 +1,267 @@
+"""Where a push consumer keeps its committed offsets: on the brokers, or in a local file.
+
+A committed offset is the next queue offset to consume: everything below it was
+handled (docs/broker-api.md). The two message models keep it in different places, as
+in RocketMQ:
+
+- **Clustering** (`BrokerOffsetStore`, RocketMQ's RemoteBrokerOffsetStore): the group
+  shares one offset per queue, so it lives on the broker group that hosts the queue,
+  replicated through its Raft log (UPDATE_CONSUMER_OFFSET to the leader). It survives a
+  failover, and the member that takes a queue over after a rebalance continues where
+  the previous one committed. Each (consumer group, topic) has a `generation` that an
+  admin reset increments: a commit carrying an older generation is refused as `stale`,
+  so a consumer that had not yet seen the reset cannot overwrite it.
+- **Broadcasting** (`LocalOffsetStore`, RocketMQ's LocalFileOffsetStore): every member
+  consumes every message, so each keeps its own offsets, in a JSON file written
+  atomically (a temporary file, fsync, rename: a crash leaves the old file or the new
+  one, never half of one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import structlog
+
+from mq.client.broker_requests import request_any_node, request_leader
+from mq.client.errors import MQClientError, NoRouteError
+from mq.client.instance import ClientInstance
+from mq.client.queues import MessageQueue
+from mq.fields import FieldError, get_int, get_list
+from mq.protocol import RequestCode, request
+from mq.route import GroupInfo
+
+_log = structlog.get_logger("mq.client.offsets")
+
+COMMIT_ENTRIES_MAX = 4096
+"""Offsets one UPDATE_CONSUMER_OFFSET may carry (docs/broker-api.md); more are split."""
+OFFSETS_FILE_BYTES_MAX = 64 * 1024 * 1024
+"""A local offsets file larger than this is refused rather than read (a bounded read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOffset:
+    offset: int | None
+    """The committed offset, None when the queue has none."""
+    generation: int
+    """The (consumer group, topic) generation it was read under (0 for local files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitEntry:
+    mq: MessageQueue
+    offset: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    committed: list[CommitEntry]
+    """Entries the store accepted."""
+    stale: list[MessageQueue]
+    """Queues whose commit was refused because an admin reset happened since their
+    offset was read: the consumer must drop what it cached and read the offset again."""
+
+
+class OffsetStore(Protocol):
+    async def read(self, mq: MessageQueue) -> StoredOffset:
+        """The committed offset of `mq` (raises MQClientError when it cannot be read:
+        the caller retries later rather than guessing a start offset)."""
+        ...
+
+    async def commit(self, entries: Sequence[CommitEntry]) -> CommitResult:
+        """Store these offsets. Entries that could not be stored (a broker group
+        unreachable) are absent from the result and are retried by the next commit."""
+        ...
+
+
+class BrokerOffsetStore:
+    """Offsets of a clustering consumer group, on the broker groups (see module doc)."""
+
+    def __init__(self, client: ClientInstance, group: str) -> None:
+        self._client = client
+        self.group = group
+
+    async def read(self, mq: MessageQueue) -> StoredOffset:
+        info = await self._group_info(mq.topic, mq.group)
+        frame = request(
+            RequestCode.QUERY_CONSUMER_OFFSET,
+            {"group": self.group, "topic": mq.topic, "queue_id": mq.queue_id},
+        )
+        response, address = await request_any_node(self._client, info, frame, topic=mq.topic)
+        try:
+            generation = get_int(response.fields, "generation", default=0)
+            for queue_id, offset in offset_pairs(response.fields):
+                if queue_id == mq.queue_id:
+                    return StoredOffset(offset, generation)
+        except FieldError as exc:
+            raise MQClientError(f"malformed offsets from {address}: {exc}") from exc
+        return StoredOffset(None, generation)
+
+    async def commit(self, entries: Sequence[CommitEntry]) -> CommitResult:
+        by_group: dict[tuple[str, str], list[CommitEntry]] = {}
+        for entry in entries:
+            by_group.setdefault((entry.mq.group, entry.mq.topic), []).append(entry)
+        # One request per broker group: a topic's route names the group's nodes.
+        groups: dict[str, tuple[GroupInfo, list[CommitEntry]]] = {}
+        for (group_name, topic), group_entries in sorted(by_group.items()):
+            try:
+                info = await self._group_info(topic, group_name)
+            except MQClientError as exc:
+                _log.info("offset_commit_no_route", group=group_name, error=str(exc))
+                continue
+            groups.setdefault(group_name, (info, []))[1].extend(group_entries)
+        committed: list[CommitEntry] = []
+        stale: list[MessageQueue] = []
+        for group_name, (info, all_entries) in groups.items():
+            for start in range(0, len(all_entries), COMMIT_ENTRIES_MAX):
+                group_entries = all_entries[start : start + COMMIT_ENTRIES_MAX]
+                frame = request(
+                    RequestCode.UPDATE_CONSUMER_OFFSET,
+                    {
+                        "group": self.group,
+                        "offsets": [
+                            [e.mq.topic, e.mq.queue_id, e.offset, e.generation]
+                            for e in group_entries
+                        ],
+                    },
+                )
+                try:
+                    response = await request_leader(self._client, info, frame)
+                    refused = {
+                        _topic_queue(item)
+                        for item in get_list(response.fields, "stale", default=[])
+                    }
+                except (MQClientError, FieldError) as exc:
+                    _log.info("offset_commit_failed", group=group_name, error=str(exc))
+                    break
+                for entry in group_entries:
+                    if (entry.mq.topic, entry.mq.queue_id) in refused:
+                        stale.append(entry.mq)
+                    else:
+                        committed.append(entry)
+        return CommitResult(committed, stale)
+
+    async def _group_info(self, topic: str, group_name: str) -> GroupInfo:
+        routes = self._client.routes
+        route = await routes.get(topic)
+        for group in route.groups:
+            if group.group == group_name:
+                return group.info
+        route = await routes.refresh(topic)
+        for group in route.groups:
+            if group.group == group_name:
+                return group.info
+        raise NoRouteError(f"topic {topic!r} has no group {group_name!r}")
+
+
+class LocalOffsetStore:
+    """Offsets of one broadcasting consumer, in `path` (a JSON file). Read once at
+    start; every commit rewrites the whole file atomically (it is small: one entry per
+    queue)."""
+
+    def __init__(self, path: Path, group: str) -> None:
+        self.path = path
+        self.group = group
+        self._offsets: dict[MessageQueue, int] = {}
+        self._loaded = False
+        self._write_lock = anyio.Lock()
+        """One writer at a time: they share the temporary file."""
+
+    async def read(self, mq: MessageQueue) -> StoredOffset:
+        if not self._loaded:
+            self._offsets = await anyio.to_thread.run_sync(self._load)
+            self._loaded = True
+        return StoredOffset(self._offsets.get(mq), 0)
+
+    async def commit(self, entries: Sequence[CommitEntry]) -> CommitResult:
+        if not self._loaded:
+            self._offsets = await anyio.to_thread.run_sync(self._load)
+            self._loaded = True
+        for entry in entries:
+            self._offsets[entry.mq] = entry.offset
+        document = self._document()
+        try:
+            async with self._write_lock:
+                await anyio.to_thread.run_sync(self._write, document)
+        except OSError as exc:
+            _log.warning("offsets_file_write_failed", path=str(self.path), error=str(exc))
+            return CommitResult([], [])
+        return CommitResult(list(entries), [])
+
+    def _document(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "offsets": [
+                {"topic": mq.topic, "group": mq.group, "queue_id": mq.queue_id, "offset": offset}
+                for mq, offset in sorted(self._offsets.items())
+            ],
+        }
+
+    def _load(self) -> dict[MessageQueue, int]:
+        try:
+            with self.path.open("rb") as file:
+                data = file.read(OFFSETS_FILE_BYTES_MAX + 1)
+        except FileNotFoundError:
+            return {}
+        if len(data) > OFFSETS_FILE_BYTES_MAX:
+            raise MQClientError(f"offsets file {self.path} is larger than expected")
+        try:
+            document = json.loads(data)
+            offsets = {}
+            for item in document["offsets"]:
+                mq = MessageQueue(str(item["topic"]), str(item["group"]), int(item["queue_id"]))
+                offsets[mq] = int(item["offset"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # A corrupt file cannot come from our atomic writes; refuse to guess where
+            # to start rather than silently consuming everything again (or nothing).
+            raise MQClientError(f"offsets file {self.path} is unreadable: {exc}") from exc
+        return offsets
+
+    def _write(self, document: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("w") as file:
+            json.dump(document, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+        try:
+            directory = os.open(self.path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(directory)  # the rename itself must survive a power cut
+        finally:
+            os.close(directory)
+
+
+def offset_pairs(fields: Mapping[Any, Any]) -> list[tuple[int, int]]:
+    """The `offsets` field of QUERY/RESET_CONSUMER_OFFSET answers: [queue_id, offset]."""
+    pairs = []
+    for item in get_list(fields, "offsets", default=[]):
+        if not (
+            isinstance(item, list | tuple)
+            and len(item) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        ):
+            raise FieldError("offsets must be [queue_id, offset] pairs")
+        pairs.append((int(item[0]), int(item[1])))
+    return pairs
+
+
+def _topic_queue(value: object) -> tuple[str, int]:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) >= 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    ):
+        return value[0], value[1]
+    raise FieldError("stale entries must be [topic, queue_id]")

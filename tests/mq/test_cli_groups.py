@@ -1,0 +1,91 @@
+"""`mq consume --group` and `mq admin group ...` against fake broker groups.
+
+The fake brokers run on trio in a thread of their own (an anyio blocking portal), so the
+command runs exactly as from a shell: its own `trio.run` in this thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from anyio.from_thread import start_blocking_portal
+
+from mq.cli import main
+from mq.client import Message
+from mq.client.blocking import BlockingProducer
+from mq.commands import data_cmd
+from tests.mq.fake_broker import Env, fake_env
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with (
+        start_blocking_portal("trio") as portal,
+        portal.wrap_async_context_manager(fake_env()) as running,
+    ):
+        with BlockingProducer(running.namesrv) as producer:
+            for i in range(6):
+                producer.send(
+                    Message("orders", f"m{i}".encode(), tags="even" if i % 2 == 0 else "odd")
+                )
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`mq consume --group` configures logging for its process (to stderr, loggers
+    cached). Here it would cache loggers writing to pytest's capture file, which is
+    closed after the test: drop its logs instead, uncached, and restore the defaults."""
+
+    def quiet(level: str = "info") -> None:
+        structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+
+    monkeypatch.setattr(data_cmd, "configure_logging", quiet)
+    yield
+    structlog.reset_defaults()
+
+
+def mq(env: Env, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main([*argv, "--namesrv", ",".join(env.namesrv)]) == 0
+    return capsys.readouterr().out
+
+
+def test_consume_as_a_group_member_commits_and_continues(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["consume", "--topic", "orders", "--group", "cli", "--json-lines"]
+    first = [json.loads(line) for line in mq(env, capsys, *args, "--count", "4").splitlines()]
+    assert len(first) == 4
+    rest = [json.loads(line) for line in mq(env, capsys, *args, "--count", "2").splitlines()]
+    assert sorted(m["body"] for m in first + rest) == [f"m{i}" for i in range(6)]
+    listed = json.loads(mq(env, capsys, "admin", "group", "list", "--json"))
+    assert {"group": "cli", "members": [], "model": None, "topics": ["orders"]} in listed
+    described = json.loads(
+        mq(env, capsys, "admin", "group", "describe", "--group", "cli", "--json")
+    )
+    assert described["lag"] == 0 and len(described["queues"]) == 8
+    text = mq(env, capsys, "admin", "group", "describe", "--group", "cli")
+    assert "total lag 0" in text and "consumer-offset" in text
+
+
+def test_reset_offset_then_consume_again_with_tags(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["consume", "--topic", "orders", "--group", "tagged", "--tags", "even", "--json-lines"]
+    assert len(mq(env, capsys, *args, "--count", "3").splitlines()) == 3
+    reset = json.loads(mq(env, capsys, "admin", "group", "reset-offset", "--group", "tagged",
+                          "--topic", "orders", "--to", "first", "--json"))  # fmt: skip
+    assert {r["offset"] for r in reset} == {0} and len(reset) == 8
+    again = [json.loads(line) for line in mq(env, capsys, *args, "--count", "3").splitlines()]
+    assert sorted(m["body"] for m in again) == ["m0", "m2", "m4"]
+    text = mq(env, capsys, "admin", "group", "reset-offset", "--group", "tagged", "--topic",
+              "orders", "--to", "1700000000000")  # fmt: skip
+    assert "orders@g1#0 -> 0" in text
+
+
+def test_broadcast_needs_a_group(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["consume", "--topic", "orders", "--broadcast", "--namesrv", env.namesrv[0]]) == 2
+    assert main(["consume", "--topic", "orders", "--from", "timestamp"]) == 2
