@@ -1,0 +1,159 @@
+"""The simulated world of one broker run: the event loop, the trace, the network, three
+(or five) broker hosts of one Raft group, and the client links.
+
+It offers the same surface as sim/cluster.py (`loop`, `trace`, `network`, `node_ids`,
+`hosts`, `leader()`, `live_hosts()`, `faults`), so the fault schedule of sim/faults.py
+drives broker hosts unchanged: the same crashes, power cuts, partitions, pauses and
+drift that `mq sim raft` injects.
+
+Clients (producers, consumers) reach nodes over links of their own: a partition
+between nodes does not cut a client off, a request to a crashed node is lost (the
+client times out), a request to a paused node waits in its socket buffer. Requests
+and responses cross the links as encoded frames (mq/protocol.py), so the wire codec
+runs on every request.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mq.broker.config import BrokerConfig
+from mq.protocol import Frame, decode_frame, encode_frame
+from raft.messages import Envelope
+from raft.node import Role
+from sim.broker_host import BrokerHost
+from sim.events import NS_PER_MS, EventLoop
+from sim.network import Network
+from sim.trace import Trace
+
+if TYPE_CHECKING:
+    from sim.faults import FaultSchedule
+
+GROUP = "g1"
+
+
+def node_address(node_id: int) -> str:
+    return f"10.0.0.{node_id}:10911"
+
+
+def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, BrokerConfig]:
+    """One BrokerConfig per node, sized for simulation: small CommitLog segments (they
+    roll every few seconds of workload), small ConsumeQueue segments and index files,
+    frequent checkpoints and state snapshots (so recovery replays from them), and Raft
+    timeouts of 100 ms with 10 ms ticks, as `mq sim raft` uses."""
+    peers = {n: node_address(n) for n in node_ids}
+    base: dict[str, Any] = {
+        "cluster": "sim",
+        "group": GROUP,
+        "peers": peers,
+        "segment_bytes": 32 << 10,
+        "cq_units_per_segment": 64,
+        "index_slots": 64,
+        "index_entries_max": 512,
+        "tick_ms": 10,
+        "election_ms": 100,
+        "heartbeat_ms": 50,
+        "send_timeout_ms": 1000,
+        "checkpoint_interval_ms": 300,
+        "state_snapshot_interval_ms": 1000,
+        "default_queues": 4,
+    }
+    base.update(overrides)
+    return {
+        n: BrokerConfig(node_id=n, listen=peers[n], data_dir=f"/n{n}", **base) for n in node_ids
+    }
+
+
+class BrokerCluster:
+    def __init__(
+        self,
+        loop: EventLoop,
+        trace: Trace,
+        rng: random.Random,
+        configs: dict[int, BrokerConfig],
+    ) -> None:
+        self.loop = loop
+        self.trace = trace
+        self.node_ids = tuple(sorted(configs))
+        self.faults: FaultSchedule | None = None
+        self._rng = random.Random(rng.getrandbits(64))
+        receivers: dict[int, Callable[[Envelope], None]] = {}
+        self.network = Network(
+            loop, random.Random(rng.getrandbits(64)), trace, self.node_ids, receivers
+        )
+        self.hosts: dict[int, BrokerHost] = {}
+        for node_id in self.node_ids:
+            host = BrokerHost(self, node_id, configs[node_id], random.Random(rng.getrandbits(64)))
+            self.hosts[node_id] = host
+            receivers[node_id] = host.receive
+        self.address_to_id = {node_address(n): n for n in self.node_ids}
+        self._clients: dict[str, Callable[[int, Frame], None]] = {}
+        self.client_latency_min_ns = NS_PER_MS // 2
+        self.client_latency_max_ns = 2 * NS_PER_MS
+        # Called with each host that (re)starts (after recovery, before it runs), and
+        # with each response a node sends, before it travels (the checkers' hooks).
+        self.on_host_start: Callable[[BrokerHost], None] = lambda host: None
+        self.on_response: Callable[[BrokerHost, Frame], None] = lambda host, frame: None
+        self._reply_owner: dict[int, str] = {}
+
+    def start(self) -> None:
+        for node_id in self.node_ids:
+            self.hosts[node_id].start()
+
+    def on_start(self, host: BrokerHost) -> None:
+        self.on_host_start(host)
+
+    def leader(self) -> BrokerHost | None:
+        """The live, running leader with the highest term, if any node thinks it leads."""
+        best: BrokerHost | None = None
+        best_term = -1
+        for node_id in self.node_ids:
+            host = self.hosts[node_id]
+            core = host.core
+            if (
+                host.up
+                and not host.paused
+                and core is not None
+                and core.raft.role is Role.LEADER
+                and core.raft.term > best_term
+            ):
+                best, best_term = host, core.raft.term
+        return best
+
+    def live_hosts(self) -> list[BrokerHost]:
+        return [self.hosts[n] for n in self.node_ids if self.hosts[n].up]
+
+    # -- clients
+
+    def register_client(self, name: str, on_response: Callable[[int, Frame], None]) -> None:
+        self._clients[name] = on_response
+
+    def _client_latency(self) -> int:
+        span = self.client_latency_max_ns - self.client_latency_min_ns
+        return self.client_latency_min_ns + int(self._rng.random() * span)
+
+    def send(self, client: str, node_id: int, reply_id: int, frame: Frame) -> None:
+        """A request from `client` to a node; the response (if any) comes back later to
+        the client's callback with `reply_id`. Reply ids are unique in the run."""
+        self._reply_owner[reply_id] = client
+        self.loop.after(
+            self._client_latency(),
+            self.hosts[node_id].client_request,
+            (client, reply_id, encode_frame(frame)),
+        )
+
+    def reply(self, host: BrokerHost, reply_id: int, frame: Frame) -> None:
+        client = self._reply_owner.pop(reply_id, None)
+        if client is None:
+            return
+        self.on_response(host, frame)
+        on_response = self._clients[client]
+        data = encode_frame(frame)
+        self.loop.after(self._client_latency(), self._deliver, (on_response, reply_id, data))
+
+    @staticmethod
+    def _deliver(item: tuple[Callable[[int, Frame], None], int, bytes]) -> None:
+        on_response, reply_id, data = item
+        on_response(reply_id, decode_frame(data))

@@ -1,0 +1,597 @@
+"""Queue safety checkers for `mq sim broker`, built around a reference model of the
+broker's replicated state machine.
+
+The model is the oracle. It reads the Raft entries a node has *committed* (its Raft
+commit index, never its dispatch progress), in index order, and applies them as
+docs/broker-api.md specifies, independently of mq/broker: a send command's messages
+get the next queue offsets of their queue, unless (producer_id, seq) is at or below the
+producer's last applied seq (an idempotent retry, not stored again); an offset command
+sets a consumer group's committed offsets (of the current generation). So the model
+says, for every queue offset, which message id (and tags) a correct broker must hold
+there, and which offsets a group committed; it only ever grows. Every observation is
+compared with it the moment it is made:
+
+* an acknowledged send (OK SendResult): its messages must be in the model at the queue
+  offsets the ack gave (`acked_durable`);
+* a pulled message: its queue offset must already be in the model (anything else was
+  served before it was committed: `committed_only`) and hold the same message id
+  (`queue_order`); the offsets of a pull response must be contiguous from the offset
+  asked for, or, for a tag-filtered pull, every message with a subscribed tag in the
+  range the node examined must be served (`queue_order`);
+* an acknowledged offset commit must be in the model (`acked_durable`); an offset a
+  node answers to QUERY_CONSUMER_OFFSET must be one the group committed
+  (`committed_only`);
+* a node's ConsumeQueues, scanned after every restart and every second: a prefix of the
+  model (`queue_order`), never longer than it (`committed_only`);
+* the committed Raft prefixes of all nodes: the same term at every index
+  (`log_matching`), and a message id stored twice (`no_duplicate`).
+
+At the end, after the heal, every node's ConsumeQueues must be unit-for-unit identical
+and equal to the model, read back through PULL_MESSAGE, unfiltered and filtered by tag,
+and every node must answer the committed consumer offsets (`replicas_identical`; a
+missing acknowledged message is reported as `acked_durable`, a missing delivered one
+as `committed_only`).
+
+Why a model and not "compare the nodes with each other": replicas that agree can still
+all be wrong (a retry stored twice everywhere, an entry dispatched before commit on
+every node), and a message delivered and then lost is only visible against a record
+of what was committed. The model is fed by the Raft commit index, which the raft
+simulator (`mq sim raft`) checks on its own; here it is the ground truth.
+
+Catch-up is incremental: each node's committed prefix is read once, when its commit
+index moves, and compared term by term with the model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mq.broker.commands import (
+    MAGIC_COMMAND,
+    CommandError,
+    OffsetCommand,
+    ResetCommand,
+    SendCommand,
+    decode_command,
+)
+from mq.protocol import Frame, RequestCode, request
+from raft.messages import EntryKind
+from sim.checkers import Violation
+from storage.record import FRAME_HEADER_BYTES, MAGIC_MESSAGE, decode_message_header, tag_hash
+
+if TYPE_CHECKING:
+    from sim.broker_host import BrokerHost
+
+QueueKey = tuple[str, int]
+
+QUEUE_CHECKERS: dict[str, str] = {
+    "acked_durable": "every acknowledged message stays at the queue offset its ack gave",
+    "committed_only": "a consumer is only ever served committed messages, and they stay",
+    "queue_order": "queue offsets are contiguous; an offset always holds the same message",
+    "replicas_identical": "after the heal, every node holds the same ConsumeQueues",
+    "no_duplicate": "a message of an idempotent producer is stored at most once",
+    "log_matching": "all nodes hold the same entry terms at every committed index",
+    "liveness": "after the heal, a leader acknowledges a send every node then serves",
+    "workload": "the broker refuses a well-formed request for what it is",
+}
+
+
+def message_frames(body: bytes | memoryview) -> Iterator[memoryview]:
+    """The concatenated message frames of a pull response or send request body."""
+    view = memoryview(body)
+    pos = 0
+    while pos + FRAME_HEADER_BYTES <= len(view):
+        size = int.from_bytes(view[pos : pos + 4], "little")
+        if size < FRAME_HEADER_BYTES or pos + size > len(view):
+            raise ValueError(f"bad frame size {size} at {pos}")
+        yield view[pos : pos + size]
+        pos += size
+
+
+@dataclass
+class _Delivered:
+    """What consumers were served at a queue offset (to report a later loss as such)."""
+
+    msg_id: str
+    by: str
+
+
+@dataclass
+class QueueModel:
+    """The committed history: Raft entry terms and per-queue message ids."""
+
+    terms: list[int] = field(default_factory=lambda: [0])  # terms[i] = term of entry i
+    queues: dict[QueueKey, list[str]] = field(default_factory=dict)
+    where: dict[str, tuple[QueueKey, int]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # msg id -> its tags
+    # Consumer offsets: (group, topic, queue) -> committed offset, and every offset
+    # ever committed there; (group, topic) -> generation.
+    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    offset_history: dict[tuple[str, str, int], set[int]] = field(default_factory=dict)
+    generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    producers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def committed(self) -> int:
+        return len(self.terms) - 1
+
+    def apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
+        assert index == len(self.terms)
+        self.terms.append(term)
+        if kind is EntryKind.NOOP or not data:
+            return
+        store = True
+        for frame in message_frames(data):
+            magic = int.from_bytes(frame[4:8], "little")
+            if magic == MAGIC_COMMAND:
+                try:
+                    command = decode_command(frame)
+                except CommandError:
+                    store = False
+                    continue
+                store = True
+                if isinstance(command, OffsetCommand | ResetCommand):
+                    self._apply_offsets(command)
+                elif isinstance(command, SendCommand) and command.producer_id is not None:
+                    assert command.seq is not None
+                    last = self.producers.get(command.producer_id)
+                    if last is not None and command.seq <= last:
+                        store = False
+                    else:
+                        self.producers[command.producer_id] = command.seq
+            elif magic == MAGIC_MESSAGE and store:
+                head = decode_message_header(frame, verify_crc=False)
+                key = (head.topic, head.queue_id)
+                queue = self.queues.setdefault(key, [])
+                if head.msg_id in self.where:
+                    (topic, qid), offset = self.where[head.msg_id]
+                    raise Violation(
+                        "no_duplicate",
+                        f"message {head.msg_id} committed twice: {topic}/{qid}@{offset} and "
+                        f"{head.topic}/{head.queue_id}@{len(queue)} (entry {index})",
+                    )
+                self.where[head.msg_id] = (key, len(queue))
+                self.tags[head.msg_id] = head.tags
+                queue.append(head.msg_id)
+
+    def _apply_offsets(self, command: OffsetCommand | ResetCommand) -> None:
+        group = command.group
+        if isinstance(command, ResetCommand):
+            key = (group, command.topic)
+            self.generations[key] = self.generations.get(key, 0) + 1
+            pairs = [(command.topic, q, o) for q, o in command.offsets]
+        else:
+            pairs = [
+                (e.topic, e.queue_id, e.offset)
+                for e in command.entries
+                if e.generation == self.generations.get((group, e.topic), 0)
+            ]
+        for topic, queue_id, offset in pairs:
+            self.offsets[(group, topic, queue_id)] = offset
+            self.offset_history.setdefault((group, topic, queue_id), set()).add(offset)
+
+
+class QueueCheckers:
+    def __init__(self, node_ids: tuple[int, ...], topic: str) -> None:
+        self.node_ids = node_ids
+        self.topic = topic
+        self.model = QueueModel()
+        # Per node: the committed index up to which its log terms were compared.
+        self._verified: dict[int, int] = {n: 0 for n in node_ids}
+        self.delivered: dict[tuple[QueueKey, int], _Delivered] = {}
+        self.acked: dict[tuple[QueueKey, int], str] = {}
+        self.acks = 0
+        self.deliveries = 0
+        self.scans = 0
+        self.offsets_acked = 0
+        # The end also reads every queue from every node with this tag filter.
+        self.final_tags: frozenset[str] = frozenset()
+        # (node, queue) -> ConsumeQueue units already compared since the node started
+        self._scanned: dict[tuple[int, QueueKey], int] = {}
+
+    # -- the model
+
+    def catch_up(self, host: BrokerHost) -> None:
+        """Extend the model with what `host` has committed, and compare its committed
+        prefix with the model's (one term lookup per new committed index)."""
+        core = host.core
+        if core is None:
+            return
+        raft = core.raft
+        commit = raft.commit_index
+        model = self.model
+        log = core.log
+        if commit > model.committed:
+            for entry in log.entries(model.committed + 1, commit + 1, 1 << 62):
+                model.apply(entry.index, entry.term, entry.kind, entry.data)
+            if model.committed < commit:
+                raise Violation(
+                    "log_matching",
+                    f"n{host.id} has commit index {commit} but its log ends at {log.last_index()}",
+                )
+        verified = self._verified[host.id]
+        if commit > verified:
+            terms = model.terms
+            for index in range(max(verified + 1, log.first_index()), commit + 1):
+                term = log.term_at(index)
+                if term != terms[index]:
+                    raise Violation(
+                        "log_matching",
+                        f"n{host.id} committed entry {index} of term {term}, but entry "
+                        f"{index} was committed with term {terms[index]}",
+                    )
+            self._verified[host.id] = commit
+
+    def on_restart(self, host: BrokerHost) -> None:
+        """A restarted node: re-verify its whole committed prefix and its ConsumeQueues
+        (recovery rebuilt them from a CommitLog that may have lost a torn tail)."""
+        self._verified[host.id] = 0
+        for key in self.model.queues:
+            self._scanned.pop((host.id, key), None)
+        self.catch_up(host)
+        self.scan(host)
+
+    # -- observations
+
+    def on_ack(
+        self, producer: str, seq: int, queue_id: int, msg_ids: list[str], result: Frame
+    ) -> None:
+        """An OK SendResult for a batch of `msg_ids` sent to `queue_id`."""
+        self.acks += 1
+        f = result.fields
+        got_ids = f.get("msg_ids") or []
+        offset = f.get("queue_offset", -1)
+        key = (self.topic, queue_id)
+        queue = self.model.queues.get(key, [])
+        if got_ids and list(got_ids) != msg_ids:
+            raise Violation(
+                "acked_durable",
+                f"{producer}:s{seq} acked with message ids {got_ids}, sent {msg_ids}",
+            )
+        if not isinstance(offset, int) or offset < 0:
+            # A duplicate whose original result is no longer known: the messages must
+            # be stored somewhere all the same.
+            for msg_id in msg_ids:
+                if msg_id not in self.model.where:
+                    raise Violation(
+                        "acked_durable",
+                        f"{producer}:s{seq} acked (duplicate, no offset) but {msg_id} is not "
+                        f"in any committed entry",
+                    )
+            return
+        for k, msg_id in enumerate(msg_ids):
+            at = offset + k
+            held = queue[at] if at < len(queue) else None
+            if held != msg_id:
+                raise Violation(
+                    "acked_durable",
+                    f"{producer}:s{seq} acked {msg_id} at {self.topic}/{queue_id}@{at}, but the "
+                    f"committed log holds {held or 'nothing'} there",
+                )
+            self.acked[(key, at)] = f"{producer}:s{seq}"
+
+    def on_pull(
+        self,
+        consumer: str,
+        host: BrokerHost,
+        queue_id: int,
+        offset: int,
+        response: Frame,
+        tags: frozenset[str] | None = None,
+    ) -> list[tuple[int, str]]:
+        """A FOUND or NO_MATCHED_MSG pull response for `queue_id` from `offset`, by a
+        consumer subscribed to `tags` (None: everything); returns (offset, msg id) of
+        each message served, checked.
+
+        Without a filter the offsets must be contiguous from `offset` and `next_offset`
+        right after the last. With one, the node examined [offset, next_offset): the
+        offsets served must lie there, ascending, and every committed message there
+        that carries a subscribed tag must have been served."""
+        f = response.fields
+        offsets = list(f.get("queue_offsets") or [])
+        frames = list(message_frames(response.body))
+        key = (self.topic, queue_id)
+        next_offset = f.get("next_offset")
+        where = f"{consumer} pulled {self.topic}/{queue_id}@{offset} from n{host.id}"
+        if len(frames) != len(offsets) or not isinstance(next_offset, int):
+            raise Violation(
+                "queue_order",
+                f"{where}: {len(frames)} frames, {len(offsets)} queue offsets, next {next_offset}",
+            )
+        if tags is None:
+            if not offsets or offsets != list(range(offset, offset + len(offsets))):
+                raise Violation(
+                    "queue_order", f"{where}: offsets {offsets} are not contiguous from it"
+                )
+            if next_offset != offsets[-1] + 1:
+                raise Violation(
+                    "queue_order", f"{where}: next_offset {next_offset} after {offsets[-1]}"
+                )
+        elif offsets != sorted(set(offsets)) or (
+            offsets and not offset <= offsets[0] <= offsets[-1] < next_offset
+        ):
+            raise Violation(
+                "queue_order", f"{where}: offsets {offsets} not ascending in [it, {next_offset})"
+            )
+        served: list[tuple[int, str]] = []
+        for at, frame in zip(offsets, frames, strict=True):
+            head = decode_message_header(frame, verify_crc=True)
+            if (head.topic, head.queue_id) != key:
+                raise Violation(
+                    "queue_order", f"{where}: got a message of {head.topic}/{head.queue_id}"
+                )
+            served.append((at, head.msg_id))
+        self.check_served(consumer, host.id, key, served)
+        if tags is not None:
+            self._check_skipped(where, key, offset, next_offset, offsets, tags)
+        return served
+
+    def _check_skipped(
+        self,
+        where: str,
+        key: QueueKey,
+        offset: int,
+        next_offset: int,
+        offsets: list[int],
+        tags: frozenset[str],
+    ) -> None:
+        queue = self.model.queues.get(key, [])
+        if next_offset > len(queue):
+            raise Violation(
+                "committed_only",
+                f"{where}: examined up to {next_offset}, only {len(queue)} messages are committed",
+            )
+        served = set(offsets)
+        model_tags = self.model.tags
+        for at in range(offset, next_offset):
+            if at in served or model_tags[queue[at]] not in tags:
+                continue
+            # A subscribed consumer never gets it from this node: for an acknowledged
+            # message that is a lost acknowledged message.
+            acked = self.acked.get((key, at))
+            checker = "queue_order" if acked is None else "acked_durable"
+            what = f"{where}: skipped {queue[at]} at {at}, which has a subscribed tag" + (
+                "" if acked is None else f" (acknowledged to {acked})"
+            )
+            raise Violation(checker, what)
+
+    def check_served(
+        self, consumer: str, node_id: int, key: QueueKey, served: list[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        queue = self.model.queues.get(key, [])
+        for at, msg_id in served:
+            self.deliveries += 1
+            if at >= len(queue):
+                raise Violation(
+                    "committed_only",
+                    f"{consumer} was served {msg_id} at {key[0]}/{key[1]}@{at} by n{node_id}, "
+                    f"but only {len(queue)} messages of that queue are committed",
+                )
+            if queue[at] != msg_id:
+                raise Violation(
+                    "queue_order",
+                    f"{consumer} was served {msg_id} at {key[0]}/{key[1]}@{at} by n{node_id}, "
+                    f"but {queue[at]} is committed there",
+                )
+            self.delivered.setdefault((key, at), _Delivered(msg_id, consumer))
+        return served
+
+    # -- consumer offsets
+
+    def on_offsets_acked(
+        self, consumer: str, group: str, offsets: list[list[Any]], response: Frame
+    ) -> None:
+        """An OK UPDATE_CONSUMER_OFFSET: every entry not reported stale is committed."""
+        stale = {(t, q) for t, q in response.fields.get("stale") or []}
+        for topic, queue_id, offset, _generation in offsets:
+            if (topic, queue_id) in stale:
+                continue
+            if offset not in self.model.offset_history.get((group, topic, queue_id), ()):
+                raise Violation(
+                    "acked_durable",
+                    f"{consumer}'s offset commit {group} {topic}/{queue_id}={offset} was "
+                    f"acknowledged, but no committed entry holds it",
+                )
+            self.offsets_acked += 1
+
+    def on_offsets_queried(
+        self, consumer: str, host: BrokerHost, group: str, response: Frame
+    ) -> dict[int, int]:
+        """A QUERY_CONSUMER_OFFSET answer: each offset must be one the group committed."""
+        got: dict[int, int] = {}
+        for queue_id, offset in response.fields.get("offsets") or []:
+            if offset not in self.model.offset_history.get((group, self.topic, queue_id), ()):
+                raise Violation(
+                    "committed_only",
+                    f"n{host.id} told {consumer} that {group} committed {self.topic}/{queue_id}="
+                    f"{offset}, an offset no committed entry holds",
+                )
+            got[queue_id] = offset
+        return got
+
+    # -- ConsumeQueue scans
+
+    def scan(self, host: BrokerHost) -> None:
+        """Compare `host`'s ConsumeQueues with the model: a prefix of it.
+
+        Incremental while the node is up (a unit is never rewritten, so only units
+        past those already compared are read; a queue that got shorter fails); a
+        restart resets it, so what recovery rebuilt is read in full."""
+        core = host.core
+        if core is None:
+            return
+        self.scans += 1
+        self.catch_up(host)
+        for key, model_queue in sorted(self.model.queues.items()):
+            where = f"n{host.id}'s ConsumeQueue {key[0]}/{key[1]}"
+            checked = self._scanned.get((host.id, key), 0)
+            queue = core.store.queues.get(*key)
+            end = 0 if queue is None else queue.max_offset
+            if end < checked:
+                raise Violation(
+                    "committed_only",
+                    f"{where} shrank from {checked} to {end} units while the node was up",
+                )
+            if end > len(model_queue):
+                raise Violation(
+                    "committed_only",
+                    f"{where} holds {end} messages, only {len(model_queue)} are committed",
+                )
+            for at, msg_id in enumerate(self.queue_ids(host, *key, start=checked), checked):
+                if msg_id != model_queue[at]:
+                    raise Violation(
+                        "queue_order",
+                        f"{where} holds {msg_id} at {at}, {model_queue[at]} is committed there",
+                    )
+            self._scanned[(host.id, key)] = end
+
+    @staticmethod
+    def queue_ids(host: BrokerHost, topic: str, queue_id: int, start: int = 0) -> list[str]:
+        """The message ids of a node's ConsumeQueue from `start`, read through the
+        CommitLog (CRC checked)."""
+        core = host.core
+        assert core is not None
+        queue = core.store.queues.get(topic, queue_id)
+        if queue is None:
+            return []
+        start = max(start, queue.min_offset)
+        ids: list[str] = []
+        for unit in queue.get_range(start, queue.max_offset - start):
+            frame, _ = core.commit_log.frame_at(unit.commit_offset, verify_crc=True)
+            ids.append(decode_message_header(frame, verify_crc=False).msg_id)
+        return ids
+
+    # -- the end
+
+    def check_final(self, hosts: list[BrokerHost]) -> None:
+        """After the heal: every node serves exactly the model through PULL_MESSAGE,
+        then every node holds the same ConsumeQueue units (commit offset, size, tag
+        hash). The first comparison runs on every node before the second, so a lost
+        message is reported as such, not as a replica difference."""
+        for host in hosts:
+            self.catch_up(host)
+        for host in hosts:
+            for key, model_queue in sorted(self.model.queues.items()):
+                self._compare_final(host, key, model_queue, self._pull_all(host, key))
+                if self.final_tags:
+                    self._pull_filtered(host, key, self.final_tags)
+        for host in hosts:
+            self._compare_offsets(host)
+        for key in sorted(self.model.queues):
+            first: tuple[int, list[tuple[int, int, int]]] | None = None
+            for host in hosts:
+                got = self._units(host, key)
+                if first is None:
+                    first = (host.id, got)
+                    continue
+                for at, (a, b) in enumerate(zip(first[1], got, strict=True)):
+                    if a == b:
+                        continue
+                    raise Violation(
+                        "replicas_identical",
+                        f"ConsumeQueue {key[0]}/{key[1]} unit {at} (commit offset, size, tag "
+                        f"hash) is {a} on n{first[0]} and {b} on n{host.id}",
+                    )
+
+    @staticmethod
+    def _units(host: BrokerHost, key: QueueKey) -> list[tuple[int, int, int]]:
+        core = host.core
+        assert core is not None
+        queue = core.store.queues.get(*key)
+        if queue is None:
+            return []
+        return [
+            (u.commit_offset, u.size, u.tag_hash)
+            for u in queue.get_range(queue.min_offset, queue.max_offset)
+        ]
+
+    def _compare_final(
+        self, host: BrokerHost, key: QueueKey, model_queue: list[str], served: list[str]
+    ) -> None:
+        for at in range(max(len(model_queue), len(served))):
+            want = model_queue[at] if at < len(model_queue) else None
+            got = served[at] if at < len(served) else None
+            if want == got:
+                continue
+            where = f"n{host.id} serves {got or 'nothing'} at {key[0]}/{key[1]}@{at}"
+            acked = self.acked.get((key, at))
+            if acked is not None:
+                raise Violation("acked_durable", f"{where}, where {acked} was acked with {want}")
+            delivered = self.delivered.get((key, at))
+            if delivered is not None:
+                raise Violation(
+                    "committed_only",
+                    f"{where}, where {delivered.by} was served {delivered.msg_id}",
+                )
+            raise Violation(
+                "replicas_identical", f"{where}, {want or 'nothing'} is committed there"
+            )
+
+    def _compare_offsets(self, host: BrokerHost) -> None:
+        """Every node answers QUERY_CONSUMER_OFFSET with the committed offsets."""
+        core = host.core
+        assert core is not None
+        for group in sorted({g for g, _t, _q in self.model.offsets}):
+            frame = request(
+                RequestCode.QUERY_CONSUMER_OFFSET, {"group": group, "topic": self.topic}
+            )
+            response = core.handle(frame, 0, host.now_ms())
+            assert response is not None
+            got = {q: o for q, o in response.fields.get("offsets") or []}
+            want = {
+                q: o
+                for (g, t, q), o in self.model.offsets.items()
+                if g == group and t == self.topic
+            }
+            if got != want:
+                raise Violation(
+                    "replicas_identical",
+                    f"n{host.id} answers {group}'s offsets {got}, the committed ones are {want}",
+                )
+
+    def _pull_filtered(self, host: BrokerHost, key: QueueKey, tags: frozenset[str]) -> None:
+        """Read a queue from a node as a consumer subscribed to `tags` would, from the
+        start: every committed message with one of the tags must be served."""
+        core = host.core
+        assert core is not None
+        hashes = sorted(tag_hash(t) for t in tags)
+        offset = 0
+        for _ in range(1 << 20):
+            frame = request(
+                RequestCode.PULL_MESSAGE,
+                {
+                    "topic": key[0],
+                    "queue_id": key[1],
+                    "offset": offset,
+                    "max_count": 256,
+                    "tag_hashes": hashes,
+                },
+            )
+            response = core.handle(frame, 0, host.now_ms())
+            assert response is not None
+            if response.fields.get("status") not in ("FOUND", "NO_MATCHED_MSG"):
+                break
+            self.on_pull("a final filtered read", host, key[1], offset, response, tags)
+            offset = response.fields["next_offset"]
+
+    @staticmethod
+    def _pull_all(host: BrokerHost, key: QueueKey) -> list[str]:
+        core = host.core
+        assert core is not None
+        ids: list[str] = []
+        offset = 0
+        for _ in range(1 << 20):
+            frame = request(
+                RequestCode.PULL_MESSAGE,
+                {"topic": key[0], "queue_id": key[1], "offset": offset, "max_count": 256},
+            )
+            response = core.handle(frame, 0, host.now_ms())
+            assert response is not None
+            if response.fields.get("status") != "FOUND":
+                break
+            for msg in message_frames(response.body):
+                ids.append(decode_message_header(msg, verify_crc=True).msg_id)
+            offset = response.fields["next_offset"]
+        return ids
