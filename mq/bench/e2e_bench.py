@@ -49,16 +49,21 @@ def _body(phase: int, seq: int, size: int) -> bytes:
     return head + bytes(max(0, size - len(head)))
 
 
-async def _paced(producer: Producer, topic: str, rate: int, seconds: float, size: int) -> int:
+async def _paced(
+    producer: Producer, topic: str, rate: int, seconds: float, size: int, acks: Histogram
+) -> int:
     """Send `rate` messages/s for `seconds` (each send in its own task, so a slow answer
-    does not delay the next send); returns how many were acknowledged."""
+    does not delay the next send); returns how many were acknowledged. `acks` gets each
+    send's own latency (call to SendResult), to set the delivery latency against."""
     acked = 0
     interval = 1 / rate
     total = int(rate * seconds)
 
     async def one(seq: int) -> None:
         nonlocal acked
+        began = time.perf_counter()
         await producer.send(Message(topic, _body(2, seq, size)))
+        acks.record_seconds(time.perf_counter() - began)
         acked += 1
 
     start = trio.current_time()
@@ -166,8 +171,10 @@ async def run_async(
             await consumer.ask("ready", timeout_s=READY_TIMEOUT_S)
             async with Producer(namesrv=servers) as producer:
                 # Light load: paced sends, latency per message.
-                sent = await _paced(producer, topic, rate, light_s, size)
+                acks = Histogram()
+                sent = await _paced(producer, topic, rate, light_s, size, acks)
                 light = await consumer.wait_count(2, sent, DRAIN_S)
+                ack_latency = acks.summary_ms()
                 out["light"] = {
                     "rate": rate,
                     "seconds": light_s,
@@ -179,6 +186,8 @@ async def run_async(
                     "latency_p99_ms": light["latency"]["p99_ms"],
                     "latency_p999_ms": light["latency"]["p999_ms"],
                     "latency_max_ms": light["latency"]["max_ms"],
+                    "send_ack_p50_ms": ack_latency["p50_ms"],
+                    "send_ack_p99_ms": ack_latency["p99_ms"],
                 }
                 # Load: flat-out sends, delivered throughput.
                 sent, first = await _loaded(producer, topic, window, duration_s, size)
