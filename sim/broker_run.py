@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from mq.protocol import Frame
 from sim.broker_cluster import BrokerCluster, broker_configs
@@ -31,44 +32,34 @@ from sim.broker_host import BrokerHost
 from sim.broker_plants import PLANTS, install
 from sim.broker_workload import SUBSCRIPTIONS, TOPIC, BrokerWorkload, Producer, ReplyIds
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import FAULTS, FaultSchedule
-from sim.liveness import LIVENESS_BOUND_S, Liveness
-from sim.phases import run_phases
+from sim.faults import FaultSchedule
+from sim.liveness import Liveness
+from sim.phases import run_phases, world_stats
 from sim.queue_checkers import QueueCheckers
 from sim.result import RunResult
+from sim.run_config import RunConfig
 from sim.trace import Trace
 
 SCAN_INTERVAL_NS = NS_PER_S
 FINAL_TAGS = next(tags for tags in SUBSCRIPTIONS if tags is not None)
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerSimConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSimConfig(RunConfig):
     """What a broker run simulates. The defaults are what `mq sim broker` runs."""
 
-    nodes: int = 3
-    duration_s: float = 20.0
-    faults: tuple[str, ...] = tuple(FAULTS)
-    plant: str | None = None
+    plants: ClassVar[Mapping[str, str]] = PLANTS
+
     producers: int = 3
     consumers: int = 2
     queues: int = 4
     think_ms: float = 100.0
-    liveness_bound_s: float = LIVENESS_BOUND_S
-    mean_fault_gap_ms: float = 700.0
 
-    def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError("nodes must be at least 1")
+    def _validate(self) -> None:
         if self.producers < 0 or self.consumers < 0 or self.think_ms <= 0:
             raise ValueError("producers and consumers must be >= 0, think_ms > 0")
         if self.queues < 1 or self.duration_s < 0:
             raise ValueError("queues must be >= 1 and duration >= 0")
-        if self.plant is not None and self.plant not in PLANTS:
-            raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
-        unknown = set(self.faults) - FAULTS.keys()
-        if unknown:
-            raise ValueError(f"unknown faults: {sorted(unknown)}")
 
 
 def run_broker(
@@ -81,8 +72,7 @@ def run_broker(
     trace = Trace(loop, file=trace_file)
     node_ids = tuple(range(1, cfg.nodes + 1))
     trace.emit(
-        f"broker run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
-        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
+        f"broker run seed={seed} {cfg.describe()} "
         f"producers={cfg.producers} consumers={cfg.consumers} queues={cfg.queues} "
         f"think={cfg.think_ms}ms"
     )
@@ -144,12 +134,7 @@ def run_broker(
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
         "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
         "scans": checkers.scans,
-        "crashes": sum(h.crashes for h in cluster.hosts.values()),
-        "messages": cluster.network.sent,
-        "dropped": cluster.network.dropped,
-        "faults": {k: v for k, v in faults.counts.items() if v},
-        "heal_to_leader_ms": liveness.leader_ms,
-        "heal_to_probe_ms": liveness.probe_ms,
+        **world_stats(cluster, faults, liveness),
     }
     return RunResult.of(seed, verdict, loop, trace, time.perf_counter() - wall_start, stats)
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from raft.config import PLANTS
 from sim.broker_plants import PLANTS as BROKER_PLANTS
@@ -26,6 +27,9 @@ from sim.liveness import LIVENESS_BOUND_S
 from sim.queue_checkers import QUEUE_CHECKERS
 from sim.report import Simulation, plural, run_one, run_seeds
 from sim.run import SimConfig, run
+from sim.run_config import RunConfig
+
+C = TypeVar("C")
 
 _DEFAULT = SimConfig()
 
@@ -119,7 +123,7 @@ def _add_output_arguments(
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def _replay_argv(simulation: str, seed: int, cfg: SimConfig | BrokerSimConfig) -> list[str]:
+def _replay_argv(simulation: str, seed: int, cfg: RunConfig) -> list[str]:
     """The replay command's flags both simulators have; the caller adds the flags of
     its own that differ from their defaults."""
     faults = "all" if cfg.faults == tuple(FAULTS) else (",".join(cfg.faults) or "none")
@@ -136,6 +140,31 @@ def _replay_argv(simulation: str, seed: int, cfg: SimConfig | BrokerSimConfig) -
         "--faults",
         faults,
     ]
+
+
+def _run_command(
+    name: str,
+    args: argparse.Namespace,
+    plants: dict[str, str],
+    make_config: Callable[[argparse.Namespace], C],
+    simulation: Simulation[C],
+    before_run: Callable[[], None] | None = None,
+) -> int:
+    """`mq sim NAME ...`: list the plants, or build the configuration (exit code 2 for
+    bad arguments) and run one seed or many."""
+    if args.list_plants:
+        _print_table(plants)
+        return 0
+    try:
+        cfg = make_config(args)
+    except ValueError as exc:
+        print(f"mq sim {name}: {exc}", file=sys.stderr)
+        return 2
+    if before_run is not None:
+        before_run()
+    if args.seeds is not None:
+        return run_seeds(simulation, args, cfg)
+    return run_one(simulation, args, cfg)
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -171,24 +200,18 @@ RAFT: Simulation[SimConfig] = Simulation(
 
 
 def _raft(args: argparse.Namespace) -> int:
-    if args.list_plants:
-        _print_table(PLANTS)
-        return 0
-    try:
-        cfg = SimConfig(
-            nodes=args.nodes,
-            duration_s=args.duration,
-            faults=parse_faults(args.faults),
-            plant=args.plant,
-            clients=args.clients,
-            think_ms=args.think_ms,
-        )
-    except ValueError as exc:
-        print(f"mq sim raft: {exc}", file=sys.stderr)
-        return 2
-    if args.seeds is not None:
-        return run_seeds(RAFT, args, cfg)
-    return run_one(RAFT, args, cfg)
+    return _run_command("raft", args, PLANTS, _raft_config, RAFT)
+
+
+def _raft_config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        nodes=args.nodes,
+        duration_s=args.duration,
+        faults=parse_faults(args.faults),
+        plant=args.plant,
+        clients=args.clients,
+        think_ms=args.think_ms,
+    )
 
 
 # ---------------------------------------------------------------------- mq sim broker
@@ -274,27 +297,22 @@ def _quiet_logs() -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    if args.list_plants:
-        _print_table(BROKER_PLANTS)
-        return 0
-    try:
-        cfg = BrokerSimConfig(
-            nodes=args.nodes,
-            duration_s=args.duration,
-            faults=parse_faults(args.faults),
-            plant=args.plant,
-            producers=args.producers,
-            consumers=args.consumers,
-            queues=args.queues,
-            think_ms=args.think_ms,
-        )
-    except ValueError as exc:
-        print(f"mq sim broker: {exc}", file=sys.stderr)
-        return 2
-    _quiet_logs()
-    if args.seeds is not None:
-        return run_seeds(BROKER, args, cfg)
-    return run_one(BROKER, args, cfg)
+    return _run_command(
+        "broker", args, BROKER_PLANTS, _broker_config, BROKER, before_run=_quiet_logs
+    )
+
+
+def _broker_config(args: argparse.Namespace) -> BrokerSimConfig:
+    return BrokerSimConfig(
+        nodes=args.nodes,
+        duration_s=args.duration,
+        faults=parse_faults(args.faults),
+        plant=args.plant,
+        producers=args.producers,
+        consumers=args.consumers,
+        queues=args.queues,
+        think_ms=args.think_ms,
+    )
 
 
 def _describe_broker(s: dict[str, Any]) -> str:

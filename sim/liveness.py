@@ -15,21 +15,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sim.checkers import Violation
-from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.trace import Trace
+from sim.events import NS_PER_MS, NS_PER_S
+from sim.world import World
 
 LIVENESS_BOUND_S = 10.0
-
-
-class World(Protocol):
-    """What the phase needs of a simulated cluster (sim/cluster.py, sim/broker_cluster.py)."""
-
-    loop: EventLoop
-    trace: Trace
-
-    def leader(self) -> object | None:
-        """The live leader, if any node leads."""
-        ...
 
 
 class Probe(Protocol):
@@ -54,7 +43,7 @@ class Liveness:
 
     _POLL_NS = 10 * NS_PER_MS
 
-    def __init__(self, world: World, probe: Probe, bound_ns: int) -> None:
+    def __init__(self, world: World[Any], probe: Probe, bound_ns: int) -> None:
         self.world = world
         self.probe = probe
         self.bound_ns = bound_ns

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from sim.checkers import Violation
 from sim.events import NS_PER_S, EventLoop
@@ -23,6 +23,7 @@ from sim.liveness import Liveness
 from sim.result import Verdict
 from sim.storm_guard import StormGuard
 from sim.trace import Trace
+from sim.world import World
 
 
 class Startable(Protocol):
@@ -36,6 +37,8 @@ class Workload(Protocol):
 
 
 class Faults(Protocol):
+    counts: dict[str, int]
+
     def start(self, end_ns: int) -> None: ...
 
     def heal_all(self) -> None: ...
@@ -81,3 +84,16 @@ def run_phases(
         )
     trace.emit("OK")
     return Verdict()
+
+
+def world_stats(world: World[Any], faults: Faults, liveness: Liveness) -> dict[str, Any]:
+    """The stats both simulators report, last in a run's `stats` (the report reads
+    them): crashes, network traffic, the faults injected, the liveness timings."""
+    return {
+        "crashes": sum(h.crashes for h in world.hosts.values()),
+        "messages": world.network.sent,
+        "dropped": world.network.dropped,
+        "faults": {k: v for k, v in faults.counts.items() if v},
+        "heal_to_leader_ms": liveness.leader_ms,
+        "heal_to_probe_ms": liveness.probe_ms,
+    }

@@ -22,35 +22,33 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from raft.config import PLANTS, Config
 from sim.checkers import Checkers, Violation
 from sim.cluster import Cluster
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import FAULTS, FaultSchedule
-from sim.liveness import LIVENESS_BOUND_S, Liveness
-from sim.phases import run_phases
+from sim.faults import FaultSchedule
+from sim.liveness import Liveness
+from sim.phases import run_phases, world_stats
 from sim.result import RunResult
+from sim.run_config import RunConfig
 from sim.state_machine import decode_op
 from sim.trace import Trace
 from sim.workload import Client, Workload
 
 
-@dataclass(frozen=True, slots=True)
-class SimConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig(RunConfig):
     """What a run simulates. The defaults are what `mq sim raft` runs."""
 
-    nodes: int = 3
-    duration_s: float = 20.0
-    faults: tuple[str, ...] = tuple(FAULTS)
-    plant: str | None = None
+    plants: ClassVar[Mapping[str, str]] = PLANTS
+
     clients: int = 3
     think_ms: float = 150.0
     pad_bytes: int = 64
-    liveness_bound_s: float = LIVENESS_BOUND_S
-    mean_fault_gap_ms: float = 700.0
     # Raft tunables, in 10 ms ticks: 100-200 ms election timeouts, 50 ms heartbeats.
     # Short timeouts pack many elections into little virtual time; heartbeats are the
     # bulk of an idle cluster's messages, so they are no more frequent than needed.
@@ -67,16 +65,9 @@ class SimConfig:
     compact_keep: int = 2
     snapshot_chunk_bytes: int = 512
 
-    def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError("nodes must be at least 1")
+    def _validate(self) -> None:
         if self.clients < 0 or self.think_ms <= 0 or self.duration_s < 0:
             raise ValueError("clients must be >= 0, think_ms > 0 and duration >= 0")
-        if self.plant is not None and self.plant not in PLANTS:
-            raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
-        unknown = set(self.faults) - FAULTS.keys()
-        if unknown:
-            raise ValueError(f"unknown faults: {sorted(unknown)}")
 
     def raft_config(self) -> Config:
         return Config(
@@ -96,11 +87,7 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
     trace = Trace(loop, file=trace_file)
     node_ids = list(range(1, cfg.nodes + 1))
     checkers = Checkers(node_ids)
-    trace.emit(
-        f"run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
-        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
-        f"clients={cfg.clients} think={cfg.think_ms}ms"
-    )
+    trace.emit(f"run seed={seed} {cfg.describe()} clients={cfg.clients} think={cfg.think_ms}ms")
     cluster = Cluster(
         loop,
         trace,
@@ -144,12 +131,7 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
         "leaders": len(checkers.leaders),
         "committed": len(checkers.committed),
         "acked": len(checkers.acks),
-        "crashes": sum(h.crashes for h in cluster.hosts.values()),
-        "messages": cluster.network.sent,
-        "dropped": cluster.network.dropped,
-        "faults": {k: v for k, v in faults.counts.items() if v},
-        "heal_to_leader_ms": liveness.leader_ms,
-        "heal_to_probe_ms": liveness.probe_ms,
+        **world_stats(cluster, faults, liveness),
     }
     return RunResult.of(seed, verdict, loop, trace, time.perf_counter() - wall_start, stats)
 
