@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mq.broker.config import BrokerConfig
 from mq.protocol import Frame, decode_frame, encode_frame
-from raft.messages import Envelope
-from raft.node import Role
 from sim.broker_host import BrokerHost
-from sim.events import NS_PER_MS, EventLoop
-from sim.network import Network
+from sim.events import EventLoop
 from sim.trace import Trace
-
-if TYPE_CHECKING:
-    from sim.faults import FaultSchedule
+from sim.world import World
 
 GROUP = "g1"
 
@@ -66,7 +61,7 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
     }
 
 
-class BrokerCluster:
+class BrokerCluster(World[BrokerHost]):
     def __init__(
         self,
         loop: EventLoop,
@@ -74,72 +69,33 @@ class BrokerCluster:
         rng: random.Random,
         configs: dict[int, BrokerConfig],
     ) -> None:
-        self.loop = loop
-        self.trace = trace
-        self.node_ids = tuple(sorted(configs))
-        self.faults: FaultSchedule | None = None
-        self._rng = random.Random(rng.getrandbits(64))
-        receivers: dict[int, Callable[[Envelope], None]] = {}
-        self.network = Network(
-            loop, random.Random(rng.getrandbits(64)), trace, self.node_ids, receivers
-        )
-        self.hosts: dict[int, BrokerHost] = {}
+        super().__init__(loop, trace, rng, sorted(configs))
         for node_id in self.node_ids:
-            host = BrokerHost(self, node_id, configs[node_id], random.Random(rng.getrandbits(64)))
-            self.hosts[node_id] = host
-            receivers[node_id] = host.receive
+            self.add_host(
+                BrokerHost(self, node_id, configs[node_id], random.Random(rng.getrandbits(64)))
+            )
         self.address_to_id = {node_address(n): n for n in self.node_ids}
         self._clients: dict[str, Callable[[int, Frame], None]] = {}
-        self.client_latency_min_ns = NS_PER_MS // 2
-        self.client_latency_max_ns = 2 * NS_PER_MS
         # Called with each host that (re)starts (after recovery, before it runs), and
         # with each response a node sends, before it travels (the checkers' hooks).
         self.on_host_start: Callable[[BrokerHost], None] = lambda host: None
         self.on_response: Callable[[BrokerHost, Frame], None] = lambda host, frame: None
         self._reply_owner: dict[int, str] = {}
 
-    def start(self) -> None:
-        for node_id in self.node_ids:
-            self.hosts[node_id].start()
-
     def on_start(self, host: BrokerHost) -> None:
         self.on_host_start(host)
-
-    def leader(self) -> BrokerHost | None:
-        """The live, running leader with the highest term, if any node thinks it leads."""
-        best: BrokerHost | None = None
-        best_term = -1
-        for node_id in self.node_ids:
-            host = self.hosts[node_id]
-            core = host.core
-            if (
-                host.up
-                and not host.paused
-                and core is not None
-                and core.raft.role is Role.LEADER
-                and core.raft.term > best_term
-            ):
-                best, best_term = host, core.raft.term
-        return best
-
-    def live_hosts(self) -> list[BrokerHost]:
-        return [self.hosts[n] for n in self.node_ids if self.hosts[n].up]
 
     # -- clients
 
     def register_client(self, name: str, on_response: Callable[[int, Frame], None]) -> None:
         self._clients[name] = on_response
 
-    def _client_latency(self) -> int:
-        span = self.client_latency_max_ns - self.client_latency_min_ns
-        return self.client_latency_min_ns + int(self._rng.random() * span)
-
     def send(self, client: str, node_id: int, reply_id: int, frame: Frame) -> None:
         """A request from `client` to a node; the response (if any) comes back later to
         the client's callback with `reply_id`. Reply ids are unique in the run."""
         self._reply_owner[reply_id] = client
         self.loop.after(
-            self._client_latency(),
+            self.client_latency(),
             self.hosts[node_id].client_request,
             (client, reply_id, encode_frame(frame)),
         )
@@ -151,7 +107,7 @@ class BrokerCluster:
         self.on_response(host, frame)
         on_response = self._clients[client]
         data = encode_frame(frame)
-        self.loop.after(self._client_latency(), self._deliver, (on_response, reply_id, data))
+        self.loop.after(self.client_latency(), self._deliver, (on_response, reply_id, data))
 
     @staticmethod
     def _deliver(item: tuple[Callable[[int, Frame], None], int, bytes]) -> None:

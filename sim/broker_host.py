@@ -42,20 +42,21 @@ from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
 from raft.node import RaftNode, Role
 from sim.events import NS_PER_MS
+from sim.process import TICK_NS, SimProcess
 from storage.files import SimFileSystem
 
 if TYPE_CHECKING:
     from sim.broker_cluster import BrokerCluster
 
-TICK_NS = 10 * NS_PER_MS
-INBOX_MAX = 1024
 CLOCK_START_MS = 1_000_000
 
 # (client name, reply id, encoded request frame) of a request on its way to a node
 ClientRequest = tuple[str, int, bytes]
 
 
-class BrokerHost:
+class BrokerHost(SimProcess[ClientRequest]):
+    cluster: BrokerCluster
+
     def __init__(
         self,
         cluster: BrokerCluster,
@@ -63,34 +64,17 @@ class BrokerHost:
         config: BrokerConfig,
         rng: random.Random,
     ) -> None:
-        self.cluster = cluster
-        self.id = node_id
+        super().__init__(cluster, node_id, rng)
         self.config = config
-        self.loop = cluster.loop
-        self.trace = cluster.trace
-        self.network = cluster.network
-        self._rng = rng
         self.fs = SimFileSystem(random.Random(rng.getrandbits(64)))
         self.core: BrokerCore | None = None
-        self.up = False
-        self.paused = False
-        self.crashes = 0
-        self.tick_ns = TICK_NS
-        self._tick_gen = 0
-        self._epoch = 0
-        self.inbox: list[Envelope | ClientRequest] = []
         self._in_flight: Work | None = None
         self._deferred_done = False
         # The host's clock: now_ms = base_ms + (now_ns - base_ns) * TICK_NS / tick_ns.
         self._clock_base_ms = CLOCK_START_MS
         self._clock_base_ns = 0
-        self.disk_latency_min_ns = 1 * NS_PER_MS
-        self.disk_latency_max_ns = 4 * NS_PER_MS
-        self.disk_slow_p = 0.05
-        self.disk_slow_max_ns = 40 * NS_PER_MS
         self._seen: tuple[Role, int, int | None] | None = None
         self._commit = 0
-        self._leader_commit_term = -1
         # Hooks for the checkers and for sim-side plants (deliberate bugs).
         self.on_commit: Callable[[BrokerHost], None] = lambda host: None
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
@@ -102,27 +86,21 @@ class BrokerHost:
         elapsed_ns = self.loop.now_ns - self._clock_base_ns
         return self._clock_base_ms + elapsed_ns * TICK_NS // (self.tick_ns * NS_PER_MS)
 
-    def set_tick(self, tick_ns: int) -> None:
-        """Clock drift: the node's clock (and so its ticks) runs TICK_NS/tick_ns as fast."""
-        if tick_ns == self.tick_ns:
-            return
+    def _rebase_clock(self) -> None:
+        """Clock drift: the node's clock (and so its ticks) runs TICK_NS/tick_ns as fast,
+        from the time it reads now."""
         self._clock_base_ms = self.now_ms()
         self._clock_base_ns = self.loop.now_ns
-        self.tick_ns = tick_ns
-        if self.up and not self.paused:
-            self._start_ticking()
 
     @property
     def node(self) -> RaftNode | None:
         """The Raft node inside the core (what sim/faults.py looks at), None when down."""
         return self.core.raft if self.core is not None else None
 
-    # -- life cycle
+    # -- life cycle (the rest is SimProcess's)
 
-    def start(self) -> None:
-        """Boot (or reboot) the process from what is on its disk."""
-        assert not self.up
-        self._epoch += 1
+    def _boot(self) -> None:
+        self.epoch += 1
         self.core = BrokerCore(
             self.config,
             self.fs,
@@ -141,72 +119,27 @@ class BrokerHost:
             f"dispatched={self.core.store.dispatcher.dispatched_offset}"
         )
         self.cluster.on_start(self)
-        self._pump()
-        if self.up:
-            self._start_ticking()
 
-    def crash(self, reason: str) -> None:
-        if not self.up:
-            return
-        self.up = False
-        self.paused = False
-        self._epoch += 1
-        self._tick_gen += 1
+    def _crashed(self, reason: str) -> None:
         self.core = None
         self._in_flight = None
         self._deferred_done = False
-        self.inbox.clear()
-        self.crashes += 1
         self.fs.crash()
         self._seen = None
         self.trace.emit(f"n{self.id} CRASH ({reason})")
 
-    def pause(self) -> None:
-        if not self.up or self.paused:
-            return
-        self.paused = True
-        self._tick_gen += 1
-        self.trace.emit(f"n{self.id} PAUSE")
-
-    def resume(self) -> None:
-        """Wake up with a stale view; half the time timers fire before input is read."""
-        if not self.up or not self.paused:
-            return
-        self.paused = False
-        timers_first = self._rng.random() < 0.5
-        self.trace.emit(
-            f"n{self.id} RESUME with {len(self.inbox)} buffered inputs"
-            + (", timers first" if timers_first else "")
-        )
+    def _resume_io(self) -> None:
         if self._deferred_done:
             self._deferred_done = False
-            self._work_done(self._epoch)
-        if timers_first and self.up and not self.paused:
-            self.tick()
-        inbox, self.inbox = self.inbox, []
-        for item in inbox:
-            if not self.up or self.paused:
-                break
-            if type(item) is Envelope:
-                self.receive(item)
-            else:
-                self.client_request(item)  # type: ignore[arg-type]
-        if self.up and not self.paused:
-            self._start_ticking()
+            self._work_done(self.epoch)
 
-    def _start_ticking(self) -> None:
-        self._tick_gen += 1
-        first = 1 + int(self._rng.random() * self.tick_ns)
-        self.loop.after(first, self._own_tick, self._tick_gen)
+    def _step_buffered(self, env: Envelope) -> None:
+        self.receive(env)
+
+    def _serve_buffered(self, req: ClientRequest) -> None:
+        self.client_request(req)
 
     # -- inputs
-
-    def _own_tick(self, gen: int) -> None:
-        if gen != self._tick_gen:
-            return
-        self.tick()
-        if gen == self._tick_gen:
-            self.loop.after(self.tick_ns, self._own_tick, gen)
 
     def tick(self) -> None:
         core = self.core
@@ -247,12 +180,6 @@ class BrokerHost:
             self.cluster.reply(self, reply_id, response)
         self._pump()
 
-    def _buffer(self, item: Envelope | ClientRequest) -> None:
-        if len(self.inbox) < INBOX_MAX:
-            self.inbox.append(item)
-        else:
-            self.trace.emit(f"n{self.id} paused: inbox full, input lost")
-
     # -- the driver loop
 
     def _route(self) -> None:
@@ -269,9 +196,7 @@ class BrokerHost:
                 self.network.send(env)
                 msg = env.msg
                 if type(msg) is VoteResponse and msg.granted and not msg.pre_vote:
-                    faults = self.cluster.faults
-                    if faults is not None and faults.watch_votes:
-                        faults.on_vote_granted(self)  # type: ignore[arg-type]
+                    self._vote_granted()
             elif isinstance(out, Reply):
                 replies.append(out)
             # RoleChanged / TopicsChanged are for NameServer registration: role changes
@@ -283,13 +208,13 @@ class BrokerHost:
             self.cluster.reply(self, reply.reply_to, reply.frame)
 
     def _pump(self) -> None:
-        epoch = self._epoch
-        while self.up and self._epoch == epoch and not self.paused:
+        epoch = self.epoch
+        while self.up and self.epoch == epoch and not self.paused:
             core = self.core
             assert core is not None
             self._route()
             self._observe()
-            if self._in_flight is not None or not self.up or self._epoch != epoch:
+            if self._in_flight is not None or not self.up or self.epoch != epoch:
                 return
             work = core.ready(self.now_ms())
             self._route()
@@ -309,14 +234,13 @@ class BrokerHost:
                 f"n{self.id} fsync{' hs' if work.hard_state is not None else ''}"
                 f"{' log' if syncs else ''} +{latency // 1000}us"
             )
-            faults = self.cluster.faults
-            if faults is not None and faults.watch_persist and syncs:
-                faults.on_persist_start(self, latency, True)  # type: ignore[arg-type]
+            if syncs:
+                self._persist_started(latency, True)
             self.loop.after(latency, self._work_done, epoch)
             return
 
     def _work_done(self, epoch: int) -> None:
-        if epoch != self._epoch or self._in_flight is None:
+        if epoch != self.epoch or self._in_flight is None:
             return
         if self.paused:
             self._deferred_done = True
@@ -343,9 +267,8 @@ class BrokerHost:
         if view != self._seen:
             self._seen = view
             self.trace.emit(f"n{self.id} {raft.role.name} t{raft.term} leader={raft.leader_id}")
-            faults = self.cluster.faults
-            if raft.role is Role.LEADER and faults is not None and faults.watch_leaders:
-                faults.on_leader_elected(self)  # type: ignore[arg-type]
+            if raft.role is Role.LEADER:
+                self._leader_elected()
                 if not self.up or self.core is not core:
                     return
         commit = raft.commit_index
@@ -353,8 +276,5 @@ class BrokerHost:
             self._commit = commit
             self.trace.emit(f"n{self.id} commit {commit}")
             self.on_commit(self)
-            faults = self.cluster.faults
-            if raft.role is Role.LEADER and faults is not None and faults.watch_commits:
-                first = self._leader_commit_term != raft.term
-                self._leader_commit_term = raft.term
-                faults.on_leader_commit(self, first)  # type: ignore[arg-type]
+            if raft.role is Role.LEADER:
+                self._leader_committed(raft.term)

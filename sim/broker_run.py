@@ -22,53 +22,44 @@ from __future__ import annotations
 
 import random
 import time
-import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import ClassVar, TextIO
 
 from mq.protocol import Frame
 from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_host import BrokerHost
 from sim.broker_plants import PLANTS, install
 from sim.broker_workload import SUBSCRIPTIONS, TOPIC, BrokerWorkload, Producer, ReplyIds
-from sim.checkers import Violation
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import FAULTS, FaultSchedule
+from sim.faults import FaultSchedule
+from sim.liveness import Liveness
+from sim.phases import run_phases, world_stats
 from sim.queue_checkers import QueueCheckers
-from sim.run import LIVENESS_BOUND_S, RunResult, _StormGuard
+from sim.result import RunResult
+from sim.run_config import RunConfig
 from sim.trace import Trace
 
 SCAN_INTERVAL_NS = NS_PER_S
 FINAL_TAGS = next(tags for tags in SUBSCRIPTIONS if tags is not None)
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerSimConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSimConfig(RunConfig):
     """What a broker run simulates. The defaults are what `mq sim broker` runs."""
 
-    nodes: int = 3
-    duration_s: float = 20.0
-    faults: tuple[str, ...] = tuple(FAULTS)
-    plant: str | None = None
+    plants: ClassVar[Mapping[str, str]] = PLANTS
+
     producers: int = 3
     consumers: int = 2
     queues: int = 4
     think_ms: float = 100.0
-    liveness_bound_s: float = LIVENESS_BOUND_S
-    mean_fault_gap_ms: float = 700.0
 
-    def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError("nodes must be at least 1")
+    def _validate(self) -> None:
         if self.producers < 0 or self.consumers < 0 or self.think_ms <= 0:
             raise ValueError("producers and consumers must be >= 0, think_ms > 0")
         if self.queues < 1 or self.duration_s < 0:
             raise ValueError("queues must be >= 1 and duration >= 0")
-        if self.plant is not None and self.plant not in PLANTS:
-            raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
-        unknown = set(self.faults) - FAULTS.keys()
-        if unknown:
-            raise ValueError(f"unknown faults: {sorted(unknown)}")
 
 
 def run_broker(
@@ -81,8 +72,7 @@ def run_broker(
     trace = Trace(loop, file=trace_file)
     node_ids = tuple(range(1, cfg.nodes + 1))
     trace.emit(
-        f"broker run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
-        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
+        f"broker run seed={seed} {cfg.describe()} "
         f"producers={cfg.producers} consumers={cfg.consumers} queues={cfg.queues} "
         f"think={cfg.think_ms}ms"
     )
@@ -111,38 +101,26 @@ def run_broker(
         plant=cfg.plant,
     )
     install(cfg.plant, cluster, random.Random(root.getrandbits(64)))
-    liveness = _Liveness(
-        cluster, checkers, random.Random(root.getrandbits(64)), cfg, workload.reply_ids
+    probe = _BrokerProbe(
+        cluster, checkers, random.Random(root.getrandbits(64)), cfg.queues, workload.reply_ids
     )
+    liveness = Liveness(cluster, probe, int(cfg.liveness_bound_s * NS_PER_S))
     cluster.on_host_start = checkers.on_restart
     cluster.on_response = lambda host, frame: checkers.catch_up(host)
     for host in cluster.hosts.values():
         host.on_commit = checkers.catch_up
-    checker: str | None = None
-    message: str | None = None
-    try:
-        end_ns = int(cfg.duration_s * NS_PER_S)
-        cluster.start()
-        _StormGuard(loop).start()
-        loop.after(SCAN_INTERVAL_NS, _scan, (cluster, checkers))
-        workload.start()
-        faults.start(end_ns)
-        loop.run_until(end_ns)
-        workload.stop()
-        faults.heal_all()
-        liveness.run()
-        checkers.check_final([cluster.hosts[n] for n in node_ids])
-    except Violation as v:
-        checker, message = v.checker, v.message
-        trace.emit(f"VIOLATION {v.checker}: {v.message}")
-    except Exception as exc:  # a crash of the core or of the simulator is a failure too
-        checker = "exception"
-        message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=12)}"
-        trace.emit(f"EXCEPTION {type(exc).__name__}: {exc}")
-    ok = checker is None
-    if ok:
-        trace.emit("OK")
-    trace_hash = trace.hexdigest()
+    verdict = run_phases(
+        loop,
+        trace,
+        cfg.duration_s,
+        cluster,
+        workload,
+        faults,
+        liveness,
+        lambda: checkers.check_final([cluster.hosts[n] for n in node_ids]),
+        start_watchers=lambda: loop.after(SCAN_INTERVAL_NS, _scan, (cluster, checkers)),
+        traceback_limit=12,
+    )
     model = checkers.model
     stats = {
         "max_term": max(
@@ -156,26 +134,9 @@ def run_broker(
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
         "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
         "scans": checkers.scans,
-        "crashes": sum(h.crashes for h in cluster.hosts.values()),
-        "messages": cluster.network.sent,
-        "dropped": cluster.network.dropped,
-        "faults": {k: v for k, v in faults.counts.items() if v},
-        "heal_to_leader_ms": liveness.leader_ms,
-        "heal_to_probe_ms": liveness.probe_ms,
+        **world_stats(cluster, faults, liveness),
     }
-    return RunResult(
-        seed=seed,
-        ok=ok,
-        checker=checker,
-        message=message,
-        trace_hash=trace_hash,
-        events=loop.events,
-        trace_lines=trace.lines_total,
-        sim_seconds=loop.now_ns / NS_PER_S,
-        wall_seconds=time.perf_counter() - wall_start,
-        tail=trace.tail(),
-        stats=stats,
-    )
+    return RunResult.of(seed, verdict, loop, trace, time.perf_counter() - wall_start, stats)
 
 
 def _scan(item: tuple[BrokerCluster, QueueCheckers]) -> None:
@@ -188,34 +149,27 @@ def _scan(item: tuple[BrokerCluster, QueueCheckers]) -> None:
     cluster.loop.after(SCAN_INTERVAL_NS, _scan, item)
 
 
-class _Liveness:
-    """After the heal: a leader; a probe batch acknowledged; every node at the same
-    commit index with the probe dispatched; all within the bound."""
-
-    _POLL_NS = 10 * NS_PER_MS
+class _BrokerProbe:
+    """The broker probe: one batch from a probe producer, settled once a leader
+    acknowledged it and every node is at the same commit index with it dispatched."""
 
     def __init__(
         self,
         cluster: BrokerCluster,
         checkers: QueueCheckers,
         rng: random.Random,
-        cfg: BrokerSimConfig,
+        queues: int,
         reply_ids: ReplyIds,
     ) -> None:
         self.cluster = cluster
-        self.bound_ns = int(cfg.liveness_bound_s * NS_PER_S)
-        self.leader_ms: float | None = None
-        self.probe_ms: float | None = None
         self._acked_offset: int | None = None
-        self._start_ns = 0
-        self._done = False
-        self._probe = Producer(
+        self._producer = Producer(
             "probe",
             cluster,
             checkers,
             rng,
             reply_ids,
-            cfg.queues,
+            queues,
             think_mean_ns=NS_PER_MS,
             timeout_ns=500 * NS_PER_MS,
             batches_max=1,
@@ -226,7 +180,10 @@ class _Liveness:
         offset = frame.fields.get("commit_offset")
         self._acked_offset = offset if isinstance(offset, int) else 0
 
-    def _settled(self) -> bool:
+    def start(self) -> None:
+        self._producer.start()
+
+    def settled(self) -> bool:
         acked = self._acked_offset
         if acked is None:
             return False
@@ -240,41 +197,16 @@ class _Liveness:
             for h in hosts
         )
 
-    def _poll(self, _: Any = None) -> None:
-        loop = self.cluster.loop
-        elapsed_ms = (loop.now_ns - self._start_ns) / NS_PER_MS
-        if self.leader_ms is None and self.cluster.leader() is not None:
-            self.leader_ms = elapsed_ms
-        if self._settled():
-            self.probe_ms = elapsed_ms
-            self._done = True
-            loop.stop()
-            return
-        loop.after(self._POLL_NS, self._poll)
-
-    def run(self) -> None:
-        loop = self.cluster.loop
-        self._start_ns = loop.now_ns
-        self.cluster.trace.emit(f"liveness: probe, bound {self.bound_ns // NS_PER_MS} ms")
-        self._probe.start()
-        loop.after(0, self._poll)
-        loop.run_until(self._start_ns + self.bound_ns)
-        if self._done:
-            return
-        bound_s = self.bound_ns / NS_PER_S
-        if self.leader_ms is None:
-            raise Violation("liveness", f"no leader within {bound_s:g} s after every fault healed")
+    def diagnose(self, leader_ms: float, bound_s: float) -> str:
         if self._acked_offset is None:
-            raise Violation(
-                "liveness",
-                f"a leader was elected {self.leader_ms:.0f} ms after the heal, but no send "
-                f"was acknowledged within {bound_s:g} s",
+            return (
+                f"a leader was elected {leader_ms:.0f} ms after the heal, but no send "
+                f"was acknowledged within {bound_s:g} s"
             )
         states = " ".join(_state(self.cluster.hosts[n]) for n in self.cluster.node_ids)
-        raise Violation(
-            "liveness",
+        return (
             f"the probe was acknowledged (commit offset {self._acked_offset}), but within "
-            f"{bound_s:g} s after the heal not every node dispatched it: {states}",
+            f"{bound_s:g} s after the heal not every node dispatched it: {states}"
         )
 
 

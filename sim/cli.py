@@ -13,22 +13,23 @@ this keeps `mq/cli.py` to one import and one call while other command groups gro
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from raft.config import PLANTS
 from sim.broker_plants import PLANTS as BROKER_PLANTS
 from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import CHECKERS
 from sim.faults import FAULTS, parse_faults
+from sim.liveness import LIVENESS_BOUND_S
 from sim.queue_checkers import QUEUE_CHECKERS
-from sim.run import LIVENESS_BOUND_S, RunResult, SimConfig, run
+from sim.report import Simulation, plural, run_one, run_seeds
+from sim.run import SimConfig, run
+from sim.run_config import RunConfig
 
-Runner = Callable[..., RunResult]
+C = TypeVar("C")
 
 _DEFAULT = SimConfig()
 
@@ -61,27 +62,7 @@ def add_sim_commands(commands: Any) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    raft.add_argument("--seed", type=int, default=0, help="run this one seed (default 0)")
-    raft.add_argument("--seeds", type=int, metavar="N", help="run N seeds and summarize")
-    raft.add_argument(
-        "--start", type=int, default=0, metavar="S", help="first seed of --seeds (default 0)"
-    )
-    raft.add_argument(
-        "--nodes", type=int, choices=(3, 5), default=3, help="cluster size (default 3)"
-    )
-    raft.add_argument(
-        "--duration",
-        type=float,
-        default=_DEFAULT.duration_s,
-        metavar="SECONDS",
-        help=f"virtual seconds of faults and workload before the heal (default {_DEFAULT.duration_s:g})",
-    )
-    raft.add_argument(
-        "--faults",
-        default="all",
-        metavar="LIST",
-        help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(FAULTS)})",
-    )
+    _add_run_arguments(raft, _DEFAULT.duration_s)
     raft.add_argument(
         "--clients",
         type=int,
@@ -96,15 +77,7 @@ def add_sim_commands(commands: Any) -> None:
         metavar="MS",
         help=f"mean pause of a client between operations (default {_DEFAULT.think_ms:g})",
     )
-    raft.add_argument(
-        "--plant",
-        choices=sorted(PLANTS),
-        metavar="NAME",
-        help="turn on one deliberate bug in the core",
-    )
-    raft.add_argument("--list-plants", action="store_true", help="list the plants and exit")
-    raft.add_argument("--trace", metavar="FILE", help="write the full event trace to FILE")
-    raft.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_output_arguments(raft, PLANTS, "turn on one deliberate bug in the core")
     raft.set_defaults(handler=_raft)
     _add_broker(sims)
 
@@ -114,12 +87,50 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def replay_command(seed: int, cfg: SimConfig) -> str:
+def _add_run_arguments(parser: argparse.ArgumentParser, duration_s: float) -> None:
+    """The flags of both simulators that choose the seeds and the world, before the
+    simulator's own workload flags (the order `--help` lists them in)."""
+    parser.add_argument("--seed", type=int, default=0, help="run this one seed (default 0)")
+    parser.add_argument("--seeds", type=int, metavar="N", help="run N seeds and summarize")
+    parser.add_argument(
+        "--start", type=int, default=0, metavar="S", help="first seed of --seeds (default 0)"
+    )
+    parser.add_argument(
+        "--nodes", type=int, choices=(3, 5), default=3, help="cluster size (default 3)"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=duration_s,
+        metavar="SECONDS",
+        help=f"virtual seconds of faults and workload before the heal (default {duration_s:g})",
+    )
+    parser.add_argument(
+        "--faults",
+        default="all",
+        metavar="LIST",
+        help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(FAULTS)})",
+    )
+
+
+def _add_output_arguments(
+    parser: argparse.ArgumentParser, plants: dict[str, str], plant_help: str
+) -> None:
+    """The flags of both simulators after the workload flags: plants and output."""
+    parser.add_argument("--plant", choices=sorted(plants), metavar="NAME", help=plant_help)
+    parser.add_argument("--list-plants", action="store_true", help="list the plants and exit")
+    parser.add_argument("--trace", metavar="FILE", help="write the full event trace to FILE")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _replay_argv(simulation: str, seed: int, cfg: RunConfig) -> list[str]:
+    """The replay command's flags both simulators have; the caller adds the flags of
+    its own that differ from their defaults."""
     faults = "all" if cfg.faults == tuple(FAULTS) else (",".join(cfg.faults) or "none")
-    argv = [
+    return [
         "mq",
         "sim",
-        "raft",
+        simulation,
         "--seed",
         str(seed),
         "--nodes",
@@ -129,6 +140,41 @@ def replay_command(seed: int, cfg: SimConfig) -> str:
         "--faults",
         faults,
     ]
+
+
+def _run_command(
+    name: str,
+    args: argparse.Namespace,
+    plants: dict[str, str],
+    make_config: Callable[[argparse.Namespace], C],
+    simulation: Simulation[C],
+    before_run: Callable[[], None] | None = None,
+) -> int:
+    """`mq sim NAME ...`: list the plants, or build the configuration (exit code 2 for
+    bad arguments) and run one seed or many."""
+    if args.list_plants:
+        _print_table(plants)
+        return 0
+    try:
+        cfg = make_config(args)
+    except ValueError as exc:
+        print(f"mq sim {name}: {exc}", file=sys.stderr)
+        return 2
+    if before_run is not None:
+        before_run()
+    if args.seeds is not None:
+        return run_seeds(simulation, args, cfg)
+    return run_one(simulation, args, cfg)
+
+
+def _print_table(rows: dict[str, str]) -> None:
+    width = max(map(len, rows))
+    for name, description in rows.items():
+        print(f"{name:<{width}}  {description}")
+
+
+def replay_command(seed: int, cfg: SimConfig) -> str:
+    argv = _replay_argv("raft", seed, cfg)
     if cfg.clients != _DEFAULT.clients:
         argv += ["--clients", str(cfg.clients)]
     if cfg.think_ms != _DEFAULT.think_ms:
@@ -138,143 +184,34 @@ def replay_command(seed: int, cfg: SimConfig) -> str:
     return shlex.join(argv)
 
 
-def _raft(args: argparse.Namespace) -> int:
-    if args.list_plants:
-        width = max(map(len, PLANTS))
-        for name, description in PLANTS.items():
-            print(f"{name:<{width}}  {description}")
-        return 0
-    try:
-        cfg = SimConfig(
-            nodes=args.nodes,
-            duration_s=args.duration,
-            faults=parse_faults(args.faults),
-            plant=args.plant,
-            clients=args.clients,
-            think_ms=args.think_ms,
-        )
-    except ValueError as exc:
-        print(f"mq sim raft: {exc}", file=sys.stderr)
-        return 2
-    if args.seeds is not None:
-        return _many(args, cfg)
-    return _one(args, cfg)
-
-
-def _one(args: argparse.Namespace, cfg: SimConfig) -> int:
-    if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            result = run(args.seed, cfg, trace_file=f)
-    else:
-        result = run(args.seed, cfg)
-    if args.json:
-        out = result.to_json()
-        out["replay"] = replay_command(args.seed, cfg)
-        print(json.dumps(out, indent=2))
-    else:
-        print(format_result(result, cfg))
-    return 0 if result.ok else 1
-
-
-def format_result(result: RunResult, cfg: SimConfig) -> str:
-    s = result.stats
-    speed = result.sim_seconds / result.wall_seconds if result.wall_seconds else 0.0
-    head = (
-        f"seed {result.seed}: {'OK' if result.ok else 'FAILED'}\n"
-        f"trace hash {result.trace_hash}\n"
-        f"{result.sim_seconds:.1f} s simulated in {result.wall_seconds:.2f} s ({speed:.0f}x), "
-        f"{result.events} events; {_n(s['leaders'], 'leader')} up to term {s['max_term']}, "
-        f"{_n(s['committed'], 'entry', 'entries')} committed, {s['acked']} acked, "
-        f"{_n(s['crashes'], 'crash', 'crashes')}, "
-        f"{_n(s['messages'], 'message')} ({s['dropped']} lost)"
+def _describe_raft(s: dict[str, Any]) -> str:
+    return (
+        f"{plural(s['leaders'], 'leader')} up to term {s['max_term']}, "
+        f"{plural(s['committed'], 'entry', 'entries')} committed, {s['acked']} acked"
     )
-    if result.ok:
-        if s["heal_to_probe_ms"] is not None:
-            head += (
-                f"\nafter the heal: leader in {s['heal_to_leader_ms']:.0f} ms, "
-                f"new proposal applied everywhere in {s['heal_to_probe_ms']:.0f} ms"
-            )
-        return head
-    lines = [
-        head,
-        f"checker {result.checker}: {result.message}",
-        f"last {len(result.tail)} events:",
-    ]
-    lines += [f"  {line}" for line in result.tail]
-    lines.append(f"replay: {replay_command(result.seed, cfg)} --trace trace-{result.seed}.txt")
-    return "\n".join(lines)
 
 
-def _n(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
+RAFT: Simulation[SimConfig] = Simulation(
+    run=run,
+    replay=replay_command,
+    describe=_describe_raft,
+    settled="new proposal applied everywhere",
+)
 
 
-def _many(args: argparse.Namespace, cfg: SimConfig) -> int:
-    seeds = range(args.start, args.start + args.seeds)
-    progress = sys.stderr if sys.stderr.isatty() else None
-    summary = run_many(seeds, cfg, progress=progress)
-    results: list[RunResult] = summary.pop("_results")
-    failed = [r for r in results if not r.ok]
-    if args.trace and failed:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            run(failed[0].seed, cfg, trace_file=f)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"{summary['seeds']} seeds, {len(failed)} failed; "
-            f"{summary['sim_seconds']:.0f} s simulated in {summary['wall_seconds']:.1f} s "
-            f"({summary['sim_speed']:.0f}x), {summary['events_per_s']:.0f} events/s"
-        )
-        for r in failed:
-            first = (r.message or "").splitlines()[0] if r.message else ""
-            print(f"seed {r.seed}: {r.checker}: {first}")
-            print(f"  replay: {replay_command(r.seed, cfg)}")
-    return 0 if not failed else 1
+def _raft(args: argparse.Namespace) -> int:
+    return _run_command("raft", args, PLANTS, _raft_config, RAFT)
 
 
-def run_many(
-    seeds: Sequence[int],
-    cfg: Any,
-    progress: TextIO | None = None,
-    runner: Runner = run,
-) -> dict[str, Any]:
-    """Run each seed with `runner` (`run` or `run_broker`); the summary
-    `mq sim raft|broker --seeds N --json` prints."""
-    wall_start = time.perf_counter()
-    results: list[RunResult] = []
-    sim_seconds = 0.0
-    events = 0
-    for n, seed in enumerate(seeds, 1):
-        result = runner(seed, cfg)
-        results.append(result)
-        sim_seconds += result.sim_seconds
-        events += result.events
-        if progress is not None:
-            _draw_progress(progress, n, len(seeds), sum(not r.ok for r in results))
-    if progress is not None:
-        progress.write("\n")
-    wall = time.perf_counter() - wall_start
-    failures = [r.seed for r in results if not r.ok]
-    return {
-        "seeds": len(results),
-        "failures": failures,
-        "failed_checkers": {str(r.seed): r.checker for r in results if not r.ok},
-        "sim_seconds": round(sim_seconds, 3),
-        "wall_seconds": round(wall, 3),
-        "sim_speed": round(sim_seconds / wall, 1) if wall else 0.0,
-        "events": events,
-        "events_per_s": round(events / wall, 1) if wall else 0.0,
-        "_results": results,
-    }
-
-
-def _draw_progress(out: TextIO, done: int, total: int, failed: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    bar = "#" * filled + "." * (width - filled)
-    out.write(f"\r[{bar}] {done}/{total} seeds, {failed} failed")
-    out.flush()
+def _raft_config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        nodes=args.nodes,
+        duration_s=args.duration,
+        faults=parse_faults(args.faults),
+        plant=args.plant,
+        clients=args.clients,
+        think_ms=args.think_ms,
+    )
 
 
 # ---------------------------------------------------------------------- mq sim broker
@@ -306,27 +243,7 @@ def _add_broker(sims: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = _BROKER_DEFAULT
-    broker.add_argument("--seed", type=int, default=0, help="run this one seed (default 0)")
-    broker.add_argument("--seeds", type=int, metavar="N", help="run N seeds and summarize")
-    broker.add_argument(
-        "--start", type=int, default=0, metavar="S", help="first seed of --seeds (default 0)"
-    )
-    broker.add_argument(
-        "--nodes", type=int, choices=(3, 5), default=3, help="cluster size (default 3)"
-    )
-    broker.add_argument(
-        "--duration",
-        type=float,
-        default=d.duration_s,
-        metavar="SECONDS",
-        help=f"virtual seconds of faults and workload before the heal (default {d.duration_s:g})",
-    )
-    broker.add_argument(
-        "--faults",
-        default="all",
-        metavar="LIST",
-        help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(FAULTS)})",
-    )
+    _add_run_arguments(broker, d.duration_s)
     broker.add_argument(
         "--producers", type=int, default=d.producers, metavar="N",
         help=f"idempotent producers (default {d.producers})",
@@ -343,20 +260,16 @@ def _add_broker(sims: Any) -> None:
         "--think-ms", type=float, default=d.think_ms, metavar="MS",
         help=f"mean pause of a producer between batches (default {d.think_ms:g})",
     )  # fmt: skip
-    broker.add_argument(
-        "--plant", choices=sorted(BROKER_PLANTS), metavar="NAME",
-        help="turn on one deliberate bug (sim side: the cores are never changed)",
-    )  # fmt: skip
-    broker.add_argument("--list-plants", action="store_true", help="list the plants and exit")
-    broker.add_argument("--trace", metavar="FILE", help="write the full event trace to FILE")
-    broker.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_output_arguments(
+        broker,
+        BROKER_PLANTS,
+        "turn on one deliberate bug (sim side: the cores are never changed)",
+    )
     broker.set_defaults(handler=_broker)
 
 
 def broker_replay_command(seed: int, cfg: BrokerSimConfig) -> str:
-    faults = "all" if cfg.faults == tuple(FAULTS) else (",".join(cfg.faults) or "none")
-    argv = ["mq", "sim", "broker", "--seed", str(seed), "--nodes", str(cfg.nodes)]
-    argv += ["--duration", f"{cfg.duration_s:g}", "--faults", faults]
+    argv = _replay_argv("broker", seed, cfg)
     d = _BROKER_DEFAULT
     for flag, value, default in (
         ("--producers", cfg.producers, d.producers),
@@ -384,98 +297,36 @@ def _quiet_logs() -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    if args.list_plants:
-        _print_table(BROKER_PLANTS)
-        return 0
-    try:
-        cfg = BrokerSimConfig(
-            nodes=args.nodes,
-            duration_s=args.duration,
-            faults=parse_faults(args.faults),
-            plant=args.plant,
-            producers=args.producers,
-            consumers=args.consumers,
-            queues=args.queues,
-            think_ms=args.think_ms,
-        )
-    except ValueError as exc:
-        print(f"mq sim broker: {exc}", file=sys.stderr)
-        return 2
-    _quiet_logs()
-    if args.seeds is not None:
-        return _broker_many(args, cfg)
-    if args.trace:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            result = run_broker(args.seed, cfg, trace_file=f)
-    else:
-        result = run_broker(args.seed, cfg)
-    if args.json:
-        out = result.to_json()
-        out["replay"] = broker_replay_command(args.seed, cfg)
-        print(json.dumps(out, indent=2))
-    else:
-        print(format_broker_result(result, cfg))
-    return 0 if result.ok else 1
+    return _run_command(
+        "broker", args, BROKER_PLANTS, _broker_config, BROKER, before_run=_quiet_logs
+    )
 
 
-def _print_table(rows: dict[str, str]) -> None:
-    width = max(map(len, rows))
-    for name, description in rows.items():
-        print(f"{name:<{width}}  {description}")
+def _broker_config(args: argparse.Namespace) -> BrokerSimConfig:
+    return BrokerSimConfig(
+        nodes=args.nodes,
+        duration_s=args.duration,
+        faults=parse_faults(args.faults),
+        plant=args.plant,
+        producers=args.producers,
+        consumers=args.consumers,
+        queues=args.queues,
+        think_ms=args.think_ms,
+    )
 
 
-def format_broker_result(result: RunResult, cfg: BrokerSimConfig) -> str:
-    s = result.stats
-    speed = result.sim_seconds / result.wall_seconds if result.wall_seconds else 0.0
-    head = (
-        f"seed {result.seed}: {'OK' if result.ok else 'FAILED'}\n"
-        f"trace hash {result.trace_hash}\n"
-        f"{result.sim_seconds:.1f} s simulated in {result.wall_seconds:.2f} s ({speed:.0f}x), "
-        f"{result.events} events; up to term {s['max_term']}, "
-        f"{_n(s['committed_entries'], 'entry', 'entries')} committed, "
+def _describe_broker(s: dict[str, Any]) -> str:
+    return (
+        f"up to term {s['max_term']}, "
+        f"{plural(s['committed_entries'], 'entry', 'entries')} committed, "
         f"{s['batches_acked']} batches acked ({s['send_attempts']} attempts), "
-        f"{s['messages_committed']} messages stored, {s['messages_served']} served, "
-        f"{_n(s['crashes'], 'crash', 'crashes')}, "
-        f"{_n(s['messages'], 'message')} ({s['dropped']} lost)"
+        f"{s['messages_committed']} messages stored, {s['messages_served']} served"
     )
-    if result.ok:
-        if s["heal_to_probe_ms"] is not None:
-            head += (
-                f"\nafter the heal: leader in {s['heal_to_leader_ms']:.0f} ms, "
-                f"a send acked and dispatched everywhere in {s['heal_to_probe_ms']:.0f} ms"
-            )
-        return head
-    lines = [
-        head,
-        f"checker {result.checker}: {result.message}",
-        f"last {len(result.tail)} events:",
-    ]
-    lines += [f"  {line}" for line in result.tail]
-    lines.append(
-        f"replay: {broker_replay_command(result.seed, cfg)} --trace trace-{result.seed}.txt"
-    )
-    return "\n".join(lines)
 
 
-def _broker_many(args: argparse.Namespace, cfg: BrokerSimConfig) -> int:
-    seeds = range(args.start, args.start + args.seeds)
-    progress = sys.stderr if sys.stderr.isatty() else None
-    summary = run_many(seeds, cfg, progress=progress, runner=run_broker)
-    results: list[RunResult] = summary.pop("_results")
-    failed = [r for r in results if not r.ok]
-    if args.trace and failed:
-        with open(args.trace, "w", encoding="utf-8") as f:
-            run_broker(failed[0].seed, cfg, trace_file=f)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"{summary['seeds']} seeds, {len(failed)} failed; "
-            f"{summary['sim_seconds']:.0f} s simulated in {summary['wall_seconds']:.1f} s "
-            f"({summary['sim_speed']:.0f}x), {summary['events_per_s']:.0f} events/s"
-        )
-        for r in failed:
-            first = (r.message or "").splitlines()[0] if r.message else ""
-            print(f"seed {r.seed}: {r.checker}: {first}")
-            print(f"  replay: {broker_replay_command(r.seed, cfg)}")
-    return 0 if not failed else 1
+BROKER: Simulation[BrokerSimConfig] = Simulation(
+    run=run_broker,
+    replay=broker_replay_command,
+    describe=_describe_broker,
+    settled="a send acked and dispatched everywhere",
+)

@@ -37,7 +37,8 @@ from typing import Any
 from raft.node import Role
 from sim.cluster import Cluster
 from sim.events import NS_PER_MS, NS_PER_S
-from sim.node_host import TICK_NS, NodeHost
+from sim.node_host import NodeHost
+from sim.process import TICK_NS
 
 FAULTS: dict[str, str] = {
     "drop": "messages are lost (episodes of 5-40% loss)",

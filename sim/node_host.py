@@ -37,18 +37,16 @@ from raft.messages import Entry, Envelope, VoteResponse
 from raft.node import RaftNode, Role
 from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
 from sim.checkers import Checkers, Violation
-from sim.events import NS_PER_MS
 from sim.node_disk import NodeDisk
+from sim.process import TICK_NS, SimProcess
 from sim.state_machine import DedupStateMachine
 
 if TYPE_CHECKING:
     from sim.cluster import Cluster
 
-TICK_NS = 10 * NS_PER_MS
 # (client id, seq, attempt, data) of a proposal on its way to a node
 ClientRequest = tuple[int, int, int, bytes]
 _FOLLOWER = Role.FOLLOWER
-INBOX_MAX = 1024
 
 
 class ObservedLog:
@@ -89,7 +87,9 @@ class ObservedLog:
         self._host.trace.emit(f"n{self._node_id} log reset after snapshot {index}/{term}")
 
 
-class NodeHost:
+class NodeHost(SimProcess[ClientRequest]):
+    cluster: Cluster
+
     def __init__(
         self,
         cluster: Cluster,
@@ -98,47 +98,28 @@ class NodeHost:
         config: Config,
         rng: random.Random,
     ) -> None:
-        self.cluster = cluster
-        self.id = node_id
+        super().__init__(cluster, node_id, rng)
         self.voters = tuple(voters)
         self.config = config
-        self.loop = cluster.loop
-        self.trace = cluster.trace
         self.checkers: Checkers = cluster.checkers
-        self.network = cluster.network
-        self._rng = rng
         self.disk = NodeDisk(node_id, random.Random(rng.getrandbits(64)))
         self.log = ObservedLog(self.disk.log, self)
         self.node: RaftNode | None = None
         self.sm = DedupStateMachine(self.disk.applied_ops)
-        self.up = False
-        self.paused = False
-        self.epoch = 0
-        self.tick_ns = TICK_NS
-        self._tick_gen = 0
         self.persisting = False
         self._deferred: tuple[int, Ready, int | None] | None = None
-        self.inbox: list[Envelope | ClientRequest] = []
         # index -> (term, client id, seq, attempt) of proposals accepted here
         self.pending: dict[int, tuple[int, int, int, int]] = {}
         self.compact_every = cluster.compact_every
         self.compact_keep = cluster.compact_keep
-        self.disk_latency_min_ns = 1 * NS_PER_MS
-        self.disk_latency_max_ns = 4 * NS_PER_MS
-        self.disk_slow_p = 0.05
-        self.disk_slow_max_ns = 40 * NS_PER_MS
         # The role and term last reported to the checkers.
         self.seen_role: Role | None = None
         self.seen_term = -1
         self._commit = 0
-        self._leader_commit_term = -1
-        self.crashes = 0
 
-    # -- life cycle
+    # -- life cycle (the rest is SimProcess's)
 
-    def start(self) -> None:
-        """Boot (or reboot) the process from what is on its disk."""
-        assert not self.up
+    def _boot(self) -> None:
         hs = self.disk.load_hard_state()
         self.sm = DedupStateMachine(self.disk.applied_ops, self.disk.load_checkpoint())
         applied = self.sm.applied_index
@@ -168,23 +149,12 @@ class NodeHost:
             snapshot_source=self,
         )
         self._observe()
-        self._pump()
-        if self.up:
-            self._start_ticking()
 
-    def crash(self, reason: str) -> None:
-        if not self.up:
-            return
-        self.up = False
-        self.paused = False
-        self.epoch += 1
-        self._tick_gen += 1
+    def _crashed(self, reason: str) -> None:
         self.node = None
         self.persisting = False
         self._deferred = None
-        self.inbox.clear()
         self.pending.clear()
-        self.crashes += 1
         durable = self.disk.log.durable_index()
         base = self.disk.log.first_index() - 1
         lost = self.disk.crash()
@@ -200,70 +170,23 @@ class NodeHost:
             self.checkers.on_log_reset(self.id, 0, log.all_entries(), base=log.first_index() - 1)
         self.seen_role = None
 
-    def pause(self) -> None:
-        if not self.up or self.paused:
-            return
-        self.paused = True
-        self._tick_gen += 1
-        self.trace.emit(f"n{self.id} PAUSE")
-
-    def resume(self) -> None:
-        """Wake up with a stale view. What a woken process does first is a race: half
-        the time its timers fire before it reads its sockets (a leader that lost its
-        job while paused then still acts as leader for a moment)."""
-        if not self.up or not self.paused:
-            return
-        self.paused = False
-        timers_first = self._rng.random() < 0.5
-        self.trace.emit(
-            f"n{self.id} RESUME with {len(self.inbox)} buffered inputs"
-            + (", timers first" if timers_first else "")
-        )
+    def _resume_io(self) -> None:
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             self._persisted(deferred)
-        if timers_first and self.up and not self.paused:
-            self.tick()
-        inbox, self.inbox = self.inbox, []
-        for item in inbox:
-            if not self.up or self.paused:
-                break
-            if type(item) is Envelope:
-                self._step(item)
-            else:
-                self._client_request(item)
-        if self.up and not self.paused:
-            self._start_ticking()
 
-    def set_tick(self, tick_ns: int) -> None:
-        """Clock drift: from now on this node ticks every `tick_ns` on a clock of its own;
-        `TICK_NS` puts it back on the cluster's shared tick grid."""
-        if tick_ns == self.tick_ns:
-            return
-        self.tick_ns = tick_ns
-        if self.up and not self.paused:
-            self._start_ticking()
+    def _step_buffered(self, env: Envelope) -> None:
+        self._step(env)
+
+    def _serve_buffered(self, req: ClientRequest) -> None:
+        self._client_request(req)
 
     @property
     def on_grid(self) -> bool:
         """Ticked by the cluster's shared 10 ms grid (see Cluster._grid_tick)."""
         return self.tick_ns == TICK_NS
 
-    def _start_ticking(self) -> None:
-        self._tick_gen += 1
-        if self.tick_ns != TICK_NS:
-            first = 1 + int(self._rng.random() * self.tick_ns)
-            self.loop.after(first, self._own_tick, self._tick_gen)
-
     # -- inputs
-
-    def _own_tick(self, gen: int) -> None:
-        """A drifting node's tick, on its own clock."""
-        if gen != self._tick_gen:
-            return
-        self.tick()
-        if gen == self._tick_gen:
-            self.loop.after(self.tick_ns, self._own_tick, gen)
 
     def tick(self) -> None:
         """One tick of this node's clock.
@@ -306,13 +229,6 @@ class NodeHost:
         ):
             self._observe()
         self._pump()
-
-    def _buffer(self, item: Envelope | ClientRequest) -> None:
-        """A paused process's socket buffers hold what arrives, up to a bound."""
-        if len(self.inbox) < INBOX_MAX:
-            self.inbox.append(item)
-        else:
-            self.trace.emit(f"n{self.id} paused: inbox full, input lost")
 
     def _step(self, env: Envelope) -> None:
         node = self.node
@@ -372,9 +288,8 @@ class NodeHost:
             self.seen_term = term
             self.trace.emit(f"n{self.id} {role.name} t{term} leader={node.leader_id}")
             self.checkers.on_role(self.id, role is Role.LEADER, term)
-            faults = self.cluster.faults
-            if role is Role.LEADER and faults is not None and faults.watch_leaders:
-                faults.on_leader_elected(self)
+            if role is Role.LEADER:
+                self._leader_elected()
                 if self.node is None:
                     return
         commit = node.commit_index
@@ -387,11 +302,8 @@ class NodeHost:
             self._commit = commit
             self.trace.emit(f"n{self.id} commit {commit}")
             self.checkers.on_commit(self.id, commit, term)
-            faults = self.cluster.faults
-            if role is Role.LEADER and faults is not None and faults.watch_commits:
-                first = self._leader_commit_term != term
-                self._leader_commit_term = term
-                faults.on_leader_commit(self, first)
+            if role is Role.LEADER:
+                self._leader_committed(term)
 
     def _pump(self) -> None:
         """Poll `ready()` and act on it until the node has nothing more or a persist is
@@ -426,9 +338,7 @@ class NodeHost:
             what += f" log..{self.log.last_index()}"
         self.trace.emit(f"n{self.id} persist{what} +{latency // 1000}us")
         self.loop.after(latency, self._persisted, (self.epoch, rd, token))
-        faults = self.cluster.faults
-        if faults is not None and faults.watch_persist:
-            faults.on_persist_start(self, latency, token is not None)
+        self._persist_started(latency, token is not None)
 
     def _persisted(self, item: tuple[int, Ready, int | None]) -> None:
         epoch, rd, token = item
@@ -465,7 +375,7 @@ class NodeHost:
             for env in rd.persisted_messages:
                 msg = env.msg
                 if type(msg) is VoteResponse and msg.granted and not msg.pre_vote:
-                    faults.on_vote_granted(self)
+                    self._vote_granted()
                     break
         # advance() may move a leader's commit index (its own entries became durable);
         # it changes nothing else the checkers watch.

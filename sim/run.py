@@ -1,6 +1,6 @@
-"""One simulation run: a seed in, a verdict and a trace hash out.
+"""One `mq sim raft` run: a seed in, a verdict and a trace hash out.
 
-A run has three phases, all in virtual time:
+A run has the three phases of sim/phases.py, all in virtual time:
 
 1. `duration_s` of workload under the fault schedule, checkers watching every event;
 2. heal: every fault ends at once (sim/faults.py `heal_all`), clients stop sending;
@@ -22,35 +22,33 @@ from __future__ import annotations
 
 import random
 import time
-import traceback
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, TextIO
 
 from raft.config import PLANTS, Config
 from sim.checkers import Checkers, Violation
 from sim.cluster import Cluster
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import FAULTS, FaultSchedule
+from sim.faults import FaultSchedule
+from sim.liveness import Liveness
+from sim.phases import run_phases, world_stats
+from sim.result import RunResult
+from sim.run_config import RunConfig
 from sim.state_machine import decode_op
 from sim.trace import Trace
 from sim.workload import Client, Workload
 
-LIVENESS_BOUND_S = 10.0
 
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig(RunConfig):
     """What a run simulates. The defaults are what `mq sim raft` runs."""
 
-    nodes: int = 3
-    duration_s: float = 20.0
-    faults: tuple[str, ...] = tuple(FAULTS)
-    plant: str | None = None
+    plants: ClassVar[Mapping[str, str]] = PLANTS
+
     clients: int = 3
     think_ms: float = 150.0
     pad_bytes: int = 64
-    liveness_bound_s: float = LIVENESS_BOUND_S
-    mean_fault_gap_ms: float = 700.0
     # Raft tunables, in 10 ms ticks: 100-200 ms election timeouts, 50 ms heartbeats.
     # Short timeouts pack many elections into little virtual time; heartbeats are the
     # bulk of an idle cluster's messages, so they are no more frequent than needed.
@@ -67,16 +65,9 @@ class SimConfig:
     compact_keep: int = 2
     snapshot_chunk_bytes: int = 512
 
-    def __post_init__(self) -> None:
-        if self.nodes < 1:
-            raise ValueError("nodes must be at least 1")
+    def _validate(self) -> None:
         if self.clients < 0 or self.think_ms <= 0 or self.duration_s < 0:
             raise ValueError("clients must be >= 0, think_ms > 0 and duration >= 0")
-        if self.plant is not None and self.plant not in PLANTS:
-            raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(PLANTS)})")
-        unknown = set(self.faults) - FAULTS.keys()
-        if unknown:
-            raise ValueError(f"unknown faults: {sorted(unknown)}")
 
     def raft_config(self) -> Config:
         return Config(
@@ -88,34 +79,6 @@ class SimConfig:
         )
 
 
-@dataclass
-class RunResult:
-    seed: int
-    ok: bool
-    checker: str | None
-    message: str | None
-    trace_hash: str
-    events: int
-    trace_lines: int
-    sim_seconds: float
-    wall_seconds: float
-    tail: list[str]
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "ok": self.ok,
-            "checker": self.checker,
-            "message": self.message,
-            "trace_hash": self.trace_hash,
-            "events": self.events,
-            "sim_seconds": round(self.sim_seconds, 6),
-            "wall_seconds": round(self.wall_seconds, 6),
-            "stats": self.stats,
-        }
-
-
 def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = None) -> RunResult:
     cfg = cfg or SimConfig()
     wall_start = time.perf_counter()
@@ -124,11 +87,7 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
     trace = Trace(loop, file=trace_file)
     node_ids = list(range(1, cfg.nodes + 1))
     checkers = Checkers(node_ids)
-    trace.emit(
-        f"run seed={seed} nodes={cfg.nodes} duration={cfg.duration_s}s "
-        f"faults={','.join(cfg.faults) or 'none'} plant={cfg.plant or '-'} "
-        f"clients={cfg.clients} think={cfg.think_ms}ms"
-    )
+    trace.emit(f"run seed={seed} {cfg.describe()} clients={cfg.clients} think={cfg.think_ms}ms")
     cluster = Cluster(
         loop,
         trace,
@@ -153,126 +112,36 @@ def run(seed: int, cfg: SimConfig | None = None, trace_file: TextIO | None = Non
         cfg.pad_bytes,
     )
     probe_rng = random.Random(root.getrandbits(64))
-    liveness = _Liveness(cluster, probe_rng, int(cfg.liveness_bound_s * NS_PER_S))
-    checker: str | None = None
-    message: str | None = None
-    try:
-        end_ns = int(cfg.duration_s * NS_PER_S)
-        cluster.start()
-        _StormGuard(loop).start()
-        workload.start()
-        faults.start(end_ns)
-        loop.run_until(end_ns)
-        workload.stop()
-        faults.heal_all()
-        liveness.run()
-        _check_durability(cluster, checkers)
-    except Violation as v:
-        checker, message = v.checker, v.message
-        trace.emit(f"VIOLATION {v.checker}: {v.message}")
-    except Exception as exc:  # a crash of the core or of the simulator is a failure too
-        checker = "exception"
-        message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-        trace.emit(f"EXCEPTION {type(exc).__name__}: {exc}")
-    ok = checker is None
-    if ok:
-        trace.emit("OK")
-    trace_hash = trace.hexdigest()
-    tail = trace.tail()
+    liveness = Liveness(
+        cluster, _RaftProbe(cluster, probe_rng), int(cfg.liveness_bound_s * NS_PER_S)
+    )
+    verdict = run_phases(
+        loop,
+        trace,
+        cfg.duration_s,
+        cluster,
+        workload,
+        faults,
+        liveness,
+        lambda: _check_durability(cluster, checkers),
+        traceback_limit=8,
+    )
     stats = {
         "max_term": max(checkers.leaders, default=0),
         "leaders": len(checkers.leaders),
         "committed": len(checkers.committed),
         "acked": len(checkers.acks),
-        "crashes": sum(h.crashes for h in cluster.hosts.values()),
-        "messages": cluster.network.sent,
-        "dropped": cluster.network.dropped,
-        "faults": {k: v for k, v in faults.counts.items() if v},
-        "heal_to_leader_ms": liveness.leader_ms,
-        "heal_to_probe_ms": liveness.probe_ms,
+        **world_stats(cluster, faults, liveness),
     }
-    return RunResult(
-        seed=seed,
-        ok=ok,
-        checker=checker,
-        message=message,
-        trace_hash=trace_hash,
-        events=loop.events,
-        trace_lines=trace.lines_total,
-        sim_seconds=loop.now_ns / NS_PER_S,
-        wall_seconds=time.perf_counter() - wall_start,
-        tail=tail,
-        stats=stats,
-    )
+    return RunResult.of(seed, verdict, loop, trace, time.perf_counter() - wall_start, stats)
 
 
-class _StormGuard:
-    """Fails the run when the cluster spins: more than `events_max` events in a 100 ms
-    window of virtual time, `windows` windows in a row, or `burst_max` in one window (a
-    storm that doubles itself would otherwise run for minutes inside a single window).
+class _RaftProbe:
+    """The Raft probe: one client operation, settled once every node applied it."""
 
-    A healthy 3-node run has well under a hundred events per window; reordering plus
-    duplication can make the core resend its replication window in bursts of several
-    thousand (see docs/simulations.md), which is tolerated."""
-
-    _WINDOW_NS = 100 * NS_PER_MS
-
-    def __init__(
-        self,
-        loop: EventLoop,
-        events_max: int = 5_000,
-        windows: int = 5,
-        burst_max: int = 40_000,
-    ) -> None:
-        self._loop = loop
-        self.events_max = events_max
-        self.windows = windows
-        self.burst_max = burst_max
-        self._last = 0
-        self._hot = 0
-        loop.on_limit = self._burst
-
-    def start(self) -> None:
-        self._arm()
-        self._loop.after(self._WINDOW_NS, self._check)
-
-    def _arm(self) -> None:
-        self._last = self._loop.events
-        self._loop.events_limit = self._last + self.burst_max
-
-    def _burst(self) -> None:
-        raise Violation(
-            "liveness",
-            f"the cluster is spinning: over {self.burst_max} events within 100 ms of "
-            f"virtual time (a livelock or a message storm)",
-        )
-
-    def _check(self, _: Any = None) -> None:
-        count = self._loop.events - self._last
-        self._hot = self._hot + 1 if count > self.events_max else 0
-        if self._hot >= self.windows:
-            raise Violation(
-                "liveness",
-                f"the cluster is spinning: over {self.events_max} events per 100 ms of "
-                f"virtual time for {self.windows * 100} ms (a livelock or a message storm)",
-            )
-        self._arm()
-        self._loop.after(self._WINDOW_NS, self._check)
-
-
-class _Liveness:
-    """After the heal: a leader, then a probe operation applied everywhere, in time."""
-
-    _POLL_NS = 10 * NS_PER_MS
-
-    def __init__(self, cluster: Cluster, rng: random.Random, bound_ns: int) -> None:
+    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
         self.cluster = cluster
-        self.bound_ns = bound_ns
-        self.leader_ms: float | None = None
-        self.probe_ms: float | None = None
-        self._probe_index = 0
-        self._start_ns = 0
-        self._done = False
+        self._index = 0
         self._client = Client(
             cluster,
             0,
@@ -284,50 +153,32 @@ class _Liveness:
         )
 
     def _acked(self, seq: int, index: int, term: int) -> None:
-        self._probe_index = index
+        self._index = index
 
-    def _poll(self, _: Any = None) -> None:
-        loop = self.cluster.loop
-        elapsed_ms = (loop.now_ns - self._start_ns) / NS_PER_MS
-        if self.leader_ms is None and self.cluster.leader() is not None:
-            self.leader_ms = elapsed_ms
-        index = self._probe_index
-        if index and all(
-            self.cluster.hosts[n].sm.applied_index >= index for n in self.cluster.node_ids
-        ):
-            self.probe_ms = elapsed_ms
-            self._done = True
-            loop.stop()
-            return
-        loop.after(self._POLL_NS, self._poll)
-
-    def run(self) -> None:
-        loop = self.cluster.loop
-        self._start_ns = loop.now_ns
-        self.cluster.trace.emit(f"liveness: probe, bound {self.bound_ns // NS_PER_MS} ms")
+    def start(self) -> None:
         self._client.start()
-        loop.after(0, self._poll)
-        loop.run_until(self._start_ns + self.bound_ns)
-        if self._done:
-            return
-        bound_s = self.bound_ns / NS_PER_S
-        if self.leader_ms is None:
-            raise Violation("liveness", f"no leader within {bound_s:g} s after every fault healed")
-        if not self._probe_index:
-            raise Violation(
-                "liveness",
-                f"a leader was elected {self.leader_ms:.0f} ms after the heal, but no proposal "
-                f"committed within {bound_s:g} s",
+
+    def settled(self) -> bool:
+        index = self._index
+        hosts = self.cluster.hosts
+        return bool(index) and all(
+            hosts[n].sm.applied_index >= index for n in self.cluster.node_ids
+        )
+
+    def diagnose(self, leader_ms: float, bound_s: float) -> str:
+        if not self._index:
+            return (
+                f"a leader was elected {leader_ms:.0f} ms after the heal, but no proposal "
+                f"committed within {bound_s:g} s"
             )
         behind = [
             f"n{n}@{self.cluster.hosts[n].sm.applied_index}"
             for n in self.cluster.node_ids
-            if self.cluster.hosts[n].sm.applied_index < self._probe_index
+            if self.cluster.hosts[n].sm.applied_index < self._index
         ]
-        raise Violation(
-            "liveness",
-            f"the probe committed at index {self._probe_index}, but within {bound_s:g} s "
-            f"after the heal these nodes had not applied it: {' '.join(behind)}",
+        return (
+            f"the probe committed at index {self._index}, but within {bound_s:g} s "
+            f"after the heal these nodes had not applied it: {' '.join(behind)}"
         )
 
 

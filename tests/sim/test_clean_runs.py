@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from sim.faults import FAULTS
-from sim.run import LIVENESS_BOUND_S, SimConfig, run
+from sim.liveness import LIVENESS_BOUND_S
+from sim.run import SimConfig, run
 
 
 def assert_clean(seeds: range, cfg: SimConfig) -> None:

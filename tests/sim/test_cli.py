@@ -11,7 +11,7 @@ import pytest
 
 from mq.cli import main
 from raft.config import PLANTS
-from sim.cli import _draw_progress
+from sim.report import draw_progress
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -81,5 +81,5 @@ def test_faults_can_be_chosen_and_bad_names_are_refused(
 
 def test_the_progress_bar_counts_seeds_and_failures() -> None:
     out = io.StringIO()
-    _draw_progress(out, 3, 10, 1)
+    draw_progress(out, 3, 10, 1)
     assert out.getvalue().endswith("3/10 seeds, 1 failed")
