@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mq.broker.config import BrokerConfig
-from mq.broker.core import BrokerCore, PeerMessage, Reply, Work
+from mq.broker.core import BrokerCore, Notify, PeerMessage, Reply, Work
 from mq.broker.raft_codec import decode_envelope
 from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
@@ -166,16 +166,18 @@ class BrokerHost(SimProcess[ClientRequest]):
         if self.paused:
             self._buffer(req)
             return
-        _client, reply_id, data = req
+        client, reply_id, data = req
         core = self.core
         assert core is not None
         frame = decode_frame(data)
         now_ms = self.now_ms()
+        self.cluster.on_request(self, client, frame)
         response: Frame | None = None
         if self.request_filter is not None:
             response = self.request_filter(self, frame, now_ms)
         if response is None:
-            response = core.handle(frame, reply_id, now_ms)
+            connection = self.cluster.connection_token(client, self.id)
+            response = core.handle(frame, reply_id, now_ms, connection=connection)
         if response is not None:
             self.cluster.reply(self, reply_id, response)
         self._pump()
@@ -190,6 +192,7 @@ class BrokerHost(SimProcess[ClientRequest]):
         if not outputs:
             return
         replies: list[Reply] = []
+        notifies: list[Notify] = []
         for out in outputs:
             if isinstance(out, PeerMessage):
                 _group, env = decode_envelope(out.frame)
@@ -199,6 +202,8 @@ class BrokerHost(SimProcess[ClientRequest]):
                     self._vote_granted()
             elif isinstance(out, Reply):
                 replies.append(out)
+            elif isinstance(out, Notify):
+                notifies.append(out)
             # RoleChanged / TopicsChanged are for NameServer registration: role changes
             # are read from the Raft node itself (_observe).
         # Held pulls are woken in the core's set order; answer in request order so the
@@ -206,6 +211,8 @@ class BrokerHost(SimProcess[ClientRequest]):
         replies.sort(key=lambda r: r.reply_to)
         for reply in replies:
             self.cluster.reply(self, reply.reply_to, reply.frame)
+        for notify in notifies:
+            self.cluster.notify(self, notify.connection, notify.frame)
 
     def _pump(self) -> None:
         epoch = self.epoch

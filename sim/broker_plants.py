@@ -35,6 +35,8 @@ PLANTS: dict[str, str] = {
     "tell the retry from a new batch",
     "swap_served": "a consumer hands the first two messages of a pull to the checker in "
     "the wrong order",
+    "unregister_ignored": "a node acknowledges UNREGISTER_CLIENT without removing the "
+    "member, so a cleanly stopped consumer stays listed (and notified) until it expires",
 }
 
 WORKLOAD_PLANTS = frozenset({"fresh_seq_retry", "swap_served"})
@@ -52,6 +54,8 @@ def install(plant: str | None, cluster: BrokerCluster, rng: random.Random) -> No
             host.request_filter = _AckUnstored(random.Random(rng.getrandbits(64)))
         elif plant == "offset_ack_unstored":
             host.request_filter = _OffsetAckUnstored(random.Random(rng.getrandbits(64)))
+        elif plant == "unregister_ignored":
+            host.request_filter = _unregister_ignored
         elif plant == "fsync_lies":
             host.skip_fsync = True
         else:
@@ -96,6 +100,14 @@ def _pull_uncommitted(host: BrokerHost, frame: Frame, now_ms: int) -> Frame | No
         },
         b"".join(frames),
     )
+
+
+def _unregister_ignored(host: BrokerHost, frame: Frame, now_ms: int) -> Frame | None:
+    """Answer UNREGISTER_CLIENT as done and drop it: the bug of a node that looks the
+    member up under the wrong key and reports success anyway."""
+    if frame.code != RequestCode.UNREGISTER_CLIENT:
+        return None
+    return frame.make_response({})
 
 
 class _AckUnstored:

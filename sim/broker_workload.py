@@ -43,6 +43,10 @@ TAGS = ("t0", "t1", "t2")
 # Consumer i subscribes to SUBSCRIPTIONS[i % 2]: everything, or two of the three tags
 # (its pulls carry tag hashes, so the ConsumeQueue's tag hashes decide what it gets).
 SUBSCRIPTIONS: tuple[frozenset[str] | None, ...] = (frozenset({"t0", "t1"}), None)
+HEARTBEAT_NS = 500 * NS_PER_MS
+# Longer than a client link's worst latency twice over, so an UNREGISTER_CLIENT cannot
+# overtake the consumer's last HEARTBEAT, nor a new HEARTBEAT overtake it.
+UNREGISTER_DELAY_NS = 10 * NS_PER_MS
 _RETRY_ERRORS = {
     ErrorCode.REPLICATION_TIMEOUT,
     ErrorCode.SYSTEM_BUSY,
@@ -249,11 +253,76 @@ class Consumer:
         self.restarts = 0
         self.commits_acked = 0
         self.stopped = False
-        cluster.register_client(name, self._on_response)
+        self.retired = False
+        self.notified = 0
+        self.clean_stops = 0
+        self._hb_gen = 0
+        self._heartbeating = False
+        cluster.register_client(name, self._on_response, self._on_notify)
 
     def start(self) -> None:
-        """(Re)start: ask the broker for the group's committed offsets first."""
+        """(Re)start: heartbeat the group, and ask the broker for the group's committed
+        offsets first."""
+        if not self._heartbeating:
+            self._heartbeating = True
+            self._heartbeat(self._hb_gen)
         self._query(self._gen)
+
+    # -- membership
+
+    def _heartbeat(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen or not self._heartbeating:
+            return
+        fields = {
+            "group": GROUP,
+            "client_id": self.name,
+            "model": "clustering",
+            "topics": [TOPIC],
+            "consume_from": "first",
+        }
+        for node in self._cluster.node_ids:
+            self._cluster.send(self.name, node, self._ids(), request(RequestCode.HEARTBEAT, fields))
+        jitter = self._rng.randrange(-50, 50) * NS_PER_MS
+        self._loop.after(HEARTBEAT_NS + jitter, self._heartbeat, hb_gen)
+
+    def clean_stop(self, pause_ns: int | None) -> None:
+        """Stop cleanly: no more pulls, commits or heartbeats, UNREGISTER_CLIENT from
+        every node; start again after `pause_ns` (never if None)."""
+        self._gen += 1
+        self._hb_gen += 1
+        self._heartbeating = False
+        self._in_flight.clear()
+        self._committing = False
+        self.clean_stops += 1
+        self._trace.emit(f"{self.name} stops cleanly")
+        self._loop.after(UNREGISTER_DELAY_NS, self._unregister, self._hb_gen)
+        if pause_ns is not None:
+            self._loop.after(UNREGISTER_DELAY_NS + pause_ns, self._return, self._hb_gen)
+
+    def _unregister(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen:
+            return
+        fields = {"group": GROUP, "client_id": self.name}
+        for node in self._cluster.node_ids:
+            self._cluster.send(
+                self.name, node, self._ids(), request(RequestCode.UNREGISTER_CLIENT, fields)
+            )
+
+    def _return(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen or self.retired:
+            return
+        self.restarts += 1
+        self._trace.emit(f"{self.name} starts again")
+        self.start()
+
+    def retire(self) -> None:
+        """The consumer's last, clean stop (at the end of the workload)."""
+        self.retired = True
+        self.clean_stop(None)
+
+    def _on_notify(self, node: int, frame: Frame) -> None:
+        self.notified += 1
+        self._trace.emit(f"{self.name} notified by n{node}: {frame.fields}")
 
     def stop(self) -> None:
         self.stopped = True
@@ -411,7 +480,10 @@ class Consumer:
 
     def restart(self) -> None:
         """A consumer process restart: what it had in flight is forgotten, and it resumes
-        from the offsets the broker has committed for the group."""
+        from the offsets the broker has committed for the group. (A consumer that is
+        away after a clean stop is left to come back by itself.)"""
+        if not self._heartbeating:
+            return
         self._gen += 1
         self.restarts += 1
         self._in_flight.clear()
@@ -479,13 +551,24 @@ class BrokerWorkload:
     def _restart(self, _: Any = None) -> None:
         if self._stopped:
             return
-        self._rng.choice(self.consumers).restart()
+        consumer = self._rng.choice(self.consumers)
+        if self._rng.random() < 1 / 3:
+            consumer.clean_stop(self._rng.randrange(100, 1000) * NS_PER_MS)
+        else:
+            consumer.restart()
         self._cluster.loop.after(self._restart_gap(), self._restart)
 
     def stop(self) -> None:
-        """No new batches, no more pulls (retries of a batch in flight continue)."""
+        """No new batches, no more pulls (retries of a batch in flight continue); the
+        consumers keep heartbeating, but the last of two or more stops cleanly."""
         self._stopped = True
         for p in self.producers:
             p.stop()
         for c in self.consumers:
             c.stop()
+        if len(self.consumers) >= 2:
+            self.consumers[-1].retire()
+
+    def live_consumers(self) -> set[str]:
+        """The consumers that have not stopped for good (every node must list them)."""
+        return {c.name for c in self.consumers if not c.retired}

@@ -73,6 +73,8 @@ QUEUE_CHECKERS: dict[str, str] = {
     "replicas_identical": "after the heal, every node holds the same ConsumeQueues",
     "no_duplicate": "a message of an idempotent producer is stored at most once",
     "log_matching": "all nodes hold the same entry terms at every committed index",
+    "group_membership": "a node notifies only its group's members; after the heal and a "
+    "settle period every node lists exactly the running consumers",
     "liveness": "after the heal, a leader acknowledges a send every node then serves",
     "workload": "the broker refuses a well-formed request for what it is",
 }

@@ -7,10 +7,19 @@ import hashlib
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 
+import pytest
+
+from mq.protocol import Frame, RequestCode, request
+from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_run import BrokerSimConfig, run_broker
+from sim.checkers import Violation
+from sim.events import EventLoop
+from sim.group_checkers import MembershipChecker
+from sim.trace import Trace
 
 CFG = BrokerSimConfig(duration_s=4.0)
 
@@ -89,3 +98,32 @@ def test_the_cli_summarizes_many_seeds_and_refuses_bad_arguments() -> None:
     assert _mq("--faults", "bogus").returncode == 2
     plants = _mq("--list-plants")
     assert plants.returncode == 0 and "pull_uncommitted" in plants.stdout
+
+
+def test_consumers_heartbeat_every_node_and_the_last_one_unregisters() -> None:
+    result = run_broker(1, BrokerSimConfig(duration_s=5.0, faults=()))
+    assert result.ok, result.message
+    s = result.stats
+    # Every member added on a node notifies the group there; the retired consumer's
+    # clean stop is always one.
+    assert s["notifies"] >= 3 and s["consumer_clean_stops"] >= 1
+
+
+def test_a_notify_to_a_connection_outside_the_group_is_a_violation() -> None:
+    loop = EventLoop()
+    cluster = BrokerCluster(loop, Trace(loop), random.Random(0), broker_configs((1, 2, 3)))
+    cluster.register_client("c1", lambda r, f: None)
+    cluster.register_client("c2", lambda r, f: None)
+    checker = MembershipChecker(cluster)
+    host = cluster.hosts[1]
+    beat = request(RequestCode.HEARTBEAT, {"group": "g", "client_id": "c1"})
+    checker.on_request(host, "c1", beat)
+    notify = Frame(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, fields={"group": "g"})
+    checker.on_notify(host, cluster.connection_token("c1", 1), notify)
+    with pytest.raises(Violation):  # c2 never heartbeated
+        checker.on_notify(host, cluster.connection_token("c2", 1), notify)
+    with pytest.raises(Violation):  # c1's token on another node
+        checker.on_notify(host, cluster.connection_token("c1", 2), notify)
+    checker.on_request(host, "c1", request(RequestCode.UNREGISTER_CLIENT, beat.fields))
+    with pytest.raises(Violation):  # c1 left
+        checker.on_notify(host, cluster.connection_token("c1", 1), notify)
