@@ -85,6 +85,8 @@ class BrokerCluster(World[BrokerHost]):
         # with each response a node sends, before it travels (the checkers' hooks).
         self.on_host_start: Callable[[BrokerHost], None] = lambda host: None
         self.on_response: Callable[[BrokerHost, Frame], None] = lambda host, frame: None
+        # Called with each response a node sends and its reply id (after on_response).
+        self.on_reply: Callable[[BrokerHost, int, Frame], None] = lambda h, r, f: None
         # Called with each client request a node is about to serve (client name, frame)
         # and with each Notify a node emits (token, frame), before it travels.
         self.on_request: Callable[[BrokerHost, str, Frame], None] = lambda h, c, f: None
@@ -149,6 +151,7 @@ class BrokerCluster(World[BrokerHost]):
         if client is None:
             return
         self.on_response(host, frame)
+        self.on_reply(host, reply_id, frame)
         on_response = self._clients[client]
         data = encode_frame(frame)
         self.loop.after(self.client_latency(), self._deliver, (on_response, reply_id, data))

@@ -78,6 +78,7 @@ class BrokerHost(SimProcess[ClientRequest]):
         # Hooks for the checkers and for sim-side plants (deliberate bugs).
         self.on_commit: Callable[[BrokerHost], None] = lambda host: None
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
+        self.request_rewrite: Callable[[BrokerHost, Frame], Frame] | None = None
         self.skip_fsync = False
 
     # -- the clock
@@ -172,6 +173,8 @@ class BrokerHost(SimProcess[ClientRequest]):
         frame = decode_frame(data)
         now_ms = self.now_ms()
         self.cluster.on_request(self, client, frame)
+        if self.request_rewrite is not None:
+            frame = self.request_rewrite(self, frame)
         response: Frame | None = None
         if self.request_filter is not None:
             response = self.request_filter(self, frame, now_ms)

@@ -131,6 +131,7 @@ def run_broker(
         membership.check_final(hosts, GROUP, workload.live_consumers())
 
     cluster.on_host_start = on_host_start
+    cluster.on_reply = checkers.on_reply
     cluster.on_request = membership.on_request
     cluster.on_notify = membership.on_notify
     cluster.on_response = lambda host, frame: checkers.catch_up(host)
@@ -162,6 +163,8 @@ def run_broker(
         "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
         "consumer_clean_stops": sum(c.clean_stops for c in workload.consumers),
         "notifies": membership.notifies,
+        "resets_acked": workload.admin.acked,
+        "consumer_requeries": sum(c.requeries for c in workload.consumers),
         "scans": checkers.scans,
         **world_stats(cluster, faults, liveness),
     }

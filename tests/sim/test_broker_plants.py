@@ -19,6 +19,7 @@ BUDGETS: dict[str, tuple[int, set[str]]] = {
     "fresh_seq_retry": (5, {"no_duplicate"}),
     "swap_served": (5, {"queue_order"}),
     "unregister_ignored": (3, {"group_membership"}),
+    "stale_generation_applied": (5, {"offset_generation"}),
 }
 
 # A disk that lies breaks what the Raft core assumes of its storage, so the core's own
