@@ -21,6 +21,10 @@ compared with it the moment it is made:
 * an acknowledged offset commit must be in the model (`acked_durable`); an offset a
   node answers to QUERY_CONSUMER_OFFSET must be one the group committed
   (`committed_only`);
+* an acknowledged reset must be a committed reset with that generation and those
+  offsets (`acked_durable`); after it, a commit of an older generation must be
+  reported stale, and a node that has applied the reset answers queries with at least
+  its generation (`offset_generation`);
 * a node's ConsumeQueues, scanned after every restart and every second: a prefix of the
   model (`queue_order`), never longer than it (`committed_only`);
 * the committed Raft prefixes of all nodes: the same term at every index

@@ -10,6 +10,8 @@ import os
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import Violation
 from sim.events import EventLoop
 from sim.group_checkers import MembershipChecker
+from sim.queue_checkers import QueueCheckers
 from sim.trace import Trace
 
 CFG = BrokerSimConfig(duration_s=4.0)
@@ -127,3 +130,30 @@ def test_a_notify_to_a_connection_outside_the_group_is_a_violation() -> None:
     checker.on_request(host, "c1", request(RequestCode.UNREGISTER_CLIENT, beat.fields))
     with pytest.raises(Violation):  # c1 left
         checker.on_notify(host, cluster.connection_token("c1", 1), notify)
+
+
+def test_a_query_answered_with_an_older_generation_after_the_reset_applied_is_a_violation() -> None:
+    checkers = QueueCheckers((1, 2, 3), "T")
+    checkers.model.resets[("g", "T")] = {1: (7, [[0, 0]])}
+    ack = request(RequestCode.RESET_CONSUMER_OFFSET).make_response(
+        {"offsets": [[0, 0]], "generation": 1}
+    )
+    checkers.on_reset_acked("admin", "g", "T", ack)
+    old = request(RequestCode.QUERY_CONSUMER_OFFSET).make_response({"offsets": [], "generation": 0})
+
+    def node(applied: int) -> Any:
+        return SimpleNamespace(
+            id=2, core=SimpleNamespace(raft=SimpleNamespace(applied_index=applied))
+        )
+
+    checkers.expect_query(10, "g", "T")
+    checkers.on_reply(node(6), 10, old)  # a follower that lags: allowed
+    checkers.expect_query(11, "g", "T")
+    with pytest.raises(Violation, match="generation 0"):
+        checkers.on_reply(node(7), 11, old)
+    # A commit of generation 0 sent after the ack must be reported stale.
+    applied = request(RequestCode.UPDATE_CONSUMER_OFFSET).make_response({"stale": []})
+    with pytest.raises(Violation):
+        checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], applied, floor=1)
+    stale = request(RequestCode.UPDATE_CONSUMER_OFFSET).make_response({"stale": [["T", 0]]})
+    checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], stale, floor=1)
