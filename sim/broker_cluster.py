@@ -11,6 +11,11 @@ between nodes does not cut a client off, a request to a crashed node is lost (th
 client times out), a request to a paused node waits in its socket buffer. Requests
 and responses cross the links as encoded frames (mq/protocol.py), so the wire codec
 runs on every request.
+
+Each client has one connection to each node, named by a token stable for the run
+(`connection_token`): the host passes it to `core.handle(..., connection=token)`, so
+a HEARTBEAT's member is tied to it, and a `Notify` the core emits for that token is
+carried back over the link to the client's notification callback.
 """
 
 from __future__ import annotations
@@ -80,15 +85,56 @@ class BrokerCluster(World[BrokerHost]):
         # with each response a node sends, before it travels (the checkers' hooks).
         self.on_host_start: Callable[[BrokerHost], None] = lambda host: None
         self.on_response: Callable[[BrokerHost, Frame], None] = lambda host, frame: None
+        # Called with each response a node sends and its reply id (after on_response).
+        self.on_reply: Callable[[BrokerHost, int, Frame], None] = lambda h, r, f: None
+        # Called with each client request a node is about to serve (client name, frame)
+        # and with each Notify a node emits (token, frame), before it travels.
+        self.on_request: Callable[[BrokerHost, str, Frame], None] = lambda h, c, f: None
+        self.on_notify: Callable[[BrokerHost, int, Frame], None] = lambda h, t, f: None
         self._reply_owner: dict[int, str] = {}
+        self._client_numbers: dict[str, int] = {}
+        self._notified: dict[str, Callable[[int, Frame], None]] = {}
 
     def on_start(self, host: BrokerHost) -> None:
         self.on_host_start(host)
 
     # -- clients
 
-    def register_client(self, name: str, on_response: Callable[[int, Frame], None]) -> None:
+    def register_client(
+        self,
+        name: str,
+        on_response: Callable[[int, Frame], None],
+        on_notify: Callable[[int, Frame], None] | None = None,
+    ) -> None:
+        """`on_notify(node_id, frame)` receives the one-way frames nodes push to it."""
         self._clients[name] = on_response
+        self._client_numbers.setdefault(name, len(self._client_numbers) + 1)
+        if on_notify is not None:
+            self._notified[name] = on_notify
+
+    def connection_token(self, client: str, node_id: int) -> int:
+        """The token of `client`'s connection to `node_id`: fixed for the run (clients
+        are registered in a fixed order), distinct per client and node."""
+        return self._client_numbers[client] * 1000 + node_id
+
+    def token_client(self, token: int) -> str | None:
+        """The client a connection token belongs to (None if no client has it)."""
+        number = token // 1000
+        for name, n in self._client_numbers.items():
+            if n == number:
+                return name
+        return None
+
+    def notify(self, host: BrokerHost, token: int, frame: Frame) -> None:
+        """A Notify output of `host`: checked, then carried to the client (dropped if
+        the client does not listen, as a best-effort push may be)."""
+        self.on_notify(host, token, frame)
+        client = self.token_client(token)
+        callback = self._notified.get(client) if client is not None else None
+        if callback is None:
+            return
+        data = encode_frame(frame)
+        self.loop.after(self.client_latency(), self._deliver, (callback, host.id, data))
 
     def send(self, client: str, node_id: int, reply_id: int, frame: Frame) -> None:
         """A request from `client` to a node; the response (if any) comes back later to
@@ -105,6 +151,7 @@ class BrokerCluster(World[BrokerHost]):
         if client is None:
             return
         self.on_response(host, frame)
+        self.on_reply(host, reply_id, frame)
         on_response = self._clients[client]
         data = encode_frame(frame)
         self.loop.after(self.client_latency(), self._deliver, (on_response, reply_id, data))

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mq.broker.config import BrokerConfig
-from mq.broker.core import BrokerCore, PeerMessage, Reply, Work
+from mq.broker.core import BrokerCore, Notify, PeerMessage, Reply, Work
 from mq.broker.raft_codec import decode_envelope
 from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
@@ -78,6 +78,7 @@ class BrokerHost(SimProcess[ClientRequest]):
         # Hooks for the checkers and for sim-side plants (deliberate bugs).
         self.on_commit: Callable[[BrokerHost], None] = lambda host: None
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
+        self.request_rewrite: Callable[[BrokerHost, Frame], Frame] | None = None
         self.skip_fsync = False
 
     # -- the clock
@@ -166,16 +167,20 @@ class BrokerHost(SimProcess[ClientRequest]):
         if self.paused:
             self._buffer(req)
             return
-        _client, reply_id, data = req
+        client, reply_id, data = req
         core = self.core
         assert core is not None
         frame = decode_frame(data)
         now_ms = self.now_ms()
+        self.cluster.on_request(self, client, frame)
+        if self.request_rewrite is not None:
+            frame = self.request_rewrite(self, frame)
         response: Frame | None = None
         if self.request_filter is not None:
             response = self.request_filter(self, frame, now_ms)
         if response is None:
-            response = core.handle(frame, reply_id, now_ms)
+            connection = self.cluster.connection_token(client, self.id)
+            response = core.handle(frame, reply_id, now_ms, connection=connection)
         if response is not None:
             self.cluster.reply(self, reply_id, response)
         self._pump()
@@ -190,6 +195,7 @@ class BrokerHost(SimProcess[ClientRequest]):
         if not outputs:
             return
         replies: list[Reply] = []
+        notifies: list[Notify] = []
         for out in outputs:
             if isinstance(out, PeerMessage):
                 _group, env = decode_envelope(out.frame)
@@ -199,6 +205,8 @@ class BrokerHost(SimProcess[ClientRequest]):
                     self._vote_granted()
             elif isinstance(out, Reply):
                 replies.append(out)
+            elif isinstance(out, Notify):
+                notifies.append(out)
             # RoleChanged / TopicsChanged are for NameServer registration: role changes
             # are read from the Raft node itself (_observe).
         # Held pulls are woken in the core's set order; answer in request order so the
@@ -206,6 +214,8 @@ class BrokerHost(SimProcess[ClientRequest]):
         replies.sort(key=lambda r: r.reply_to)
         for reply in replies:
             self.cluster.reply(self, reply.reply_to, reply.frame)
+        for notify in notifies:
+            self.cluster.notify(self, notify.connection, notify.frame)
 
     def _pump(self) -> None:
         epoch = self.epoch

@@ -10,10 +10,11 @@ within a seed budget.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import TYPE_CHECKING
 
-from mq.protocol import Frame, RequestCode
+from mq.protocol import Frame, RequestCode, request
 from sim.queue_checkers import message_frames
 from storage.entry_log import inner_frames
 from storage.record import MAGIC_MESSAGE, decode_message_header
@@ -35,9 +36,14 @@ PLANTS: dict[str, str] = {
     "tell the retry from a new batch",
     "swap_served": "a consumer hands the first two messages of a pull to the checker in "
     "the wrong order",
+    "stale_generation_applied": "consumers ignore resets and keep committing with the "
+    "generation they first read, and the leader applies such commits anyway",
+    "unregister_ignored": "a node acknowledges UNREGISTER_CLIENT without removing the "
+    "member, so a cleanly stopped consumer stays listed (and notified) until it expires",
 }
 
 WORKLOAD_PLANTS = frozenset({"fresh_seq_retry", "swap_served"})
+"""Plants that live only in the workload (stale_generation_applied has both halves)."""
 
 
 def install(plant: str | None, cluster: BrokerCluster, rng: random.Random) -> None:
@@ -52,6 +58,10 @@ def install(plant: str | None, cluster: BrokerCluster, rng: random.Random) -> No
             host.request_filter = _AckUnstored(random.Random(rng.getrandbits(64)))
         elif plant == "offset_ack_unstored":
             host.request_filter = _OffsetAckUnstored(random.Random(rng.getrandbits(64)))
+        elif plant == "stale_generation_applied":
+            host.request_rewrite = _current_generation
+        elif plant == "unregister_ignored":
+            host.request_filter = _unregister_ignored
         elif plant == "fsync_lies":
             host.skip_fsync = True
         else:
@@ -96,6 +106,35 @@ def _pull_uncommitted(host: BrokerHost, frame: Frame, now_ms: int) -> Frame | No
         },
         b"".join(frames),
     )
+
+
+def _current_generation(host: BrokerHost, frame: Frame) -> Frame:
+    """Rewrite an offset commit's entries to the node's current generation: the bug of
+    a broker that does not compare generations, so a commit from before a reset undoes
+    it."""
+    core = host.core
+    if core is None or frame.code != RequestCode.UPDATE_CONSUMER_OFFSET:
+        return frame
+    group, offsets = frame.fields.get("group"), frame.fields.get("offsets")
+    if not isinstance(group, str) or not isinstance(offsets, list):
+        return frame
+    rewritten: list[object] = []
+    for entry in offsets:
+        if not isinstance(entry, list) or len(entry) != 4 or not isinstance(entry[0], str):
+            return frame
+        query = request(RequestCode.QUERY_CONSUMER_OFFSET, {"group": group, "topic": entry[0]})
+        answer = core.handle(query, 0, host.now_ms())
+        generation = answer.fields.get("generation", 0) if answer is not None else 0
+        rewritten.append([entry[0], entry[1], entry[2], generation])
+    return dataclasses.replace(frame, fields={**frame.fields, "offsets": rewritten})
+
+
+def _unregister_ignored(host: BrokerHost, frame: Frame, now_ms: int) -> Frame | None:
+    """Answer UNREGISTER_CLIENT as done and drop it: the bug of a node that looks the
+    member up under the wrong key and reports success anyway."""
+    if frame.code != RequestCode.UNREGISTER_CLIENT:
+        return None
+    return frame.make_response({})
 
 
 class _AckUnstored:

@@ -11,7 +11,10 @@ The phases are those of `mq sim raft` (sim/run.py), in virtual time:
    `liveness_bound_s` (10 s) a leader must acknowledge it and every node must have
    dispatched it (and everything before it: all nodes at the same commit index).
    Then the final check: every node serves exactly the committed history through
-   PULL_MESSAGE, with identical ConsumeQueue units.
+   PULL_MESSAGE, with identical ConsumeQueue units; and, after a settle period of
+   `SETTLE_NS` (three heartbeat rounds) in which the running consumers keep
+   heartbeating, every node lists exactly them as the group's members
+   (sim/group_checkers.py, which also checks every Notify during the run).
 
 Everything random derives from one `random.Random(seed)`, each component taking its
 own stream in a fixed order at start-up; nothing reads the wall clock but the report
@@ -30,9 +33,18 @@ from mq.protocol import Frame
 from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_host import BrokerHost
 from sim.broker_plants import PLANTS, install
-from sim.broker_workload import SUBSCRIPTIONS, TOPIC, BrokerWorkload, Producer, ReplyIds
+from sim.broker_workload import (
+    GROUP,
+    HEARTBEAT_NS,
+    SUBSCRIPTIONS,
+    TOPIC,
+    BrokerWorkload,
+    Producer,
+    ReplyIds,
+)
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
 from sim.faults import FaultSchedule
+from sim.group_checkers import MembershipChecker
 from sim.liveness import Liveness
 from sim.phases import run_phases, world_stats
 from sim.queue_checkers import QueueCheckers
@@ -41,6 +53,7 @@ from sim.run_config import RunConfig
 from sim.trace import Trace
 
 SCAN_INTERVAL_NS = NS_PER_S
+SETTLE_NS = 3 * HEARTBEAT_NS
 FINAL_TAGS = next(tags for tags in SUBSCRIPTIONS if tags is not None)
 
 
@@ -105,7 +118,22 @@ def run_broker(
         cluster, checkers, random.Random(root.getrandbits(64)), cfg.queues, workload.reply_ids
     )
     liveness = Liveness(cluster, probe, int(cfg.liveness_bound_s * NS_PER_S))
-    cluster.on_host_start = checkers.on_restart
+    membership = MembershipChecker(cluster)
+
+    def on_host_start(host: BrokerHost) -> None:
+        checkers.on_restart(host)
+        membership.on_restart(host)
+
+    def final_check() -> None:
+        hosts = [cluster.hosts[n] for n in node_ids]
+        checkers.check_final(hosts)
+        loop.run_until(loop.now_ns + SETTLE_NS)
+        membership.check_final(hosts, GROUP, workload.live_consumers())
+
+    cluster.on_host_start = on_host_start
+    cluster.on_reply = checkers.on_reply
+    cluster.on_request = membership.on_request
+    cluster.on_notify = membership.on_notify
     cluster.on_response = lambda host, frame: checkers.catch_up(host)
     for host in cluster.hosts.values():
         host.on_commit = checkers.catch_up
@@ -117,7 +145,7 @@ def run_broker(
         workload,
         faults,
         liveness,
-        lambda: checkers.check_final([cluster.hosts[n] for n in node_ids]),
+        final_check,
         start_watchers=lambda: loop.after(SCAN_INTERVAL_NS, _scan, (cluster, checkers)),
         traceback_limit=12,
     )
@@ -133,6 +161,10 @@ def run_broker(
         "messages_served": sum(c.served for c in workload.consumers),
         "consumer_restarts": sum(c.restarts for c in workload.consumers),
         "offset_commits_acked": sum(c.commits_acked for c in workload.consumers),
+        "consumer_clean_stops": sum(c.clean_stops for c in workload.consumers),
+        "notifies": membership.notifies,
+        "resets_acked": workload.admin.acked,
+        "consumer_requeries": sum(c.requeries for c in workload.consumers),
         "scans": checkers.scans,
         **world_stats(cluster, faults, liveness),
     }

@@ -43,6 +43,10 @@ TAGS = ("t0", "t1", "t2")
 # Consumer i subscribes to SUBSCRIPTIONS[i % 2]: everything, or two of the three tags
 # (its pulls carry tag hashes, so the ConsumeQueue's tag hashes decide what it gets).
 SUBSCRIPTIONS: tuple[frozenset[str] | None, ...] = (frozenset({"t0", "t1"}), None)
+HEARTBEAT_NS = 500 * NS_PER_MS
+# Longer than a client link's worst latency twice over, so an UNREGISTER_CLIENT cannot
+# overtake the consumer's last HEARTBEAT, nor a new HEARTBEAT overtake it.
+UNREGISTER_DELAY_NS = 10 * NS_PER_MS
 _RETRY_ERRORS = {
     ErrorCode.REPLICATION_TIMEOUT,
     ErrorCode.SYSTEM_BUSY,
@@ -225,6 +229,7 @@ class Consumer:
         timeout_ns: int = 500 * NS_PER_MS,
         swap_served: bool = False,
         tags: frozenset[str] | None = None,
+        ignore_resets: bool = False,
     ) -> None:
         self.name = name
         self._cluster = cluster
@@ -240,8 +245,13 @@ class Consumer:
         self._loop = cluster.loop
         self.position: dict[int, int] = {q: 0 for q in queue_ids}
         self._in_flight: dict[int, tuple[int, int, int]] = {}  # reply id -> queue, offset, node
-        # reply id -> (what, node, generation, offsets sent) of an offset commit or query
-        self._ops: dict[int, tuple[str, int, int, list[list[Any]]]] = {}
+        # reply id -> (what, node, gen, offsets sent, reset floor when sent) of an offset
+        # commit or query
+        self._ops: dict[int, tuple[str, int, int, list[list[Any]], int]] = {}
+        # The group's offset generation as the consumer last read it (commits carry it).
+        self.generation = 0
+        self._ignore_resets = ignore_resets
+        self.requeries = 0
         self._committing = False
         self._leader = rng.choice(cluster.node_ids)
         self._gen = 0
@@ -249,10 +259,89 @@ class Consumer:
         self.restarts = 0
         self.commits_acked = 0
         self.stopped = False
-        cluster.register_client(name, self._on_response)
+        self.retired = False
+        self.notified = 0
+        self.clean_stops = 0
+        self._hb_gen = 0
+        self._heartbeating = False
+        cluster.register_client(name, self._on_response, self._on_notify)
 
     def start(self) -> None:
-        """(Re)start: ask the broker for the group's committed offsets first."""
+        """(Re)start: heartbeat the group, and ask the broker for the group's committed
+        offsets first."""
+        if not self._heartbeating:
+            self._heartbeating = True
+            self._heartbeat(self._hb_gen)
+        self._query(self._gen)
+
+    # -- membership
+
+    def _heartbeat(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen or not self._heartbeating:
+            return
+        fields = {
+            "group": GROUP,
+            "client_id": self.name,
+            "model": "clustering",
+            "topics": [TOPIC],
+            "consume_from": "first",
+        }
+        for node in self._cluster.node_ids:
+            self._cluster.send(self.name, node, self._ids(), request(RequestCode.HEARTBEAT, fields))
+        jitter = self._rng.randrange(-50, 50) * NS_PER_MS
+        self._loop.after(HEARTBEAT_NS + jitter, self._heartbeat, hb_gen)
+
+    def clean_stop(self, pause_ns: int | None) -> None:
+        """Stop cleanly: no more pulls, commits or heartbeats, UNREGISTER_CLIENT from
+        every node; start again after `pause_ns` (never if None)."""
+        self._gen += 1
+        self._hb_gen += 1
+        self._heartbeating = False
+        self._in_flight.clear()
+        self._committing = False
+        self.clean_stops += 1
+        self._trace.emit(f"{self.name} stops cleanly")
+        self._loop.after(UNREGISTER_DELAY_NS, self._unregister, self._hb_gen)
+        if pause_ns is not None:
+            self._loop.after(UNREGISTER_DELAY_NS + pause_ns, self._return, self._hb_gen)
+
+    def _unregister(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen:
+            return
+        fields = {"group": GROUP, "client_id": self.name}
+        for node in self._cluster.node_ids:
+            self._cluster.send(
+                self.name, node, self._ids(), request(RequestCode.UNREGISTER_CLIENT, fields)
+            )
+
+    def _return(self, hb_gen: int) -> None:
+        if hb_gen != self._hb_gen or self.retired:
+            return
+        self.restarts += 1
+        self._trace.emit(f"{self.name} starts again")
+        self.start()
+
+    def retire(self) -> None:
+        """The consumer's last, clean stop (at the end of the workload)."""
+        self.retired = True
+        self.clean_stop(None)
+
+    def _on_notify(self, node: int, frame: Frame) -> None:
+        self.notified += 1
+        self._trace.emit(f"{self.name} notified by n{node}: {frame.fields}")
+        if frame.fields.get("reset_topic") == TOPIC and not self._ignore_resets:
+            self._requery("reset")
+
+    def _requery(self, why: str) -> None:
+        """The group's offsets were reset: drop what is in flight and continue from the
+        offsets (and generation) the broker now has."""
+        if not self._heartbeating or self.stopped:
+            return
+        self._gen += 1
+        self.requeries += 1
+        self._in_flight.clear()
+        self._committing = False
+        self._trace.emit(f"{self.name} re-queries ({why})")
         self._query(self._gen)
 
     def stop(self) -> None:
@@ -268,14 +357,17 @@ class Consumer:
         if self._rng.random() < 1 / 3:
             node = self._rng.choice(self._cluster.node_ids)
         fields = {"group": GROUP, "topic": TOPIC}
-        self._send_op("query", node, gen, [], request(RequestCode.QUERY_CONSUMER_OFFSET, fields))
+        reply_id = self._send_op(
+            "query", node, gen, [], request(RequestCode.QUERY_CONSUMER_OFFSET, fields)
+        )
+        self._checkers.expect_query(reply_id, GROUP, TOPIC)
 
     def _commit(self, gen: int) -> None:
         if gen != self._gen or self.stopped:
             return
         if not self._committing:
             self._committing = True
-            offsets = [[TOPIC, q, self.position[q], 0] for q in self.queue_ids]
+            offsets = [[TOPIC, q, self.position[q], self.generation] for q in self.queue_ids]
             frame = request(
                 RequestCode.UPDATE_CONSUMER_OFFSET, {"group": GROUP, "offsets": offsets}
             )
@@ -284,17 +376,19 @@ class Consumer:
 
     def _send_op(
         self, what: str, node: int, gen: int, offsets: list[list[Any]], frame: Frame
-    ) -> None:
+    ) -> int:
         reply_id = self._ids()
-        self._ops[reply_id] = (what, node, gen, offsets)
+        floor = self._checkers.reset_floor(GROUP, TOPIC)
+        self._ops[reply_id] = (what, node, gen, offsets, floor)
         self._cluster.send(self.name, node, reply_id, frame)
         self._loop.after(self._timeout_ns, self._op_timeout, reply_id)
+        return reply_id
 
     def _op_timeout(self, reply_id: int) -> None:
         op = self._ops.pop(reply_id, None)
         if op is None:
             return
-        what, node, gen, _ = op
+        what, node, gen, _, _ = op
         self._leader = self._other_node(node)
         if what == "commit":
             self._committing = False
@@ -305,8 +399,8 @@ class Consumer:
         others = [n for n in self._cluster.node_ids if n != node]
         return self._rng.choice(others) if others else node
 
-    def _on_op(self, op: tuple[str, int, int, list[list[Any]]], frame: Frame) -> None:
-        what, node, gen, offsets = op
+    def _on_op(self, op: tuple[str, int, int, list[list[Any]], int], frame: Frame) -> None:
+        what, node, gen, offsets, floor = op
         if frame.error == ErrorCode.NOT_LEADER:
             leader = frame.fields.get("leader")
             hint = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
@@ -315,7 +409,9 @@ class Consumer:
             self._committing = False
             if frame.ok:
                 self.commits_acked += 1
-                self._checkers.on_offsets_acked(self.name, GROUP, offsets, frame)
+                self._checkers.on_offsets_acked(self.name, GROUP, offsets, frame, floor)
+                if frame.fields.get("stale") and gen == self._gen and not self._ignore_resets:
+                    self._requery("stale commit")
             return
         if gen != self._gen:
             return
@@ -325,6 +421,8 @@ class Consumer:
         host = self._cluster.hosts[node]
         committed = self._checkers.on_offsets_queried(self.name, host, GROUP, frame)
         self.position = {q: committed.get(q, 0) for q in self.queue_ids}
+        if not self._ignore_resets:
+            self.generation = frame.fields.get("generation", 0)
         self._trace.emit(
             f"{self.name} resumes from n{node}: "
             + " ".join(f"q{q}@{self.position[q]}" for q in self.queue_ids)
@@ -411,13 +509,112 @@ class Consumer:
 
     def restart(self) -> None:
         """A consumer process restart: what it had in flight is forgotten, and it resumes
-        from the offsets the broker has committed for the group."""
+        from the offsets the broker has committed for the group. (A consumer that is
+        away after a clean stop is left to come back by itself.)"""
+        if not self._heartbeating:
+            return
         self._gen += 1
         self.restarts += 1
         self._in_flight.clear()
         self._committing = False
         self._trace.emit(f"{self.name} restarts")
         self.start()
+
+
+class Admin:
+    """An operator who now and then resets the group's offsets of the topic to its first
+    or last messages (RESET_CONSUMER_OFFSET), through whoever leads: retried like a
+    producer's batch on NOT_LEADER, timeouts and transient errors. A retry after a
+    timeout may reset twice (a reset is not idempotent); the checkers only rely on the
+    generation each acknowledgement reports."""
+
+    def __init__(
+        self,
+        cluster: BrokerCluster,
+        checkers: QueueCheckers,
+        rng: random.Random,
+        reply_ids: ReplyIds,
+        gap_mean_ns: int = 4000 * NS_PER_MS,
+        timeout_ns: int = 1500 * NS_PER_MS,
+    ) -> None:
+        self.name = "admin"
+        self._cluster = cluster
+        self._checkers = checkers
+        self._rng = rng
+        self._ids = reply_ids
+        self._gap_mean_ns = gap_mean_ns
+        self._timeout_ns = timeout_ns
+        self._trace = cluster.trace
+        self._loop = cluster.loop
+        self._target = rng.choice(cluster.node_ids)
+        self._to: str | None = None  # the reset under way
+        self._attempt_id = 0
+        self.stopped = False
+        self.acked = 0
+        cluster.register_client(self.name, self._on_response)
+
+    def start(self) -> None:
+        self._loop.after(self._gap(), self._next)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def _gap(self) -> int:
+        return 1 + int(self._rng.expovariate(1.0) * self._gap_mean_ns)
+
+    def _next(self, _: Any = None) -> None:
+        if self.stopped or self._to is not None:
+            return
+        self._to = self._rng.choice(("first", "last"))
+        self._attempt()
+
+    def _attempt(self, _: Any = None) -> None:
+        if self._to is None or self.stopped:
+            return
+        reply_id = self._ids()
+        self._attempt_id = reply_id
+        self._trace.emit(f"admin reset to {self._to} -> n{self._target}")
+        fields = {"group": GROUP, "topic": TOPIC, "to": self._to}
+        self._cluster.send(
+            self.name, self._target, reply_id, request(RequestCode.RESET_CONSUMER_OFFSET, fields)
+        )
+        self._loop.after(self._timeout_ns, self._timeout, reply_id)
+
+    def _timeout(self, reply_id: int) -> None:
+        if reply_id != self._attempt_id or self._to is None:
+            return
+        others = [n for n in self._cluster.node_ids if n != self._target]
+        self._target = self._rng.choice(others) if others else self._target
+        self._attempt()
+
+    def _on_response(self, reply_id: int, frame: Frame) -> None:
+        if frame.ok:
+            # Every acknowledgement is checked, a late one for an earlier attempt too.
+            self._checkers.on_reset_acked(self.name, GROUP, TOPIC, frame)
+        if reply_id != self._attempt_id or self._to is None:
+            return
+        self._attempt_id = 0
+        if frame.ok:
+            f = frame.fields
+            self._trace.emit(f"admin reset ACK gen {f.get('generation')} {f.get('offsets')}")
+            self.acked += 1
+            self._to = None
+            self._loop.after(self._gap(), self._next)
+        elif frame.error == ErrorCode.NOT_LEADER:
+            leader = frame.fields.get("leader")
+            hint = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
+            others = [n for n in self._cluster.node_ids if n != self._target]
+            self._target = hint if hint is not None else self._rng.choice(others)
+            self._loop.after(NS_PER_MS if hint is not None else 30 * NS_PER_MS, self._attempt)
+        elif frame.error in _RETRY_ERRORS or frame.error == ErrorCode.TOPIC_NOT_EXIST:
+            # TOPIC_NOT_EXIST: no send has created the topic yet (or this node has not
+            # applied it): try again later.
+            self._loop.after(self._rng.randrange(10, 100) * NS_PER_MS, self._attempt)
+        else:
+            raise Violation(
+                "workload",
+                f"a reset of {GROUP}/{TOPIC} refused with {frame.error} ({frame.remark})",
+            )
 
 
 class BrokerWorkload:
@@ -460,9 +657,11 @@ class BrokerWorkload:
                 [q for q in range(queues) if q % consumers == i - 1],
                 swap_served=plant == "swap_served",
                 tags=SUBSCRIPTIONS[(i - 1) % len(SUBSCRIPTIONS)],
+                ignore_resets=plant == "stale_generation_applied",
             )
             for i in range(1, consumers + 1)
         ]
+        self.admin = Admin(cluster, checkers, random.Random(rng.getrandbits(64)), self.reply_ids)
         self._stopped = False
 
     def start(self) -> None:
@@ -471,6 +670,7 @@ class BrokerWorkload:
         for c in self.consumers:
             c.start()
         if self.consumers:
+            self.admin.start()
             self._cluster.loop.after(self._restart_gap(), self._restart)
 
     def _restart_gap(self) -> int:
@@ -479,13 +679,25 @@ class BrokerWorkload:
     def _restart(self, _: Any = None) -> None:
         if self._stopped:
             return
-        self._rng.choice(self.consumers).restart()
+        consumer = self._rng.choice(self.consumers)
+        if self._rng.random() < 1 / 3:
+            consumer.clean_stop(self._rng.randrange(100, 1000) * NS_PER_MS)
+        else:
+            consumer.restart()
         self._cluster.loop.after(self._restart_gap(), self._restart)
 
     def stop(self) -> None:
-        """No new batches, no more pulls (retries of a batch in flight continue)."""
+        """No new batches, no more pulls (retries of a batch in flight continue); the
+        consumers keep heartbeating, but the last of two or more stops cleanly."""
         self._stopped = True
         for p in self.producers:
             p.stop()
         for c in self.consumers:
             c.stop()
+        self.admin.stop()
+        if len(self.consumers) >= 2:
+            self.consumers[-1].retire()
+
+    def live_consumers(self) -> set[str]:
+        """The consumers that have not stopped for good (every node must list them)."""
+        return {c.name for c in self.consumers if not c.retired}

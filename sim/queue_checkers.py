@@ -21,6 +21,10 @@ compared with it the moment it is made:
 * an acknowledged offset commit must be in the model (`acked_durable`); an offset a
   node answers to QUERY_CONSUMER_OFFSET must be one the group committed
   (`committed_only`);
+* an acknowledged reset must be a committed reset with that generation and those
+  offsets (`acked_durable`); after it, a commit of an older generation must be
+  reported stale, and a node that has applied the reset answers queries with at least
+  its generation (`offset_generation`);
 * a node's ConsumeQueues, scanned after every restart and every second: a prefix of the
   model (`queue_order`), never longer than it (`committed_only`);
 * the committed Raft prefixes of all nodes: the same term at every index
@@ -73,6 +77,10 @@ QUEUE_CHECKERS: dict[str, str] = {
     "replicas_identical": "after the heal, every node holds the same ConsumeQueues",
     "no_duplicate": "a message of an idempotent producer is stored at most once",
     "log_matching": "all nodes hold the same entry terms at every committed index",
+    "offset_generation": "after a reset of generation G is acknowledged, commits of an "
+    "older generation are stale and a node that applied it answers queries with >= G",
+    "group_membership": "a node notifies only its group's members; after the heal and a "
+    "settle period every node lists exactly the running consumers",
     "liveness": "after the heal, a leader acknowledges a send every node then serves",
     "workload": "the broker refuses a well-formed request for what it is",
 }
@@ -111,6 +119,10 @@ class QueueModel:
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     offset_history: dict[tuple[str, str, int], set[int]] = field(default_factory=dict)
     generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (group, topic) -> generation -> (Raft index, offsets) of the reset that made it
+    resets: dict[tuple[str, str], dict[int, tuple[int, list[list[int]]]]] = field(
+        default_factory=dict
+    )
     producers: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -133,7 +145,7 @@ class QueueModel:
                     continue
                 store = True
                 if isinstance(command, OffsetCommand | ResetCommand):
-                    self._apply_offsets(command)
+                    self._apply_offsets(index, command)
                 elif isinstance(command, SendCommand) and command.producer_id is not None:
                     assert command.seq is not None
                     last = self.producers.get(command.producer_id)
@@ -156,11 +168,14 @@ class QueueModel:
                 self.tags[head.msg_id] = head.tags
                 queue.append(head.msg_id)
 
-    def _apply_offsets(self, command: OffsetCommand | ResetCommand) -> None:
+    def _apply_offsets(self, index: int, command: OffsetCommand | ResetCommand) -> None:
         group = command.group
         if isinstance(command, ResetCommand):
             key = (group, command.topic)
-            self.generations[key] = self.generations.get(key, 0) + 1
+            generation = self.generations.get(key, 0) + 1
+            self.generations[key] = generation
+            offsets = [[q, o] for q, o in command.offsets]
+            self.resets.setdefault(key, {})[generation] = (index, offsets)
             pairs = [(command.topic, q, o) for q, o in command.offsets]
         else:
             pairs = [
@@ -190,6 +205,11 @@ class QueueCheckers:
         self.final_tags: frozenset[str] = frozenset()
         # (node, queue) -> ConsumeQueue units already compared since the node started
         self._scanned: dict[tuple[int, QueueKey], int] = {}
+        # (group, topic) -> the highest generation an acknowledged reset gave it, and
+        # reply id -> (group, topic, that generation when the query was sent)
+        self._reset_floor: dict[tuple[str, str], int] = {}
+        self._queries: dict[int, tuple[str, str, int]] = {}
+        self.resets_acked = 0
 
     # -- the model
 
@@ -380,14 +400,76 @@ class QueueCheckers:
 
     # -- consumer offsets
 
+    def reset_floor(self, group: str, topic: str) -> int:
+        """The generation of the latest acknowledged reset of (group, topic), 0 if none:
+        a commit or query sent now is served after it was applied."""
+        return self._reset_floor.get((group, topic), 0)
+
+    def on_reset_acked(self, admin: str, group: str, topic: str, response: Frame) -> None:
+        """An OK RESET_CONSUMER_OFFSET: a committed reset made that generation with those
+        offsets; commits and queries sent from now on must see it (`offset_generation`)."""
+        generation = response.fields.get("generation")
+        offsets = response.fields.get("offsets")
+        made = self.model.resets.get((group, topic), {}).get(generation)  # type: ignore[arg-type]
+        if made is None or made[1] != offsets:
+            raise Violation(
+                "acked_durable",
+                f"{admin}'s reset of {group}/{topic} was acknowledged as generation "
+                f"{generation} with offsets {offsets}, but the committed resets made "
+                f"{ {g: o for g, (_i, o) in self.model.resets.get((group, topic), {}).items()} }",
+            )
+        assert isinstance(generation, int)
+        key = (group, topic)
+        self._reset_floor[key] = max(self._reset_floor.get(key, 0), generation)
+        self.resets_acked += 1
+
+    def expect_query(self, reply_id: int, group: str, topic: str) -> None:
+        """A QUERY_CONSUMER_OFFSET is sent now: checked when a node answers it."""
+        self._queries[reply_id] = (group, topic, self.reset_floor(group, topic))
+
+    def on_reply(self, host: BrokerHost, reply_id: int, response: Frame) -> None:
+        """A node answers a request (before the answer travels). A query sent after a
+        reset of generation G was acknowledged, answered by a node that has applied the
+        reset's entry, must report a generation >= G."""
+        query = self._queries.pop(reply_id, None)
+        if query is None or not response.ok or host.core is None:
+            return
+        group, topic, floor = query
+        generation = response.fields.get("generation")
+        if not isinstance(generation, int) or generation >= floor:
+            return
+        index, _offsets = self.model.resets[(group, topic)][floor]
+        applied = host.core.raft.applied_index
+        if applied >= index:
+            raise Violation(
+                "offset_generation",
+                f"n{host.id} (applied {applied}) answered a query of {group}/{topic} with "
+                f"generation {generation}, but the reset to generation {floor} (entry "
+                f"{index}) was acknowledged before the query was sent",
+            )
+
     def on_offsets_acked(
-        self, consumer: str, group: str, offsets: list[list[Any]], response: Frame
+        self,
+        consumer: str,
+        group: str,
+        offsets: list[list[Any]],
+        response: Frame,
+        floor: int = 0,
     ) -> None:
-        """An OK UPDATE_CONSUMER_OFFSET: every entry not reported stale is committed."""
+        """An OK UPDATE_CONSUMER_OFFSET: every entry not reported stale is committed;
+        an entry older than `floor` (the acknowledged reset generation when the commit
+        was sent, so applied after the reset) must have been reported stale."""
         stale = {(t, q) for t, q in response.fields.get("stale") or []}
-        for topic, queue_id, offset, _generation in offsets:
+        for topic, queue_id, offset, generation in offsets:
             if (topic, queue_id) in stale:
                 continue
+            if generation < floor:
+                raise Violation(
+                    "offset_generation",
+                    f"{consumer}'s offset commit {group} {topic}/{queue_id}={offset} of "
+                    f"generation {generation} was applied, not reported stale, though a "
+                    f"reset to generation {floor} was acknowledged before it was sent",
+                )
             if offset not in self.model.offset_history.get((group, topic, queue_id), ()):
                 raise Violation(
                     "acked_durable",

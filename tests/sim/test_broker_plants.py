@@ -18,7 +18,14 @@ BUDGETS: dict[str, tuple[int, set[str]]] = {
     "fsync_lies": (40, {"acked_durable", "log_matching", "committed_only", "queue_order"}),
     "fresh_seq_retry": (5, {"no_duplicate"}),
     "swap_served": (5, {"queue_order"}),
+    "unregister_ignored": (3, {"group_membership"}),
+    "stale_generation_applied": (5, {"offset_generation"}),
 }
+
+# A disk that lies breaks what the Raft core assumes of its storage, so the core's own
+# invariant assertions may fire before a checker sees the damage: such a seed is
+# spent without a catch (the checkers must still catch it within the budget).
+LYING_DISK = frozenset({"fsync_lies"})
 
 
 def test_every_plant_has_a_budget() -> None:
@@ -32,6 +39,8 @@ def test_the_plant_is_caught_within_its_budget(plant: str) -> None:
     for seed in range(budget):
         result = run_broker(seed, cfg)
         if result.ok:
+            continue
+        if plant in LYING_DISK and result.checker == "exception" and "raft/" in result.message:
             continue
         assert result.checker in checkers, f"seed {seed}: {result.checker}: {result.message}"
         return

@@ -7,10 +7,22 @@ import hashlib
 import io
 import json
 import os
+import random
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from mq.protocol import Frame, RequestCode, request
+from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_run import BrokerSimConfig, run_broker
+from sim.checkers import Violation
+from sim.events import EventLoop
+from sim.group_checkers import MembershipChecker
+from sim.queue_checkers import QueueCheckers
+from sim.trace import Trace
 
 CFG = BrokerSimConfig(duration_s=4.0)
 
@@ -89,3 +101,59 @@ def test_the_cli_summarizes_many_seeds_and_refuses_bad_arguments() -> None:
     assert _mq("--faults", "bogus").returncode == 2
     plants = _mq("--list-plants")
     assert plants.returncode == 0 and "pull_uncommitted" in plants.stdout
+
+
+def test_consumers_heartbeat_every_node_and_the_last_one_unregisters() -> None:
+    result = run_broker(1, BrokerSimConfig(duration_s=5.0, faults=()))
+    assert result.ok, result.message
+    s = result.stats
+    # Every member added on a node notifies the group there; the retired consumer's
+    # clean stop is always one.
+    assert s["notifies"] >= 3 and s["consumer_clean_stops"] >= 1
+
+
+def test_a_notify_to_a_connection_outside_the_group_is_a_violation() -> None:
+    loop = EventLoop()
+    cluster = BrokerCluster(loop, Trace(loop), random.Random(0), broker_configs((1, 2, 3)))
+    cluster.register_client("c1", lambda r, f: None)
+    cluster.register_client("c2", lambda r, f: None)
+    checker = MembershipChecker(cluster)
+    host = cluster.hosts[1]
+    beat = request(RequestCode.HEARTBEAT, {"group": "g", "client_id": "c1"})
+    checker.on_request(host, "c1", beat)
+    notify = Frame(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, fields={"group": "g"})
+    checker.on_notify(host, cluster.connection_token("c1", 1), notify)
+    with pytest.raises(Violation):  # c2 never heartbeated
+        checker.on_notify(host, cluster.connection_token("c2", 1), notify)
+    with pytest.raises(Violation):  # c1's token on another node
+        checker.on_notify(host, cluster.connection_token("c1", 2), notify)
+    checker.on_request(host, "c1", request(RequestCode.UNREGISTER_CLIENT, beat.fields))
+    with pytest.raises(Violation):  # c1 left
+        checker.on_notify(host, cluster.connection_token("c1", 1), notify)
+
+
+def test_a_query_answered_with_an_older_generation_after_the_reset_applied_is_a_violation() -> None:
+    checkers = QueueCheckers((1, 2, 3), "T")
+    checkers.model.resets[("g", "T")] = {1: (7, [[0, 0]])}
+    ack = request(RequestCode.RESET_CONSUMER_OFFSET).make_response(
+        {"offsets": [[0, 0]], "generation": 1}
+    )
+    checkers.on_reset_acked("admin", "g", "T", ack)
+    old = request(RequestCode.QUERY_CONSUMER_OFFSET).make_response({"offsets": [], "generation": 0})
+
+    def node(applied: int) -> Any:
+        return SimpleNamespace(
+            id=2, core=SimpleNamespace(raft=SimpleNamespace(applied_index=applied))
+        )
+
+    checkers.expect_query(10, "g", "T")
+    checkers.on_reply(node(6), 10, old)  # a follower that lags: allowed
+    checkers.expect_query(11, "g", "T")
+    with pytest.raises(Violation, match="generation 0"):
+        checkers.on_reply(node(7), 11, old)
+    # A commit of generation 0 sent after the ack must be reported stale.
+    applied = request(RequestCode.UPDATE_CONSUMER_OFFSET).make_response({"stale": []})
+    with pytest.raises(Violation):
+        checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], applied, floor=1)
+    stale = request(RequestCode.UPDATE_CONSUMER_OFFSET).make_response({"stale": [["T", 0]]})
+    checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], stale, floor=1)
