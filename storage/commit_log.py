@@ -651,16 +651,24 @@ class CommitLog:
         scanned_from = pos
         frames = 0
         reason = "end"
+        filler_before: int | None = None  # the blank filler that ended the last segment
         while pos < last_end:
             slot = self._slot_at(pos)
             assert slot is not None
             rel = pos - slot.start
             self._dirty.add(slot.start)
-            count, stop, reason = self._scan_segment(slot, rel)
+            count, stop, reason, filler_at = self._scan_segment(slot, rel)
             frames += count
             pos = slot.start + stop
             if reason:
+                if count == 0 and rel == 0 and filler_before is not None:
+                    # The frame the filler made room for did not survive: the filler
+                    # goes too, so the log ends where it would have without that
+                    # append (a replica that never had the frame ends there too, and
+                    # the next frame must land at the same offset on both).
+                    pos = filler_before
                 break
+            filler_before = filler_at
             pos = self._normalize(pos)
         else:
             reason = "end"
@@ -669,8 +677,9 @@ class CommitLog:
         self.flush()
         return RecoveryReport(scanned_from, self._max, frames, reason, zeroed, deleted)
 
-    def _scan_segment(self, slot: _Slot, rel: int) -> tuple[int, int, str]:
-        """Walk valid frames of `slot` from `rel`: (frames, stop position, reason or "").
+    def _scan_segment(self, slot: _Slot, rel: int) -> tuple[int, int, str, int | None]:
+        """Walk valid frames of `slot` from `rel`: (frames, stop position, reason or "",
+        log offset of the blank filler that ends the segment or None).
 
         An empty reason means the segment was valid to its end (blank filler, exact
         fill, or a tail too short for a header) and the scan goes on to the next one.
@@ -682,6 +691,7 @@ class CommitLog:
         frames = 0
         last: int | None = None
         reason = ""
+        filler_at: int | None = None
         while True:
             left = left_total - p
             if left < BLANK_HEADER_BYTES:
@@ -694,6 +704,7 @@ class CommitLog:
                     break
                 # A sealed segment: nothing was written past its blank header.
                 slot.high_water = min(slot.high_water, rel + p + BLANK_HEADER_BYTES)
+                filler_at = slot.start + rel + p
                 p = left_total
                 break
             if magic != MAGIC_MESSAGE and magic != MAGIC_ENTRY:
@@ -714,7 +725,7 @@ class CommitLog:
             slot.last_frame = last
         elif rel == 0:
             slot.last_frame = None
-        return frames, rel + p, reason
+        return frames, rel + p, reason, filler_at
 
     # ------------------------------------------------------------------ retention
 

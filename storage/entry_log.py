@@ -96,25 +96,30 @@ class EntryLog:
         log = self._log
         expected = self._base_index + 1
         last_term = self._base_term
-        cut: int | None = None
+        kept_end = start  # just past the last frame kept
+        cut = False
         for offset, frame in log.iter_frames(start, log.max_offset):
             magic = int.from_bytes(frame[4:8], "little")
             if magic != MAGIC_ENTRY:
-                cut = offset
+                cut = True
                 break
             term, index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
             if index < expected:
+                kept_end = offset + len(frame)
                 continue  # compacted away but its segment is still on disk
             if index != expected or term < last_term:
-                cut = offset
+                cut = True
                 break
             self._offsets.append(offset)
             self._ends.append(offset + len(frame))
             self._terms.append(term)
+            kept_end = offset + len(frame)
             expected += 1
             last_term = term
-        if cut is not None:
-            log.truncate(cut)
+        if cut:
+            # From just past the last frame kept, not from the bad frame: a blank filler
+            # between the two would otherwise stay, and shift where the next entry goes.
+            log.truncate(log.normalize(kept_end))
             log.flush()
 
     def _durable_from_flushed(self) -> int:

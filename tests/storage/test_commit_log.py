@@ -376,7 +376,10 @@ def test_every_flipped_byte_truncates_at_its_frame_and_recovery_never_raises():
             fs.flip_byte(f"{D}/{pos - pos % SEG:020d}", pos % SEG)
             log = CommitLog(fs, D, segment_bytes=SEG)
             report = log.recover(0)
-            assert report.valid_until == start, (pos, report)
+            # A bad first frame of segment 1 takes the filler that made room for it
+            # along: the log ends where it did before that append.
+            expect = 230 if start == SEG else start
+            assert report.valid_until == expect, (pos, report)
             assert [o for o, _ in frames_of(log)] == [o for o in offsets if o < start]
 
 

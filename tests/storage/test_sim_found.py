@@ -73,3 +73,26 @@ def test_truncating_after_an_entry_that_ends_in_a_short_segment_tail() -> None:
     log.append([StoredEntry(2, 2, 0, bytes(20))])
     assert log.offset_of(2) == 1024
     assert [e.data for e in log.entries(1, 3, 1 << 20)] == [first.data, bytes(20)]
+
+
+def test_recovery_drops_the_filler_of_an_entry_that_did_not_survive() -> None:
+    """An entry that did not fit a segment's tail went to the next segment, behind a
+    blank filler; a crash tore it. Recovery must end the log where it was before that
+    append (the filler goes too), as on a replica that never had the entry; found by
+    `mq sim broker` (seed 68)."""
+    fs = SimFileSystem(random.Random(0))
+    log = EntryLog(fs, CommitLog(fs, "/c", 1024), "/meta")
+    log.append([StoredEntry(1, 1, 0, bytes(900))])
+    end_of_first = log.end_of(1)
+    log.append([StoredEntry(1, 2, 0, bytes(500))])
+    assert log.offset_of(2) == 1024
+    log.sync()
+    fs.flip_byte("/c/00000000000000001024", 100)  # entry 2 is torn: its CRC fails
+    fs.crash()
+    commit_log = CommitLog(fs, "/c", 1024)
+    commit_log.recover(0)
+    assert commit_log.max_offset == end_of_first
+    reopened = EntryLog(fs, commit_log, "/meta")
+    assert reopened.last_index() == 1
+    reopened.append([StoredEntry(2, 2, 0, bytes(10))])
+    assert reopened.offset_of(2) == end_of_first  # where a replica without it puts it
