@@ -148,10 +148,7 @@ class Connection:
     async def send_oneway(self, frame: Frame) -> None:
         """Send `frame` without waiting for (or getting) a response. Returns once the
         frame is handed to the OS; delivery is not confirmed."""
-        self._raise_if_closed()
-        flags = (frame.flags | Flag.ONEWAY) & ~Flag.RESPONSE
-        frame = replace(frame, request_id=next(self._ids), flags=flags)
-        await self._send(encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max), frame.body)
+        await self.send_oneway_many([frame])
 
     async def send_oneway_many(self, frames: list[Frame]) -> None:
         """`send_oneway` for several frames, in order, in as few writes as they fit."""
@@ -163,15 +160,7 @@ class Connection:
             encoded.append(
                 (encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max), frame.body)
             )
-        try:
-            await self._writer.write_many(encoded)
-        except anyio.get_cancelled_exc_class():
-            if self._writer.failed:
-                await self._fail("a send was cancelled part-way through a frame")
-            raise
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            await self._fail(f"send failed: {type(exc).__name__}: {exc}")
-            raise ConnectionClosedError(self._describe_close()) from exc
+        await self._guarded(self._writer.write_many(encoded))
 
     async def aclose(self) -> None:
         """Close the connection; waiting requests fail with ConnectionClosedError."""
@@ -245,8 +234,14 @@ class Connection:
         """Write one frame; frames written while another write is under way share the
         next write (mq/rpc/writer.py), so a window of requests costs few syscalls."""
         self._raise_if_closed()
+        await self._guarded(self._writer.write(head, body, on_queued))
+
+    async def _guarded(self, write: Awaitable[None]) -> None:
+        """Await a write, turning its failures into the connection's: closed on a
+        transport error (ConnectionClosedError), or on a cancellation part-way through
+        a frame."""
         try:
-            await self._writer.write(head, body, on_queued)
+            await write
         except anyio.get_cancelled_exc_class():
             if self._writer.failed:
                 # Cancelled mid-write: part of a frame may be on the wire, and the

@@ -60,17 +60,13 @@ class CoalescingWriter:
         `on_queued` is called as soon as the frame's place in the write order is fixed
         (before this waits for anything). Raises what `send` raised (the caller that did
         the write) or `broken(...)`."""
-        if self._failure is not None:
-            raise self._broken(self._failure)
-        self._parts.append(head)
-        if body:
-            self._parts.append(body)
-        self.frames += 1
-        if on_queued is not None:
-            on_queued()
-        await self._flush()
+        await self.write_many([(head, body)], on_queued)
 
-    async def write_many(self, frames: list[tuple[bytes, Buffer]]) -> None:
+    async def write_many(
+        self,
+        frames: list[tuple[bytes, Buffer]],
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         """Write several frames, in order, sharing writes; as `write` otherwise."""
         if self._failure is not None:
             raise self._broken(self._failure)
@@ -79,6 +75,8 @@ class CoalescingWriter:
             if body:
                 self._parts.append(body)
         self.frames += len(frames)
+        if on_queued is not None:
+            on_queued()
         await self._flush()
 
     async def _flush(self) -> None:
