@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from mq.bench.histogram import Histogram
-from mq.bench.local_cluster import running_cluster
+from mq.bench.local_cluster import on_cluster
 from mq.bench.produce_bench import bench_topic, create_topic, drive
 from mq.client import Message, Producer
 
@@ -212,10 +212,7 @@ async def run_async(
         out["ratio"] = round(delivered_s / max(produced.msgs_s, 1e-9), 2)
         return out
 
-    if namesrv:
-        return await on(namesrv, "as configured (external cluster)")
-    async with running_cluster(directory, flush=flush, broker_args=broker_args) as spec:
-        return await on(spec.nameservers, flush)
+    return await on_cluster(namesrv, directory, flush, broker_args, on)
 
 
 def run(**kwargs: Any) -> dict[str, Any]:

@@ -58,4 +58,4 @@ async def main(namesrv: str, topic: str, group: str) -> None:
 
 if __name__ == "__main__":
     configure_logging("warning")  # stdout carries the answers, logs go to stderr
-    trio.run(main, *sys.argv[1:4])
+    trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -76,3 +76,21 @@ async def running_cluster(
                 await trio.to_thread.run_sync(local.stop_process, proc)
         if made and not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+EXTERNAL_FLUSH = "as configured (external cluster)"
+
+
+async def on_cluster(
+    namesrv: list[str] | None,
+    directory: str | None,
+    flush: str,
+    broker_args: list[str] | None,
+    run: Callable[[list[str], str], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """`run(nameservers, flush mode)` on the cluster of `namesrv`, or on one started for
+    the run (and stopped after): what every cluster benchmark does around its body."""
+    if namesrv:
+        return await run(namesrv, EXTERNAL_FLUSH)
+    async with running_cluster(directory, flush=flush, broker_args=broker_args) as spec:
+        return await run(spec.nameservers, flush)

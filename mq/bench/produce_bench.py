@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from mq.bench.histogram import Histogram
-from mq.bench.local_cluster import running_cluster
+from mq.bench.local_cluster import on_cluster
 from mq.client import Admin, Message, Producer
 
 MESSAGE_BYTES = 1024
@@ -177,10 +177,7 @@ async def run_async(
         )
         return {"bench": "produce", "flush": flush_mode, "topic": topic, **result.to_json()}
 
-    if namesrv:
-        return await on(namesrv, "as configured (external cluster)")
-    async with running_cluster(directory, flush=flush, broker_args=broker_args) as spec:
-        return await on(spec.nameservers, flush)
+    return await on_cluster(namesrv, directory, flush, broker_args, on)
 
 
 def run(**kwargs: Any) -> dict[str, Any]:
