@@ -497,11 +497,23 @@ class Producer:
 
     def _prepare(self, messages: list[Message], code: RequestCode) -> _Batch:
         msg_ids, frames, sizes = self._encode(messages)
-        lane, producer_id, seq = self._lanes.acquire()  # released when the send is over
+        return self._new_batch(messages[0].topic, messages[0], msg_ids, frames, sizes, code)
+
+    def _new_batch(
+        self,
+        topic: str,
+        first: Message,
+        msg_ids: tuple[str, ...],
+        frames: bytes,
+        sizes: list[int],
+        code: RequestCode,
+    ) -> _Batch:
+        """The batch with a lane of its own (released by the caller when it is over)."""
+        lane, producer_id, seq = self._lanes.acquire()
         return _Batch(
-            topic=messages[0].topic,
-            first=messages[0],
-            count=len(messages),
+            topic=topic,
+            first=first,
+            count=len(msg_ids),
             msg_ids=msg_ids,
             lane=lane,
             producer_id=producer_id,
@@ -587,19 +599,14 @@ class Producer:
                     item.done.set()
 
     async def _send_queued(self, topic: str, items: list[_Queued]) -> None:
-        lane, producer_id, seq = self._lanes.acquire()
         sizes = [len(item.frame) for item in items]
-        batch = _Batch(
-            topic=topic,
-            first=items[0].message,
-            count=len(items),
-            msg_ids=tuple(item.msg_id for item in items),
-            lane=lane,
-            producer_id=producer_id,
-            seq=seq,
-            code=RequestCode.SEND_BATCH if len(items) > 1 else RequestCode.SEND_MESSAGE,
-            frames=b"".join(item.frame for item in items),
-            sizes=sizes,
+        batch = self._new_batch(
+            topic,
+            items[0].message,
+            tuple(item.msg_id for item in items),
+            b"".join(item.frame for item in items),
+            sizes,
+            RequestCode.SEND_BATCH if len(items) > 1 else RequestCode.SEND_MESSAGE,
         )
         try:
             result = await self._deliver(batch, None, None)
@@ -623,7 +630,7 @@ class Producer:
                 if position is not None:
                     position += sizes[i]
         finally:
-            self._lanes.release(lane)
+            self._lanes.release(batch.lane)
         for item in items:
             item.done.set()
 
