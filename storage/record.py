@@ -63,6 +63,7 @@ __all__ = [
     "frame_header",
     "frame_size_and_magic",
     "split_keys",
+    "stamp_batch",
     "tag_hash",
     "validate_topic",
 ]
@@ -406,6 +407,89 @@ def dispatch_fields(view: memoryview) -> tuple[str, str, int, int, str, str]:
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
         raise CorruptRecordError(f"message fields run past the frame: {exc}") from None
     return msg_id, topic, queue_id, store, tags, keys
+
+
+_STORE_TIMESTAMP_OFFSET = _FIXED_OFFSET + 16  # after queue_id u32, flag u32, born u64
+_U64 = struct.Struct("<Q")
+
+
+def stamp_batch(
+    body: bytearray, topic: str, queue_id: int, store_timestamp_ms: int, body_bytes_max: int
+) -> int:
+    """Check a producer's batch of message frames for `topic`/`queue_id` and stamp each
+    with the store time (re-computing its CRC) in place; returns the frame count.
+
+    The leader's hot path, so it reads lengths and compares bytes instead of building a
+    MessageHeader per frame, but it refuses what decode_message_header refuses (size,
+    magic, CRC, fields that do not tile the frame, text that is not UTF-8) plus frames
+    of another topic or queue, properties that do not decode (they would fail every
+    consumer's pull for good once stored) and bodies over `body_bytes_max`. Raises
+    CorruptRecordError, or MessageTooLargeError for a body over the limit, naming the
+    frame by its position in the batch. `topic` must already be a valid topic name.
+    """
+    mv = memoryview(body)
+    end = len(body)
+    want_topic = topic.encode("ascii")
+    topic_len = len(want_topic)
+    unpack_header = _HEADER.unpack_from
+    unpack_u32 = _U32.unpack_from
+    crc32 = zlib.crc32
+    pos = 0
+    count = 0
+    while pos < end:
+        if end - pos < MESSAGE_OVERHEAD_BYTES:
+            raise CorruptRecordError(f"frame {count}: truncated, {end - pos} bytes at {pos}")
+        size, magic, crc = unpack_header(body, pos)
+        if magic != MAGIC_MESSAGE:
+            raise CorruptRecordError(f"frame {count}: not a message frame: magic {magic:#010x}")
+        if size < MESSAGE_OVERHEAD_BYTES or size > end - pos:
+            raise CorruptRecordError(f"frame {count}: bad size {size} at {pos}")
+        frame_end = pos + size
+        if crc32(mv[pos + FRAME_HEADER_BYTES : frame_end]) != crc:
+            raise CorruptRecordError(f"frame {count}: crc mismatch")
+        try:
+            p = pos + _VARIABLE_OFFSET
+            n = body[p]
+            str(mv[p + 1 : p + 1 + n], "ascii")  # msg_id
+            p += 1 + n
+            n = body[p]
+            if n != topic_len or mv[p + 1 : p + 1 + n] != want_topic:
+                got = str(mv[p + 1 : p + 1 + n], "utf-8", "replace")
+                raise CorruptRecordError(f"frame {count} is for topic {got!r}, not {topic!r}")
+            p += 1 + n
+            n = body[p]
+            str(mv[p + 1 : p + 1 + n], "utf-8")  # born_host
+            p += 1 + n
+            n = body[p] | body[p + 1] << 8
+            str(mv[p + 2 : p + 2 + n], "utf-8")  # tags
+            p += 2 + n
+            n = body[p] | body[p + 1] << 8
+            str(mv[p + 2 : p + 2 + n], "utf-8")  # keys
+            p += 2 + n
+            (n,) = unpack_u32(body, p)
+            if n:
+                decode_properties(mv[p + 4 : p + 4 + n])
+            p += 4 + n
+            (n,) = unpack_u32(body, p)
+            p += 4 + n
+        except (IndexError, struct.error, UnicodeDecodeError) as exc:
+            raise CorruptRecordError(f"frame {count}: fields run past the frame: {exc}") from None
+        except CorruptRecordError as exc:
+            if str(exc).startswith("frame "):
+                raise
+            raise CorruptRecordError(f"frame {count}: {exc}") from None
+        if p != frame_end:
+            raise CorruptRecordError(f"frame {count}: fields end at {p - pos}, frame size is {size}")
+        (got_queue,) = unpack_u32(body, pos + _FIXED_OFFSET)
+        if got_queue != queue_id:
+            raise CorruptRecordError(f"frame {count} is for queue {got_queue}, not {queue_id}")
+        if n > body_bytes_max:
+            raise MessageTooLargeError(f"frame {count}: body of {n} bytes, limit {body_bytes_max}")
+        _U64.pack_into(body, pos + _STORE_TIMESTAMP_OFFSET, store_timestamp_ms)
+        _U32.pack_into(body, pos + 8, crc32(mv[pos + FRAME_HEADER_BYTES : frame_end]))
+        pos = frame_end
+        count += 1
+    return count
 
 
 # --------------------------------------------------------------------------- encoding

@@ -57,8 +57,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +98,7 @@ from storage.entry_log import EntryLog
 from storage.errors import (
     CorruptRecordError,
     InvalidTopicError,
+    MessageTooLargeError,
     OffsetOutOfRangeError,
     StorageError,
 )
@@ -110,9 +109,8 @@ from storage.record import (
     FRAME_HEADER_BYTES,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
-    MESSAGE_OVERHEAD_BYTES,
     decode_message_header,
-    decode_properties,
+    stamp_batch,
     validate_topic,
 )
 
@@ -128,9 +126,6 @@ OFFSET_GROUP_TOPICS_MAX = 100_000
 more is refused (SYSTEM_BUSY) by the leader, so the table cannot grow without bound."""
 ENTRY_FRAME_OVERHEAD_BYTES = FRAME_HEADER_BYTES + 17  # entry header: term, index, kind
 
-_STORE_TS_OFFSET = FRAME_HEADER_BYTES + 16  # queue_id u32, flag u32, born u64
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
 
 _PULL_STATUS = {
     GetStatus.FOUND: "FOUND",
@@ -1003,42 +998,13 @@ class BrokerCore:
         self, body: bytearray, topic: str, queue_id: int, count: int, store_ms: int
     ) -> None:
         """Check every frame of the batch (CRC, fields, topic/queue, size) and stamp the
-        store time in place, re-computing the frame's CRC."""
-        view = memoryview(body)
-        end = len(body)
-        pos = 0
-        frames = 0
-        body_max = self.config.message_bytes_max
-        while pos < end:
-            if end - pos < MESSAGE_OVERHEAD_BYTES:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"truncated frame at {pos}")
-            size = _U32.unpack_from(body, pos)[0]
-            if size < MESSAGE_OVERHEAD_BYTES or size > end - pos:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"bad frame size {size} at {pos}")
-            frame = view[pos : pos + size]
-            try:
-                head = decode_message_header(frame, verify_crc=True)
-                # The header decode checks every field but the properties; a message
-                # whose properties do not decode would be stored, and then fail every
-                # consumer's pull of its queue (MessageRecord.decode) for good.
-                props_start, props_end = head.properties_span
-                if props_end > props_start:
-                    decode_properties(frame[props_start:props_end])
-            except CorruptRecordError as exc:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"frame {frames}: {exc}") from None
-            if head.topic != topic or head.queue_id != queue_id:
-                raise RequestError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"frame {frames} is for {head.topic}/{head.queue_id}, not {topic}/{queue_id}",
-                )
-            if head.body_span[1] - head.body_span[0] > body_max:
-                raise RequestError(
-                    ErrorCode.MESSAGE_TOO_LARGE, f"message body over {body_max} bytes"
-                )
-            _U64.pack_into(body, pos + _STORE_TS_OFFSET, store_ms)
-            _U32.pack_into(body, pos + 8, zlib.crc32(view[pos + FRAME_HEADER_BYTES : pos + size]))
-            pos += size
-            frames += 1
+        store time in place, re-computing the frame's CRC (storage.record.stamp_batch)."""
+        try:
+            frames = stamp_batch(body, topic, queue_id, store_ms, self.config.message_bytes_max)
+        except MessageTooLargeError as exc:
+            raise RequestError(ErrorCode.MESSAGE_TOO_LARGE, str(exc)) from None
+        except CorruptRecordError as exc:
+            raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         if frames != count:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST, f"count is {count}, body has {frames} frames"
