@@ -5,7 +5,9 @@ same (noisy, shared) machine:
 
 1. **produce** — `mq bench produce` with no consumer: acknowledged sends/s at `window`.
 2. **light** — a PushConsumer in its own process (as an application would run it) is
-   subscribed; the producer sends `rate` messages/s, paced, for `light_s` seconds.
+   subscribed; the producer sends `rate` messages/s, paced, for `light_s` seconds,
+   after `WARMUP_SENDS` unmeasured sends have made the route, the connections and the
+   consumer's pulls ready (their set-up is a one-off, not the latency under load).
    Latency is from the `send` call to the handler's call: every body starts with the
    send's CLOCK_MONOTONIC time, which every process of the machine shares.
 3. **load** — the producer sends as fast as `window` allows for `duration_s` while the
@@ -41,6 +43,8 @@ LIGHT_S_DEFAULT = 10.0
 DURATION_S_DEFAULT = 10.0
 WINDOW_DEFAULT = 64
 DRAIN_S = 30.0
+WARMUP_SENDS = 50
+WARMUP_PHASE = 0
 READY_TIMEOUT_S = 60.0
 
 
@@ -170,6 +174,9 @@ async def run_async(
         try:
             await consumer.ask("ready", timeout_s=READY_TIMEOUT_S)
             async with Producer(namesrv=servers) as producer:
+                for seq in range(WARMUP_SENDS):
+                    await producer.send(Message(topic, _body(WARMUP_PHASE, seq, size)))
+                await consumer.wait_count(WARMUP_PHASE, WARMUP_SENDS, DRAIN_S)
                 # Light load: paced sends, latency per message.
                 acks = Histogram()
                 sent = await _paced(producer, topic, rate, light_s, size, acks)
