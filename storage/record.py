@@ -479,7 +479,9 @@ def stamp_batch(
                 raise
             raise CorruptRecordError(f"frame {count}: {exc}") from None
         if p != frame_end:
-            raise CorruptRecordError(f"frame {count}: fields end at {p - pos}, frame size is {size}")
+            raise CorruptRecordError(
+                f"frame {count}: fields end at {p - pos}, frame size is {size}"
+            )
         (got_queue,) = unpack_u32(body, pos + _FIXED_OFFSET)
         if got_queue != queue_id:
             raise CorruptRecordError(f"frame {count} is for queue {got_queue}, not {queue_id}")

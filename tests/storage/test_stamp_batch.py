@@ -38,7 +38,9 @@ _records = st.builds(
     born_host=_text,
     born_timestamp_ms=st.integers(0, 2**40),
     properties=st.dictionaries(
-        st.text(st.characters(codec="utf-8", exclude_characters="\x01\x02"), min_size=1, max_size=5),
+        st.text(
+            st.characters(codec="utf-8", exclude_characters="\x01\x02"), min_size=1, max_size=5
+        ),
         st.text(st.characters(codec="utf-8", exclude_characters="\x01\x02"), max_size=5),
         max_size=2,
     ),
@@ -97,7 +99,10 @@ def test_a_damaged_frame_with_a_valid_crc_is_refused_exactly_when_the_decoder_re
     at = data.draw(st.integers(start + FRAME_HEADER_BYTES, start + size - 1))
     body[at] = data.draw(st.integers(0, 255))
     struct.pack_into(
-        "<I", body, start + 8, zlib.crc32(memoryview(body)[start + FRAME_HEADER_BYTES : start + size])
+        "<I",
+        body,
+        start + 8,
+        zlib.crc32(memoryview(body)[start + FRAME_HEADER_BYTES : start + size]),
     )
     body_max = data.draw(st.sampled_from([BODY_MAX, 8]))
     expected = _reference(bytes(body), TOPIC, QUEUE, body_max)
