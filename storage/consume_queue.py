@@ -168,7 +168,6 @@ class ConsumeQueue:
         self._tail_end = 0
         # commit_offset + size of the last unit: the next unit must start at or past it.
         self._commit_end = 0
-        self._unit_buf = bytearray(UNIT_BYTES)
         self._open()
 
     # ------------------------------------------------------------------ state
@@ -217,9 +216,9 @@ class ConsumeQueue:
             self._roll()
         tail = self._tail
         assert tail is not None
-        buf = self._unit_buf
-        _UNIT.pack_into(buf, 0, commit_offset, size, tag_hash)
-        tail.write((queue_offset - self._tail_base) * UNIT_BYTES, buf)
+        tail.pack_into(
+            _UNIT, (queue_offset - self._tail_base) * UNIT_BYTES, commit_offset, size, tag_hash
+        )
         self._max = queue_offset + 1
         self._commit_end = commit_offset + size
         self._dirty = True

@@ -21,6 +21,8 @@ of the committed log, so every replica drops the same messages.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -35,9 +37,16 @@ from storage.record import (
     MAGIC_BLANK,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
-    dispatch_fields,
     tag_hash,
 )
+
+_QUEUE_AND_STORE = struct.Struct("<I12xQ")
+"""queue_id, then (past flag and born time) the store time: the fixed part's fields
+dispatch needs; FORMAT.md has the layout."""
+_FIELDS_AT = FRAME_HEADER_BYTES + 28
+"""Where the length-prefixed fields start (msg_id's u8 length)."""
+_CACHE_MAX = 4096
+"""Topic names and tag hashes remembered by the dispatcher (few distinct ones in use)."""
 
 RecordHook = Callable[[int, int, memoryview], "bool | None"]
 """on_record(magic, commit_offset, frame) for frames that are neither messages nor
@@ -72,6 +81,8 @@ class Dispatcher:
         self.dispatched_offset = dispatched_offset
         self._resuming = False
         self._interrupted = False
+        self._topics: dict[bytes, tuple[str, int]] = {}
+        self._tag_hashes: dict[bytes, int] = {}
 
     def dispatch(self, upto: int, *, resuming: bool = False) -> list[Dispatched]:
         """Dispatch every frame that starts below `upto` (a committed frame boundary).
@@ -127,22 +138,73 @@ class Dispatcher:
                 skipping = self._on_record(magic, offset + pos, inner) is False
 
     def _dispatch_message(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
-        msg_id, topic, queue_id, store_ms, tags, keys = dispatch_fields(frame)
+        # The hot path of every replica, per message: fields are read as bytes where
+        # that is all they are needed as (the index hashes keys straight from the
+        # frame; topic names and tag hashes are cached by their bytes).
+        try:
+            queue_id, store_ms = _QUEUE_AND_STORE.unpack_from(frame, FRAME_HEADER_BYTES)
+            p = _FIELDS_AT
+            n = frame[p]
+            msg_id_raw = frame[p + 1 : p + 1 + n]
+            msg_id = str(msg_id_raw, "ascii")
+            p += 1 + n
+            n = frame[p]
+            topic_raw = bytes(frame[p + 1 : p + 1 + n])
+            p += 1 + n
+            p += 1 + frame[p]  # born_host
+            n = frame[p] | frame[p + 1] << 8
+            tags_raw = bytes(frame[p + 2 : p + 2 + n])
+            p += 2 + n
+            n = frame[p] | frame[p + 1] << 8
+            keys_raw = bytes(frame[p + 2 : p + 2 + n])
+        except (IndexError, struct.error, UnicodeDecodeError) as exc:
+            raise CorruptRecordError(f"message fields run past the frame: {exc}") from None
+        topic_info = self._topics.get(topic_raw)
+        if topic_info is None:
+            topic_info = self._learn_topic(topic_raw)
+        topic, key_prefix = topic_info
         index = self._index
         indexed = index.last_commit_offset
         if indexed is None or indexed < offset:
-            index.ensure_room(keys.count(" ") + 2, offset, store_ms)
-            if msg_id:
-                index.put(f"{topic}#{msg_id}", offset, store_ms)
-            if keys:
-                for key in keys.split(" "):
+            index.ensure_room(keys_raw.count(b" ") + 2, offset, store_ms)
+            if msg_id_raw:
+                index.put_hash(zlib.crc32(msg_id_raw, key_prefix), offset, store_ms)
+            if keys_raw:
+                for key in keys_raw.split(b" "):
                     if key:
-                        index.put(f"{topic}#{key}", offset, store_ms)
+                        index.put_hash(zlib.crc32(key, key_prefix), offset, store_ms)
         queue = self._queues.get_or_create(topic, queue_id)
         if self._resuming:
             last = queue.last_unit()
             if last is not None and last.commit_offset >= offset:
                 return  # dispatched before a crash: its unit survived
+        if tags_raw:
+            hashed = self._tag_hashes.get(tags_raw)
+            if hashed is None:
+                hashed = self._learn_tag(tags_raw)
+        else:
+            hashed = 0
         queue_offset = queue.max_offset
-        queue.put(queue_offset, offset, len(frame), tag_hash(tags))
+        queue.put(queue_offset, offset, len(frame), hashed)
         out.append(Dispatched(offset, len(frame), topic, queue_id, queue_offset, msg_id))
+
+    def _learn_topic(self, raw: bytes) -> tuple[str, int]:
+        """(topic, CRC of "topic#"): index keys are "topic#key", hashed as one string."""
+        try:
+            topic = str(raw, "ascii")
+        except UnicodeDecodeError as exc:
+            raise CorruptRecordError(f"message topic is not ASCII: {exc}") from None
+        if len(self._topics) >= _CACHE_MAX:
+            self._topics.clear()
+        info = self._topics[raw] = (topic, zlib.crc32(raw + b"#"))
+        return info
+
+    def _learn_tag(self, raw: bytes) -> int:
+        try:
+            hashed = tag_hash(str(raw, "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise CorruptRecordError(f"message tags are not UTF-8: {exc}") from None
+        if len(self._tag_hashes) >= _CACHE_MAX:
+            self._tag_hashes.clear()
+        self._tag_hashes[raw] = hashed
+        return hashed

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -64,6 +65,11 @@ class Segment(Protocol):
     def capacity(self) -> int: ...
 
     def write(self, pos: int, data: Buffer) -> None: ...
+
+    def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
+        """`write(pos, layout.pack(*values))` without the intermediate bytes: the
+        ConsumeQueue and IndexFile write a few fixed-size fields per message."""
+        ...
 
     def read(self, pos: int, size: int) -> memoryview: ...
 
@@ -172,6 +178,13 @@ class RealSegment:
                 raise OSError(errno.EIO, f"pwrite wrote {n} bytes", self._path)
             src = src[n:]
             pos += n
+
+    def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
+        if self._view is None:
+            raise ClosedSegmentError(self._path)
+        if pos < 0 or pos + layout.size > self._capacity:
+            _check_range(pos, layout.size, self._capacity, self._path)
+        layout.pack_into(self._mm, pos, *values)
 
     def read(self, pos: int, size: int) -> memoryview:
         view = self._live_view()
@@ -307,6 +320,9 @@ class SimSegment:
         _check_range(pos, len(chunk), len(f.data), self._path)
         f.data[pos : pos + len(chunk)] = chunk
         f.pending.append((pos, chunk))
+
+    def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
+        self.write(pos, layout.pack(*values))
 
     def read(self, pos: int, size: int) -> memoryview:
         f = self._live()

@@ -141,8 +141,6 @@ class IndexFile:
         self.entry_count = 0
         self.used_slot_count = 0
         self._dirty = False
-        self._entry_buf = bytearray(ENTRY_BYTES)
-        self._slot_buf = bytearray(SLOT_BYTES)
         # The newest file keeps a copy of its slots in memory (4 B x slot_count, 20 MB by
         # default) so a put reads its slot without a segment read; writes go to both.
         self._slots: array[int] | None = None
@@ -235,8 +233,7 @@ class IndexFile:
         return value
 
     def _set_slot(self, slot: int, value: int) -> None:
-        _U32.pack_into(self._slot_buf, 0, value)
-        self._segment.write(HEADER_BYTES + slot * SLOT_BYTES, self._slot_buf)
+        self._segment.pack_into(_U32, HEADER_BYTES + slot * SLOT_BYTES, value)
         if self._slots is not None:
             self._slots[slot] = value
 
@@ -358,14 +355,17 @@ class IndexFile:
             self.used_slot_count += 1
         elif prev > count:
             prev = 0  # a damaged slot: never chain to an entry that does not exist
-        _ENTRY.pack_into(
-            self._entry_buf, 0, key_hash, commit_offset, delta, prev | ENTRY_PRESENT_BIT
-        )
         segment = self._segment
-        segment.write(self._entries_pos + count * ENTRY_BYTES, self._entry_buf)
+        segment.pack_into(
+            _ENTRY,
+            self._entries_pos + count * ENTRY_BYTES,
+            key_hash,
+            commit_offset,
+            delta,
+            prev | ENTRY_PRESENT_BIT,
+        )
         count += 1
-        _U32.pack_into(self._slot_buf, 0, count)
-        segment.write(HEADER_BYTES + slot * SLOT_BYTES, self._slot_buf)
+        segment.pack_into(_U32, HEADER_BYTES + slot * SLOT_BYTES, count)
         slots[slot] = count
         self.entry_count = count
         self.end_commit_offset = commit_offset
@@ -533,8 +533,12 @@ class IndexService:
         Entries must come in commit order. Rolling to a new file may raise
         DiskFullError; nothing is indexed then and the call can be retried.
         """
+        self.put_hash(zlib.crc32(key.encode("utf-8")), commit_offset, store_timestamp_ms)
+
+    def put_hash(self, hash_: int, commit_offset: int, store_timestamp_ms: int) -> None:
+        """`put` for a key whose hash (zlib.crc32 of its UTF-8 bytes) the caller already
+        has: the dispatcher hashes keys straight from the frame's bytes."""
         assert commit_offset >= self._last_commit_offset, "index entries must follow commit order"
-        hash_ = zlib.crc32(key.encode("utf-8"))
         files = self._files
         if not files or not files[-1].put(hash_, commit_offset, store_timestamp_ms):
             self._roll(commit_offset, store_timestamp_ms)

@@ -383,32 +383,6 @@ def decode_message_header(view: Buffer, *, verify_crc: bool = True) -> MessageHe
     )
 
 
-def dispatch_fields(view: memoryview) -> tuple[str, str, int, int, str, str]:
-    """(msg_id, topic, queue_id, store_timestamp_ms, tags, keys) of a message frame.
-
-    The dispatcher's hot path: only what ConsumeQueue and IndexFile need, as a tuple.
-    The frame must already be validated (the CommitLog checked it on append or
-    recovery); a malformed one still raises CorruptRecordError, never worse.
-    """
-    try:
-        queue_id, _flag, _born, store, _reconsume = _FIXED.unpack_from(view, _FIXED_OFFSET)
-        pos = _VARIABLE_OFFSET
-        n = view[pos]
-        msg_id = str(view[pos + 1 : pos + 1 + n], "ascii")
-        pos += 1 + n
-        n = view[pos]
-        topic = str(view[pos + 1 : pos + 1 + n], "ascii")
-        pos += 2 + n + view[pos + 1 + n]
-        n = view[pos] | view[pos + 1] << 8
-        tags = str(view[pos + 2 : pos + 2 + n], "utf-8")
-        pos += 2 + n
-        n = view[pos] | view[pos + 1] << 8
-        keys = str(view[pos + 2 : pos + 2 + n], "utf-8")
-    except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise CorruptRecordError(f"message fields run past the frame: {exc}") from None
-    return msg_id, topic, queue_id, store, tags, keys
-
-
 _STORE_TIMESTAMP_OFFSET = _FIXED_OFFSET + 16  # after queue_id u32, flag u32, born u64
 _U64 = struct.Struct("<Q")
 

@@ -60,6 +60,9 @@ class CountingSegment:
     def write(self, pos, data):
         self._inner.write(pos, data)
 
+    def pack_into(self, layout, pos, *values):
+        self._inner.pack_into(layout, pos, *values)
+
     def read(self, pos, size):
         self._counter[0] += 1
         return self._inner.read(pos, size)

@@ -7,10 +7,13 @@ import random
 import struct
 import zlib
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from storage.entry_log import EntryLog, StoredEntry
 from storage.files import SimFileSystem
 from storage.message_store import MessageStore, StoreConfig
-from storage.record import MAGIC_BLANK, MessageRecord, encode_messages
+from storage.record import MAGIC_BLANK, MessageRecord, encode_messages, tag_hash
 
 MAGIC_RECORD = 0x5C0A7D81
 
@@ -50,3 +53,52 @@ def test_a_hook_returning_false_drops_the_messages_after_its_record() -> None:
         f"id{i}-{n}" for i in range(1, 12, 2) for n in range(2)
     ]
     assert store.max_offset("t", 0) == 12
+
+
+_words = st.text(st.characters(codec="utf-8", exclude_characters=" \x00"), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["t", "orders", "a-b_c"]),
+            st.integers(0, 3),
+            st.sampled_from(["", "TagA", "Ünïcode tag", "a b"]),
+            st.lists(_words, max_size=3),
+            st.text("0123456789ABCDEF", max_size=24),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_dispatch_indexes_every_key_and_id_and_stores_each_tag_hash(
+    messages: list[tuple[str, int, str, list[str], str]],
+) -> None:
+    """The dispatcher reads a frame's fields as bytes; what it indexes and stores must be
+    what the decoded strings say: index keys "topic#key" (and "topic#msg_id"), and
+    tag_hash(tags) in the ConsumeQueue unit."""
+    fs = SimFileSystem(random.Random(1))
+    config = StoreConfig(
+        segment_bytes=1 << 16, cq_units_per_segment=64, index_slots=64, index_entries_max=512
+    )
+    store = MessageStore(fs, "/s", config)
+    records = [
+        MessageRecord(topic, b"x", queue_id=q, tags=tags, keys=" ".join(keys), msg_id=msg_id)
+        for topic, q, tags, keys, msg_id in messages
+    ]
+    offsets = store.put_messages(records)
+    dispatched = store.dispatch()
+    assert [d.commit_offset for d in dispatched] == offsets
+    for record, offset, d in zip(records, offsets, dispatched, strict=True):
+        assert (d.topic, d.queue_id, d.msg_id) == (record.topic, record.queue_id, record.msg_id)
+        queue = store.queues.get(record.topic, record.queue_id)
+        assert queue is not None
+        unit = queue.get(d.queue_offset)
+        assert unit is not None and unit.commit_offset == offset
+        assert unit.tag_hash == tag_hash(record.tags)
+        for key in record.keys.split(" "):
+            if key:
+                assert offset in store.index.query(f"{record.topic}#{key}", 0, 2**63 - 1, 64)
+        if record.msg_id:
+            assert offset in store.index.query(f"{record.topic}#{record.msg_id}", 0, 2**63 - 1, 64)
