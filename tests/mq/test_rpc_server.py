@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+from functools import partial
 
 import cbor2
 import trio
@@ -263,4 +264,44 @@ async def test_large_bodies_are_written_whole() -> None:
             assert frame is not None
             responses[frame.request_id] = frame.body
         assert responses == {1: body, 2: b""}
+        nursery.cancel_scope.cancel()
+
+
+async def test_inline_handler_takes_oneway_frames_in_order_and_leaves_the_rest() -> None:
+    inline_seen: list[int] = []
+    handled: list[int] = []
+
+    def inline(request: Frame, peer: Peer) -> bool:
+        if request.fields.get("boom"):
+            raise RuntimeError("inline bug")
+        if request.code != RequestCode.HEARTBEAT:
+            return False
+        inline_seen.append(request.request_id)
+        return True
+
+    async def handler(request: Frame, peer: Peer) -> Frame:
+        handled.append(request.request_id)
+        return request.make_response()
+
+    def beat(request_id: int, **fields: object) -> Frame:
+        return Frame(RequestCode.HEARTBEAT, request_id, flags=Flag.ONEWAY, fields=fields)
+
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    client = RawClient(client_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(serve_connection, server_stream, handler, inline=inline))
+        # Many one-way frames in one read, a failing one among them, then requests: the
+        # inline ones are taken in order, the failure costs only itself, and a request
+        # (even of the inline code) or another one-way code reaches the handler.
+        await client.send(
+            *(beat(i) for i in range(1, 40)),
+            beat(40, boom=True),
+            Frame(RequestCode.PING, 41, flags=Flag.ONEWAY),
+            Frame(RequestCode.HEARTBEAT, 42),
+            ping(43),
+        )
+        answers = {(await client.receive()).request_id for _ in range(2)}  # type: ignore[union-attr]
+        assert answers == {42, 43}
+        assert inline_seen == list(range(1, 40))
+        assert sorted(handled) == [41, 42, 43]
         nursery.cancel_scope.cancel()
