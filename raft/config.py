@@ -41,6 +41,11 @@ class Config:
     ready_committed_bytes_max: int = 8 << 20
     # Proposals are refused (BacklogFullError) while this many entries await commit.
     uncommitted_entries_max: int = 1 << 18
+    # Tell followers a new commit index at once (an empty append) when no append is on
+    # its way to carry it. Off, they learn it with the next append or heartbeat: half
+    # the messages of a lone proposal, for followers that apply (and serve reads) up
+    # to a heartbeat later. Commit on the leader is the same either way.
+    eager_commit_notice: bool = True
     plants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

@@ -581,7 +581,8 @@ class RaftNode:
             pr.inflights.add(end, size)
         # The commit index moved and nothing queued will carry it: say so now.
         if (
-            pr.state is not _SNAPSHOT
+            self._cfg.eager_commit_notice
+            and pr.state is not _SNAPSHOT
             and min(self._commit, pr.match) > pr.commit_sent
             and (pr.state is _PROBE or pr.next > last)
         ):

@@ -134,6 +134,10 @@ class BrokerConfig:
         return RaftConfig(
             election_ticks=max(2, self.election_ms // self.tick_ms),
             heartbeat_ticks=max(1, self.heartbeat_ms // self.tick_ms),
+            # Followers learn a commit with the next append or heartbeat: a lone send
+            # costs the group half the messages. Clients read from the leader; a
+            # follower serves reads (no leader) up to heartbeat_ms behind.
+            eager_commit_notice=False,
         )
 
 

@@ -473,3 +473,32 @@ def test_lost_appends_to_a_follower_whose_match_was_compacted_are_recovered() ->
     phase["drop"] = "none"
     cluster.tick(times=10)
     assert cluster.members[lagging].sm.entries == cluster.members[leader.id].sm.entries
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_followers_learn_a_commit_at_once_or_with_the_next_heartbeat(eager: bool) -> None:
+    """eager_commit_notice off: a lone proposal commits on the leader with one round of
+    appends and acks, and the followers learn it with the next heartbeat, not before."""
+    cluster = LocalCluster(3, config=Config(eager_commit_notice=eager, heartbeat_ticks=5))
+    elect_node(cluster, 1)
+    cluster.tick([1], times=5)  # a heartbeat: everyone knows the no-op committed
+    appends: list[AppendRequest] = []
+
+    def count(env: Envelope) -> bool:
+        if env.src == 1 and isinstance(env.msg, AppendRequest):
+            appends.append(env.msg)
+        return False
+
+    cluster.drop_filter = count
+    index = cluster.node(1).propose(b"x")
+    cluster.run()
+    assert cluster.node(1).commit_index == index
+    followers = [cluster.node(2).commit_index, cluster.node(3).commit_index]
+    if eager:
+        assert followers == [index, index]
+        assert len(appends) == 4, "the entry to each follower, then the commit to each"
+    else:
+        assert followers == [index - 1, index - 1]
+        assert len(appends) == 2, "only the entry to each follower"
+        cluster.tick([1], times=5)
+        assert [cluster.node(2).commit_index, cluster.node(3).commit_index] == [index, index]
