@@ -10,6 +10,10 @@ same (noisy, shared) machine:
    consumer's pulls ready (their set-up is a one-off, not the latency under load).
    Latency is from the `send` call to the handler's call: every body starts with the
    send's CLOCK_MONOTONIC time, which every process of the machine shares.
+   `cpu_us_per_msg`: CPU each process spent per message over the phase (leader, mean
+   follower, producer = this process, pacing included, consumer, total; brokers on
+   this machine only), since on a shared 2-core machine queueing for the cores is
+   most of the latency.
 3. **load** — the producer sends as fast as `window` allows for `duration_s` while the
    consumer keeps up as it can. `delivered_msgs_s` = the phase's messages / (its first
    send to its last delivery); `ratio` = delivered_msgs_s / produce msgs_s (phase 1).
@@ -31,6 +35,7 @@ from typing import Any
 
 import trio
 
+from mq.bench.cpu import CpuMeter, broker_pids
 from mq.bench.histogram import Histogram
 from mq.bench.local_cluster import on_cluster
 from mq.bench.produce_bench import bench_topic, create_topic, drive
@@ -111,6 +116,10 @@ class _Consumer:
             text=True,
         )
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     async def ask(self, line: str, timeout_s: float = 10.0) -> dict[str, Any]:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(line + "\n")
@@ -177,10 +186,15 @@ async def run_async(
                 for seq in range(WARMUP_SENDS):
                     await producer.send(Message(topic, _body(WARMUP_PHASE, seq, size)))
                 await consumer.wait_count(WARMUP_PHASE, WARMUP_SENDS, DRAIN_S)
+                meter = CpuMeter(
+                    await broker_pids(servers) | {"producer": os.getpid(), "consumer": consumer.pid}
+                )
                 # Light load: paced sends, latency per message.
                 acks = Histogram()
+                meter.start()
                 sent = await _paced(producer, topic, rate, light_s, size, acks)
                 light = await consumer.wait_count(2, sent, DRAIN_S)
+                cpu = meter.stop(sent)
                 ack_latency = acks.summary_ms()
                 out["light"] = {
                     "rate": rate,
@@ -195,6 +209,7 @@ async def run_async(
                     "latency_max_ms": light["latency"]["max_ms"],
                     "send_ack_p50_ms": ack_latency["p50_ms"],
                     "send_ack_p99_ms": ack_latency["p99_ms"],
+                    "cpu_us_per_msg": cpu,
                 }
                 # Load: flat-out sends, delivered throughput.
                 sent, first = await _loaded(producer, topic, window, duration_s, size)

@@ -25,4 +25,8 @@ def test_the_e2e_benchmark_counts_every_message_once(cluster: LocalCluster) -> N
     assert light["sent"] == 200 and light["delivered"] == 200 and light["lost"] == 0
     assert load["sent"] > 0 and load["delivered"] == load["sent"] and load["lost"] == 0
     assert 0 < light["latency_p50_ms"] <= light["latency_p99_ms"]
+    cpu = light["cpu_us_per_msg"]
+    assert set(cpu) == {"leader", "follower", "producer", "consumer", "total"}
+    assert cpu["leader"] > 0 and cpu["follower"] > 0 and cpu["producer"] > 0
+    assert cpu["total"] >= cpu["leader"] + 2 * cpu["follower"] + cpu["producer"] - 1
     assert result["ratio"] > 0 and result["produce"]["msgs_s"] > 0
