@@ -18,9 +18,11 @@ from mq.client import (
     Message,
     MessageModel,
     MessageQueue,
+    MQClientError,
     Producer,
     PullConsumer,
     PushConsumer,
+    SendResult,
 )
 from mq.cluster import ClusterSpec
 from mq.logs import configure_logging
@@ -38,6 +40,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     produce.add_argument("--key", help="message key (indexed; query by key)")
     produce.add_argument("--tag", default="", help="message tag (consumers filter on it)")
     produce.add_argument("--json-lines", action="store_true", help="print each SendResult as JSON")
+    produce.add_argument(
+        "--window",
+        type=int,
+        default=64,
+        help="sends in flight at once (default 64; they share requests); 1 sends one by one",
+    )
     produce.set_defaults(handler=_produce)
 
     consume = commands.add_parser(
@@ -151,22 +159,67 @@ def _body(args: argparse.Namespace, i: int) -> bytes:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    """Send `--count` messages with up to `--window` in flight (the producer's
+    auto-batching makes concurrent sends share requests). Results print in send order;
+    the first failed send stops the run (after the ones in flight) and is the error."""
+    if args.window < 1:
+        raise SystemExit("mq produce: --window must be at least 1")
+
+    def message(i: int) -> Message:
+        keys = [args.key] if args.key else ()
+        return Message(args.topic, _body(args, i), tags=args.tag, keys=keys)
+
     async def run() -> int:
         async with Producer(namesrv_of(args)) as producer:
+            try:  # a bad topic or body fails every send alike: say so once
+                message(0).validate(body_bytes_max=producer.message_bytes_max)
+            except ValueError as exc:
+                print(f"mq produce: {exc}", file=sys.stderr)
+                return 2
             started = time.perf_counter()
-            for i in range(args.count):
-                msg = Message(
-                    args.topic, _body(args, i), tags=args.tag, keys=[args.key] if args.key else ()
-                )
-                result = await producer.send(msg)
-                if args.json_lines:
-                    print(json.dumps({
-                        "msg_id": result.msg_id, "group": result.group, "queue": result.queue_id,
-                        "queue_offset": result.queue_offset, "duplicate": result.duplicate,
-                    }))  # fmt: skip
+            slots = trio.Semaphore(args.window)
+            done: dict[int, SendResult] = {}
+            printed = 0
+            failures: list[MQClientError] = []
+
+            async def one(i: int, msg: Message) -> None:
+                nonlocal printed
+                try:
+                    done[i] = await producer.send(msg)
+                except MQClientError as exc:
+                    failures.append(exc)
+                finally:
+                    slots.release()
+                while printed in done:
+                    result = done.pop(printed)
+                    printed += 1
+                    if args.json_lines:
+                        print(json.dumps({
+                            "msg_id": result.msg_id, "group": result.group,
+                            "queue": result.queue_id, "queue_offset": result.queue_offset,
+                            "duplicate": result.duplicate,
+                        }))  # fmt: skip
+
+            async with trio.open_nursery() as nursery:
+                for i in range(args.count):
+                    await slots.acquire()
+                    if failures:
+                        slots.release()
+                        break
+                    msg = Message(
+                        args.topic,
+                        _body(args, i),
+                        tags=args.tag,
+                        keys=[args.key] if args.key else (),
+                    )
+                    nursery.start_soon(one, i, msg)
             elapsed = time.perf_counter() - started
+        if failures:
+            print(f"sent {printed} of {args.count} messages before a send failed", file=sys.stderr)
+            raise failures[0]
         if not args.json_lines:
-            print(f"sent {args.count} messages to {args.topic} in {elapsed:.2f} s")
+            rate = args.count / elapsed if elapsed > 0 else 0.0
+            print(f"sent {args.count} messages to {args.topic} in {elapsed:.2f} s ({rate:,.0f}/s)")
         return 0
 
     return trio.run(run)

@@ -17,7 +17,7 @@ from mq.cli import main
 from mq.client import Message
 from mq.client.blocking import BlockingProducer
 from mq.commands import data_cmd
-from tests.mq.fake_broker import Env, fake_env
+from tests.mq.fake_broker import ORDERS, Env, fake_env
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,38 @@ def test_reset_offset_then_consume_again_with_tags(
 def test_broadcast_needs_a_group(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["consume", "--topic", "orders", "--broadcast", "--namesrv", env.namesrv[0]]) == 2
     assert main(["consume", "--topic", "orders", "--from", "timestamp"]) == 2
+
+
+@pytest.fixture(scope="module")
+def bulk_env() -> Iterator[Env]:
+    """Its own topic, so the messages sent here stay out of the `orders` tests above."""
+    with (
+        start_blocking_portal("trio") as portal,
+        portal.wrap_async_context_manager(fake_env(topics={"bulk": ORDERS})) as running,
+    ):
+        yield running
+
+
+def test_produce_sends_a_window_at_a_time_and_prints_results_in_send_order(
+    bulk_env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = bulk_env
+    lines = mq(env, capsys, "produce", "--topic", "bulk", "--count", "200", "--json-lines",
+               "--window", "32", "--body", "same")  # fmt: skip
+    results = [json.loads(line) for line in lines.splitlines()]
+    assert len(results) == 200 and len({r["msg_id"] for r in results}) == 200
+    # Send order: a producer's message ids grow with every message it makes.
+    assert [r["msg_id"] for r in results] == sorted(r["msg_id"] for r in results)
+    summary = mq(env, capsys, "produce", "--topic", "bulk", "--count", "50", "--window", "1")
+    assert "sent 50 messages to bulk" in summary
+
+
+def test_produce_reports_a_bad_topic_once_and_a_failed_send_with_what_was_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["produce", "--topic", "bad topic", "--namesrv", "127.0.0.1:9"]) == 2
+    assert "invalid topic" in capsys.readouterr().err
+    # Nothing listens on port 9 (discard, closed here): the first send fails.
+    assert main(["produce", "--topic", "t", "--count", "5", "--namesrv", "127.0.0.1:9"]) != 0
+    err = capsys.readouterr().err
+    assert "sent 0 of 5 messages before a send failed" in err
