@@ -286,8 +286,10 @@ class PushConsumer:
         self._reset_topics: set[str] = set()
         self._rebalance_lock = anyio.Lock()
         self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        # Set when the last message in flight settles, for a close that waits for it;
+        # made only then (an Event per message would be a good part of the per-message
+        # cost: anyio finds the backend on every Event()).
+        self._idle: anyio.Event | None = None
         self._slots = anyio.Semaphore(handlers_max)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._loops = TaskSet("loops")
@@ -397,8 +399,10 @@ class PushConsumer:
             with anyio.CancelScope(shield=True):
                 await self._loops.cancel_and_wait()
                 self._ready_send.close()
-                with anyio.move_on_after(self.shutdown_timeout_ms / 1000):
-                    await self._idle.wait()
+                if self._in_flight:
+                    idle = self._idle = anyio.Event()
+                    with anyio.move_on_after(self.shutdown_timeout_ms / 1000):
+                        await idle.wait()
                 await self._workers.cancel_and_wait()
                 await self._commit(final=True)
                 await self._unregister()
@@ -442,7 +446,6 @@ class PushConsumer:
             return None
         work.settled = False
         self._in_flight += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         return work
 
     async def _work_loop(self, handler: Handler) -> None:
@@ -471,7 +474,7 @@ class PushConsumer:
         work.settled = True
         self._in_flight -= 1
         assert self._in_flight >= 0
-        if self._in_flight == 0:
+        if self._in_flight == 0 and self._idle is not None:
             self._idle.set()
         if self._handler is None:
             self._slots.release()
