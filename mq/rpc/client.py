@@ -22,9 +22,10 @@ import anyio.abc
 import structlog
 
 from mq.protocol import (
+    FLAG_ONEWAY,
+    FLAG_RESPONSE,
     FRAME_BYTES_MAX,
     ErrorCode,
-    Flag,
     Frame,
     FrameDecoder,
     ProtocolError,
@@ -123,7 +124,9 @@ class Connection:
             self._raise_if_closed()
             request_id = next(self._ids)
             frame = replace(
-                frame, request_id=request_id, flags=frame.flags & ~(Flag.ONEWAY | Flag.RESPONSE)
+                frame,
+                request_id=request_id,
+                flags=int(frame.flags) & ~(FLAG_ONEWAY | FLAG_RESPONSE),
             )
             head = encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max)
             slot = _Pending(anyio.Event())
@@ -155,7 +158,7 @@ class Connection:
         self._raise_if_closed()
         encoded: list[tuple[bytes, bytes | bytearray | memoryview]] = []
         for frame in frames:
-            flags = (frame.flags | Flag.ONEWAY) & ~Flag.RESPONSE
+            flags = (int(frame.flags) | FLAG_ONEWAY) & ~FLAG_RESPONSE
             frame = replace(frame, request_id=next(self._ids), flags=flags)
             encoded.append(
                 (encode_frame_head(frame, frame_bytes_max=self.frame_bytes_max), frame.body)
@@ -220,7 +223,7 @@ class Connection:
                 _log.exception("client_request_handler_failed", code=code_name(frame.code))
                 response = frame.make_error(ErrorCode.SYSTEM_ERROR, f"{type(exc).__name__}: {exc}")
         if response is not None and not frame.is_oneway:
-            response = replace(response, request_id=frame.request_id, flags=Flag.RESPONSE)
+            response = replace(response, request_id=frame.request_id, flags=FLAG_RESPONSE)
             await self._send(
                 encode_frame_head(response, frame_bytes_max=self.frame_bytes_max), response.body
             )

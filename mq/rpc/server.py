@@ -21,9 +21,10 @@ import structlog
 import trio
 
 from mq.protocol import (
+    FLAG_ONEWAY,
+    FLAG_RESPONSE,
     FRAME_BYTES_MAX,
     ErrorCode,
-    Flag,
     Frame,
     FrameDecoder,
     ProtocolError,
@@ -94,7 +95,7 @@ class Peer:
 
     async def send_oneway(self, frame: Frame) -> None:
         """Push a request the client will not answer (server-initiated notifications)."""
-        flags = (frame.flags | Flag.ONEWAY) & ~Flag.RESPONSE
+        flags = (int(frame.flags) | FLAG_ONEWAY) & ~FLAG_RESPONSE
         await self.send(replace(frame, request_id=next(self._oneway_ids), flags=flags))
 
 
@@ -211,7 +212,7 @@ async def _send_response(
     response = replace(
         response,
         request_id=request.request_id,
-        flags=(response.flags | Flag.RESPONSE) & ~Flag.ONEWAY,
+        flags=(int(response.flags) | FLAG_RESPONSE) & ~FLAG_ONEWAY,
     )
     try:
         await peer.send(response)
