@@ -128,7 +128,9 @@ async def drive(
                 now = time.perf_counter()
                 if t0 <= now < t1:
                     result.errors += 1
-                    kind = f"{type(exc).__name__}:{getattr(exc, 'code', '')}:{exc.__cause__!r}"[:160]
+                    kind = f"{type(exc).__name__}:{getattr(exc, 'code', '')}:{exc.__cause__!r}"[
+                        :160
+                    ]
                     result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
                 if total is not None:
                     issued -= batch

@@ -163,7 +163,9 @@ def run_pysyncobj(window: int, duration_s: float, size: int) -> dict[str, Any]:
                 ]  # fmt: skip
                 log = open(os.path.join(tmp, f"node{i}.log"), "wb")  # noqa: SIM115
                 procs.append(
-                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    subprocess.Popen(
+                        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    )
                 )
                 log.close()
             deadline = time.monotonic() + limit + 5

@@ -98,7 +98,9 @@ class RouteTable:
         except NoRouteError:
             info = await self.cluster_info()
             groups = tuple(
-                GroupRoute(group, TopicConfig(queues, queues)) for group in info.groups if group.leader_address
+                GroupRoute(group, TopicConfig(queues, queues))
+                for group in info.groups
+                if group.leader_address
             )
             if not groups:
                 raise

@@ -71,7 +71,9 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namesrv", help="use the running cluster of this NameServer (default: start one)"
     )
-    parser.add_argument("--dir", help="directory of the cluster started for the run (default: temp)")
+    parser.add_argument(
+        "--dir", help="directory of the cluster started for the run (default: temp)"
+    )
     parser.add_argument("--flush", choices=("sync", "async"), default="sync")
     parser.add_argument(
         "--broker-arg", action="append", default=[], help="extra flag for every started broker"

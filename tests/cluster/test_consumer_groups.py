@@ -139,7 +139,9 @@ def test_a_clustering_group_shares_the_queues_and_survives_a_member_killed(
     _wait_partition(members, "three members to split the 8 queues")
     acked = send_sequentially(cluster.namesrv, topic, 240)
     counts = _wait_handled(members, acked, "every message handled")
-    assert not [i for i, n in counts.items() if n > 1], "a message handled twice without a rebalance"
+    assert not [i for i, n in counts.items() if n > 1], (
+        "a message handled twice without a rebalance"
+    )
     per_member = [m.handled_ids() for m in members]
     assert all(per_member), "a member handled nothing"
     for a in acked:  # each message was handled by the member that owns its queue
@@ -174,7 +176,9 @@ def test_a_broadcasting_group_gives_every_member_every_message(
         )
         for i in range(2)
     ]
-    wait_until(lambda: all(len(m.assigned()) == QUEUES for m in members), "every member on 8 queues")
+    wait_until(
+        lambda: all(len(m.assigned()) == QUEUES for m in members), "every member on 8 queues"
+    )
     acked = send_sequentially(cluster.namesrv, topic, 120)
     for m in members:
         counts = _wait_handled([m], acked, f"every message handled by {m.directory.name}")

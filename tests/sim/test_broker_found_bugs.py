@@ -26,5 +26,3 @@ from sim.broker_run import BrokerSimConfig, run_broker
 def test_a_seed_that_found_a_bug_passes(seed: int) -> None:
     result = run_broker(seed, BrokerSimConfig())
     assert result.ok, f"{result.checker}: {result.message}"
-
-
