@@ -20,8 +20,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-SENDERS_MAX_DEFAULT = 4
-"""Batches of one topic in flight at once; more sends queue and leave together."""
+SENDERS_MAX_DEFAULT = 2
+"""Batches of one topic in flight at once; more sends queue and leave together. Two,
+not more: measured against four (2026-11-27), the same throughput at windows 64 and
+1,024, and at 1,000 sends/s a lower p50 and p99 (fewer, fuller requests)."""
 MESSAGES_MAX_DEFAULT = 256
 """Most single sends one automatic batch carries."""
 
