@@ -21,7 +21,6 @@ of the committed log, so every replica drops the same messages.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -37,14 +36,10 @@ from storage.record import (
     MAGIC_BLANK,
     MAGIC_ENTRY,
     MAGIC_MESSAGE,
+    dispatch_fields,
     tag_hash,
 )
 
-_QUEUE_AND_STORE = struct.Struct("<I12xQ")
-"""queue_id, then (past flag and born time) the store time: the fixed part's fields
-dispatch needs; FORMAT.md has the layout."""
-_FIELDS_AT = FRAME_HEADER_BYTES + 28
-"""Where the length-prefixed fields start (msg_id's u8 length)."""
 _CACHE_MAX = 4096
 """Topic names and tag hashes remembered by the dispatcher (few distinct ones in use)."""
 
@@ -141,24 +136,9 @@ class Dispatcher:
         # The hot path of every replica, per message: fields are read as bytes where
         # that is all they are needed as (the index hashes keys straight from the
         # frame; topic names and tag hashes are cached by their bytes).
-        try:
-            queue_id, store_ms = _QUEUE_AND_STORE.unpack_from(frame, FRAME_HEADER_BYTES)
-            p = _FIELDS_AT
-            n = frame[p]
-            msg_id_raw = frame[p + 1 : p + 1 + n]
-            msg_id = str(msg_id_raw, "ascii")
-            p += 1 + n
-            n = frame[p]
-            topic_raw = bytes(frame[p + 1 : p + 1 + n])
-            p += 1 + n
-            p += 1 + frame[p]  # born_host
-            n = frame[p] | frame[p + 1] << 8
-            tags_raw = bytes(frame[p + 2 : p + 2 + n])
-            p += 2 + n
-            n = frame[p] | frame[p + 1] << 8
-            keys_raw = bytes(frame[p + 2 : p + 2 + n])
-        except (IndexError, struct.error, UnicodeDecodeError) as exc:
-            raise CorruptRecordError(f"message fields run past the frame: {exc}") from None
+        queue_id, store_ms, msg_id, msg_id_raw, topic_raw, tags_raw, keys_raw = dispatch_fields(
+            frame
+        )
         topic_info = self._topics.get(topic_raw)
         if topic_info is None:
             topic_info = self._learn_topic(topic_raw)

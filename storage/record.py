@@ -56,6 +56,7 @@ __all__ = [
     "check_frame",
     "decode_message_header",
     "decode_properties",
+    "dispatch_fields",
     "encode_frame",
     "encode_message",
     "encode_messages",
@@ -383,6 +384,38 @@ def decode_message_header(view: Buffer, *, verify_crc: bool = True) -> MessageHe
     )
 
 
+_QUEUE_AND_STORE = struct.Struct("<I12xQ")  # queue_id, (flag, born), store timestamp
+
+
+def dispatch_fields(frame: memoryview) -> tuple[int, int, str, memoryview, bytes, bytes, bytes]:
+    """(queue_id, store_timestamp_ms, msg_id, its raw bytes, topic, tags, keys as raw
+    bytes) of a message frame: what ConsumeQueue and IndexFile need, read without
+    decoding what dispatch only hashes or looks up (every replica, every message).
+
+    The frame must already be validated (the CommitLog checked it on append or
+    recovery); a malformed one still raises CorruptRecordError, never worse.
+    """
+    try:
+        queue_id, store_ms = _QUEUE_AND_STORE.unpack_from(frame, _FIXED_OFFSET)
+        p = _VARIABLE_OFFSET
+        n = frame[p]
+        msg_id_raw = frame[p + 1 : p + 1 + n]
+        msg_id = str(msg_id_raw, "ascii")
+        p += 1 + n
+        n = frame[p]
+        topic = bytes(frame[p + 1 : p + 1 + n])
+        p += 1 + n
+        p += 1 + frame[p]  # born_host
+        n = frame[p] | frame[p + 1] << 8
+        tags = bytes(frame[p + 2 : p + 2 + n])
+        p += 2 + n
+        n = frame[p] | frame[p + 1] << 8
+        keys = bytes(frame[p + 2 : p + 2 + n])
+    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"message fields run past the frame: {exc}") from None
+    return queue_id, store_ms, msg_id, msg_id_raw, topic, tags, keys
+
+
 _STORE_TIMESTAMP_OFFSET = _FIXED_OFFSET + 16  # after queue_id u32, flag u32, born u64
 _U64 = struct.Struct("<Q")
 
@@ -403,8 +436,7 @@ def stamp_batch(
     """
     mv = memoryview(body)
     end = len(body)
-    want_topic = topic.encode("ascii")
-    topic_len = len(want_topic)
+    want_topic = bytes([len(topic)]) + topic.encode("ascii")  # as stored: u8 length, bytes
     unpack_header = _HEADER.unpack_from
     unpack_u32 = _U32.unpack_from
     crc32 = zlib.crc32
@@ -426,11 +458,8 @@ def stamp_batch(
             n = body[p]
             str(mv[p + 1 : p + 1 + n], "ascii")  # msg_id
             p += 1 + n
-            n = body[p]
-            if n != topic_len or mv[p + 1 : p + 1 + n] != want_topic:
-                got = str(mv[p + 1 : p + 1 + n], "utf-8", "replace")
-                raise CorruptRecordError(f"frame {count} is for topic {got!r}, not {topic!r}")
-            p += 1 + n
+            topic_at = p
+            p += 1 + body[p]
             n = body[p]
             str(mv[p + 1 : p + 1 + n], "utf-8")  # born_host
             p += 1 + n
@@ -441,21 +470,24 @@ def stamp_batch(
             str(mv[p + 2 : p + 2 + n], "utf-8")  # keys
             p += 2 + n
             (n,) = unpack_u32(body, p)
-            if n:
-                decode_properties(mv[p + 4 : p + 4 + n])
+            props = mv[p + 4 : p + 4 + n]
             p += 4 + n
             (n,) = unpack_u32(body, p)
             p += 4 + n
         except (IndexError, struct.error, UnicodeDecodeError) as exc:
             raise CorruptRecordError(f"frame {count}: fields run past the frame: {exc}") from None
-        except CorruptRecordError as exc:
-            if str(exc).startswith("frame "):
-                raise
-            raise CorruptRecordError(f"frame {count}: {exc}") from None
         if p != frame_end:
             raise CorruptRecordError(
                 f"frame {count}: fields end at {p - pos}, frame size is {size}"
             )
+        if mv[topic_at : topic_at + len(want_topic)] != want_topic:
+            got = str(mv[topic_at + 1 : topic_at + 1 + body[topic_at]], "utf-8", "replace")
+            raise CorruptRecordError(f"frame {count} is for topic {got!r}, not {topic!r}")
+        if props:
+            try:
+                decode_properties(props)
+            except CorruptRecordError as exc:
+                raise CorruptRecordError(f"frame {count}: {exc}") from None
         (got_queue,) = unpack_u32(body, pos + _FIXED_OFFSET)
         if got_queue != queue_id:
             raise CorruptRecordError(f"frame {count} is for queue {got_queue}, not {queue_id}")
