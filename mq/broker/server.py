@@ -252,12 +252,9 @@ class BrokerServer:
         return True
 
     async def _handle(self, request: Frame, peer: Peer) -> Frame | None:
+        if self._handle_inline(request, peer):
+            return None  # a Raft message sent as a request (peers send them one-way)
         core = self.core
-        if request.code == RequestCode.RAFT_MESSAGE:
-            # Only when sent as a request (peers send them one-way: _handle_inline).
-            core.receive_raft(request)
-            self._after_input()
-            return None
         connection = self._connection_token(peer, create=request.code == RequestCode.HEARTBEAT)
         reply_id = next(self._reply_ids)
         waiter = _Waiter()
