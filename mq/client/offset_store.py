@@ -20,7 +20,6 @@ in RocketMQ:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from mq.client.queues import MessageQueue
 from mq.fields import FieldError, get_int, get_list
 from mq.protocol import RequestCode, request
 from mq.route import GroupInfo
+from storage.files import RealFileSystem
 
 _log = structlog.get_logger("mq.client.offsets")
 
@@ -171,19 +171,26 @@ class LocalOffsetStore:
         self.group = group
         self._offsets: dict[MessageQueue, int] = {}
         self._loaded = False
+        self._load_lock = anyio.Lock()
+        """The file is read once, by the first of the queues that start together; a
+        second load finishing later would drop commits made meanwhile."""
         self._write_lock = anyio.Lock()
         """One writer at a time: they share the temporary file."""
 
+    async def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        async with self._load_lock:
+            if not self._loaded:
+                self._offsets = await anyio.to_thread.run_sync(self._load)
+                self._loaded = True
+
     async def read(self, mq: MessageQueue) -> StoredOffset:
-        if not self._loaded:
-            self._offsets = await anyio.to_thread.run_sync(self._load)
-            self._loaded = True
+        await self._ensure_loaded()
         return StoredOffset(self._offsets.get(mq), 0)
 
     async def commit(self, entries: Sequence[CommitEntry]) -> CommitResult:
-        if not self._loaded:
-            self._offsets = await anyio.to_thread.run_sync(self._load)
-            self._loaded = True
+        await self._ensure_loaded()
         for entry in entries:
             self._offsets[entry.mq] = entry.offset
         document = self._document()
@@ -210,6 +217,8 @@ class LocalOffsetStore:
                 data = file.read(OFFSETS_FILE_BYTES_MAX + 1)
         except FileNotFoundError:
             return {}
+        except OSError as exc:  # a queue's offset read fails and is retried, not the consumer
+            raise MQClientError(f"offsets file {self.path} is unreadable: {exc}") from exc
         if len(data) > OFFSETS_FILE_BYTES_MAX:
             raise MQClientError(f"offsets file {self.path} is larger than expected")
         try:
@@ -226,20 +235,7 @@ class LocalOffsetStore:
 
     def _write(self, document: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with temporary.open("w") as file:
-            json.dump(document, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self.path)
-        try:
-            directory = os.open(self.path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(directory)  # the rename itself must survive a power cut
-        finally:
-            os.close(directory)
+        RealFileSystem().write_atomic(str(self.path), json.dumps(document, indent=1).encode())
 
 
 def offset_pairs(fields: Mapping[Any, Any]) -> list[tuple[int, int]]:

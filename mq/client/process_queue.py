@@ -92,11 +92,12 @@ class ProcessQueue:
 
     def remove(self, offset: int) -> None:
         """The message at `offset` was handled: it no longer holds the commit offset."""
+        was_full = self.full
         message = self._messages.pop(offset, None)
         if message is None:
             return
         self._bytes -= len(message.body)
-        if not self.full:
+        if was_full and not self.full:  # only then can anyone be waiting for room
             self._room.set()
             self._room = anyio.Event()
 

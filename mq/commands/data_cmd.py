@@ -206,13 +206,7 @@ def _produce(args: argparse.Namespace) -> int:
                     if failures:
                         slots.release()
                         break
-                    msg = Message(
-                        args.topic,
-                        _body(args, i),
-                        tags=args.tag,
-                        keys=[args.key] if args.key else (),
-                    )
-                    nursery.start_soon(one, i, msg)
+                    nursery.start_soon(one, i, message(i))
             elapsed = time.perf_counter() - started
         if failures:
             print(f"sent {printed} of {args.count} messages before a send failed", file=sys.stderr)
