@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from mq.broker.consumer_groups import MEMBERS_MAX_DEFAULT
 from mq.route import QUEUES_MAX, REGISTER_INTERVAL_MS_DEFAULT
 from mq.rpc.address import parse_address
 from raft.config import Config as RaftConfig
@@ -73,7 +74,7 @@ class BrokerConfig:
     held_pulls_max: int = 10_000
     consumer_expire_ms: int = 120_000
     """A consumer not heard from (HEARTBEAT) for this long leaves its group."""
-    consumers_max: int = 65_536
+    consumers_max: int = MEMBERS_MAX_DEFAULT
     """Consumer instances (summed over groups) one node tracks; more are refused."""
     log_level: str = "info"
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 MEMBERS_MAX_DEFAULT = 65_536
-"""Consumer instances (per group) one node tracks; a new one past it is refused."""
+"""Consumer instances (over all groups) one node tracks; a new one past it is refused."""
 TOPICS_PER_MEMBER_MAX = 1024
 """Subscribed topics one heartbeat may list."""
 MODELS = ("clustering", "broadcasting")

@@ -255,7 +255,9 @@ class BrokerServer:
         if self._handle_inline(request, peer):
             return None  # a Raft message sent as a request (peers send them one-way)
         core = self.core
-        connection = self._connection_token(peer, create=request.code == RequestCode.HEARTBEAT)
+        # Only a HEARTBEAT's member is tied to its connection (and notified through it).
+        heartbeat = request.code == RequestCode.HEARTBEAT
+        connection = self._connection_token(peer) if heartbeat else None
         reply_id = next(self._reply_ids)
         waiter = _Waiter()
         self._waiters[reply_id] = waiter
@@ -269,13 +271,13 @@ class BrokerServer:
         finally:
             del self._waiters[reply_id]
 
-    def _connection_token(self, peer: Peer, *, create: bool) -> int | None:
-        """The core's token for `peer`'s connection; with `create`, a new one (and the
-        task that serves it) if it has none yet."""
+    def _connection_token(self, peer: Peer) -> int | None:
+        """The core's token for `peer`'s connection: a new one (and the task that
+        serves it) if it has none yet; None if it is closing."""
         client = self._clients.get(peer)
         if client is not None:
             return client.token
-        if not create or peer.closed or self._nursery is None:
+        if peer.closed or self._nursery is None:
             return None
         send, receive = trio.open_memory_channel[Frame](NOTIFY_QUEUE_FRAMES_MAX)
         client = _Client(next(self._client_tokens), send)

@@ -92,7 +92,10 @@ class CoalescingWriter:
             if self._gather:
                 # Let the other tasks of this scheduling round (a leader answering a
                 # whole committed batch) queue their frames for this same write.
-                await anyio.lowlevel.checkpoint()
+                # Shielded: nothing is written yet, so a cancel here must not mark the
+                # stream broken (it would fail every frame queued behind this one).
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()
             while self._parts:
                 parts, self._parts = self._parts, []
                 done, self._next_done = self._next_done, anyio.Event()
