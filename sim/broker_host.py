@@ -101,7 +101,6 @@ class BrokerHost(SimProcess[ClientRequest]):
     # -- life cycle (the rest is SimProcess's)
 
     def _boot(self) -> None:
-        self.epoch += 1
         self.core = BrokerCore(
             self.config,
             self.fs,

@@ -55,6 +55,18 @@ _RETRY_ERRORS = {
 }
 
 
+def _leader_hint(cluster: BrokerCluster, frame: Frame) -> int | None:
+    """The node a NOT_LEADER answer names as leader, if it names one we know."""
+    leader = frame.fields.get("leader")
+    return cluster.address_to_id.get(leader) if isinstance(leader, str) else None
+
+
+def _other_node(rng: random.Random, cluster: BrokerCluster, node: int) -> int:
+    """Another node of the group to try, at random (`node` itself if it is the only one)."""
+    others = [n for n in cluster.node_ids if n != node]
+    return rng.choice(others) if others else node
+
+
 class ReplyIds:
     """Reply ids unique within a run (the cluster routes responses by them)."""
 
@@ -171,8 +183,7 @@ class Producer:
         self._attempt()
 
     def _other_node(self) -> int:
-        others = [n for n in self._cluster.node_ids if n != self._target]
-        return self._rng.choice(others) if others else self._target
+        return _other_node(self._rng, self._cluster, self._target)
 
     def _on_response(self, reply_id: int, frame: Frame) -> None:
         batch = self._batch
@@ -200,8 +211,7 @@ class Producer:
         error = frame.error
         self._attempt_id = 0
         if error == ErrorCode.NOT_LEADER:
-            leader = frame.fields.get("leader")
-            leader_id = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
+            leader_id = _leader_hint(self._cluster, frame)
             self._target = leader_id if leader_id is not None else self._other_node()
             delay = NS_PER_MS if leader_id is not None else 30 * NS_PER_MS
             self._trace.emit(f"{self.name}:s{self.seq} NOT_LEADER -> n{self._target}")
@@ -396,14 +406,12 @@ class Consumer:
             self._loop.after(NS_PER_MS, self._query, gen)
 
     def _other_node(self, node: int) -> int:
-        others = [n for n in self._cluster.node_ids if n != node]
-        return self._rng.choice(others) if others else node
+        return _other_node(self._rng, self._cluster, node)
 
     def _on_op(self, op: tuple[str, int, int, list[list[Any]], int], frame: Frame) -> None:
         what, node, gen, offsets, floor = op
         if frame.error == ErrorCode.NOT_LEADER:
-            leader = frame.fields.get("leader")
-            hint = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
+            hint = _leader_hint(self._cluster, frame)
             self._leader = hint if hint is not None else self._other_node(node)
         if what == "commit":
             self._committing = False
@@ -583,8 +591,7 @@ class Admin:
     def _timeout(self, reply_id: int) -> None:
         if reply_id != self._attempt_id or self._to is None:
             return
-        others = [n for n in self._cluster.node_ids if n != self._target]
-        self._target = self._rng.choice(others) if others else self._target
+        self._target = _other_node(self._rng, self._cluster, self._target)
         self._attempt()
 
     def _on_response(self, reply_id: int, frame: Frame) -> None:
@@ -601,10 +608,11 @@ class Admin:
             self._to = None
             self._loop.after(self._gap(), self._next)
         elif frame.error == ErrorCode.NOT_LEADER:
-            leader = frame.fields.get("leader")
-            hint = self._cluster.address_to_id.get(leader) if isinstance(leader, str) else None
-            others = [n for n in self._cluster.node_ids if n != self._target]
-            self._target = hint if hint is not None else self._rng.choice(others)
+            hint = _leader_hint(self._cluster, frame)
+            if hint is not None:
+                self._target = hint
+            else:
+                self._target = _other_node(self._rng, self._cluster, self._target)
             self._loop.after(NS_PER_MS if hint is not None else 30 * NS_PER_MS, self._attempt)
         elif frame.error in _RETRY_ERRORS or frame.error == ErrorCode.TOPIC_NOT_EXIST:
             # TOPIC_NOT_EXIST: no send has created the topic yet (or this node has not

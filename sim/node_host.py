@@ -129,7 +129,6 @@ class NodeHost(SimProcess[ClientRequest]):
                 f"n{self.id} restarts with entries up to {applied} applied, but its log "
                 f"ends at {self.log.last_index()}: applied entries were lost",
             )
-        self.epoch += 1
         self.up = True
         self.paused = False
         self.checkers.on_restart(self.id, applied)

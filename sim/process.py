@@ -96,6 +96,7 @@ class SimProcess(Generic[Request]):
     def start(self) -> None:
         """Boot (or reboot) the process from what is on its disk."""
         assert not self.up
+        self.epoch += 1  # work scheduled by an earlier life is ignored from now on
         self._boot()
         self._pump()
         if self.up:

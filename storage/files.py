@@ -322,7 +322,11 @@ class SimSegment:
         f.pending.append((pos, chunk))
 
     def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
-        self.write(pos, layout.pack(*values))
+        f = self._live()
+        chunk = layout.pack(*values)
+        _check_range(pos, len(chunk), len(f.data), self._path)
+        f.data[pos : pos + len(chunk)] = chunk
+        f.pending.append((pos, chunk))
 
     def read(self, pos: int, size: int) -> memoryview:
         f = self._live()

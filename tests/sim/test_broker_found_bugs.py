@@ -26,3 +26,11 @@ from sim.broker_run import BrokerSimConfig, run_broker
 def test_a_seed_that_found_a_bug_passes(seed: int) -> None:
     result = run_broker(seed, BrokerSimConfig())
     assert result.ok, f"{result.checker}: {result.message}"
+
+
+@pytest.mark.parametrize("seed", [2, 7])
+def test_a_single_node_group_survives_a_not_leader_without_a_hint(seed: int) -> None:
+    """With one node there is no other node to try: the admin's NOT_LEADER retry picked
+    from an empty list (IndexError) after a restart; it now retries the same node."""
+    result = run_broker(seed, BrokerSimConfig(nodes=1, duration_s=20, faults=("crash",)))
+    assert result.ok, f"{result.checker}: {result.message}"
