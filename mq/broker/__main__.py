@@ -81,6 +81,7 @@ async def _main(config: BrokerConfig) -> None:
                 with trio.CancelScope() as hand_over:
                     nursery.start_soon(_cancel_on_next_signal, signals, hand_over)
                     await server.hand_over()
+                await server.release_held_pulls()
                 nursery.cancel_scope.cancel()
                 break
 

@@ -670,7 +670,7 @@ class BrokerCore:
         self.entry_log.refresh_durable()
         self._write_state_snapshot()
         self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
-        self._release_held_pulls()
+        self.release_held_pulls()
         self.store.close(wall)
         for index in list(self._pending):
             self._fail_pending(index, ErrorCode.SERVICE_NOT_AVAILABLE, "broker shutting down")
@@ -1270,9 +1270,11 @@ class BrokerCore:
             else:
                 del self._held[key]
 
-    def _release_held_pulls(self) -> None:
+    def release_held_pulls(self) -> None:
         """Answer every long poll with what its queue has now (the node is closing: the
-        consumer should not wait out its suspend time for a node that is gone)."""
+        consumer should not wait out its suspend time for a node that is gone). `close`
+        does it too; a driver calls it first, while connections can still carry the
+        answers."""
         for waiting in self._held.values():
             for held in waiting:
                 response = self._pull_response(held.request)

@@ -57,6 +57,8 @@ REGISTER_TIMEOUT_S = 3.0
 PEER_WRITE_FRAMES_MAX = 64
 """Raft frames to one peer that share a write (the writer sends big bodies on their own)."""
 UNREGISTER_TIMEOUT_S = 1.0
+RELEASE_GRACE_S = 0.5
+"""How long a planned stop waits for the answers to released long polls to go out."""
 
 _log = structlog.get_logger("mq.broker")
 
@@ -206,6 +208,22 @@ class BrokerServer:
         handed = not core.is_leader
         _log.info("leadership_handed_over" if handed else "leadership_hand_over_failed")
         return handed
+
+    async def release_held_pulls(self) -> None:
+        """Before a planned stop: answer every long poll now, and let the answers go out
+        while the connections are open (`close` after the cancel has nothing left to
+        carry them). Bounded: a connection that cannot take its answer is closed anyway."""
+        core = self._core
+        if core is None:
+            return
+        core.release_held_pulls()
+        self._after_input()
+        with trio.move_on_after(RELEASE_GRACE_S):
+            # Each answered pull's handler takes its frame, then writes it.
+            while any(waiter.done.is_set() for waiter in self._waiters.values()):
+                await trio.lowlevel.checkpoint()
+            for _ in range(2):  # the writer's gathering pause, then its send
+                await trio.lowlevel.checkpoint()
 
     async def _unregister(self) -> None:
         """Tell every NameServer we are going, so clients stop routing to us at once

@@ -265,3 +265,33 @@ async def test_brokers_register_again_as_soon_as_a_restarted_nameserver_is_back(
 
 async def _equals(probe, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return bool(await probe() == expected)
+
+
+async def test_a_planned_stop_answers_held_pulls_before_the_connections_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with broker_group() as group:
+        leader = await group.leader()
+        async with connect(leader.address) as producer:
+            await producer.request(send_request("held", [b"first"]))
+        answers: list[tuple[Frame, float]] = []
+
+        async def long_poll() -> None:
+            async with connect(leader.address) as conn:
+                frame = request(
+                    RequestCode.PULL_MESSAGE,
+                    {"topic": "held", "queue_id": 0, "offset": 1, "suspend_ms": 20_000},
+                )
+                answers.append((await conn.request(frame, timeout=60), trio.current_time()))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll)
+            await trio.sleep(1)  # virtual: the pull is held by now
+            assert not answers
+            released_at = trio.current_time()
+            await leader.release_held_pulls()
+            # The stop goes on at once, as after SIGTERM: the answer must be out already.
+            group.scopes[next(i for i, s in group.servers.items() if s is leader)].cancel()
+        ((answer, at),) = answers
+        assert answer.fields["status"] == "NO_NEW_MSG"
+        assert at - released_at < 1, "answered at the stop, not after its 20 s suspend"
