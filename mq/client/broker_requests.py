@@ -20,11 +20,25 @@ from mq.client.errors import (
 )
 from mq.client.instance import ClientInstance
 from mq.protocol import ErrorCode, Frame
-from mq.route import GroupInfo
+from mq.route import GroupInfo, TopicRoute
 
 REDIRECTS_MAX = 3
 """NOT_LEADER answers followed per request before giving up (a leader changing faster
 than this is an election storm: report it rather than chase it)."""
+
+
+async def group_info(client: ClientInstance, topic: str, group_name: str) -> GroupInfo:
+    """Broker group `group_name` as `topic`'s route names it; the route is refreshed once
+    if the cached one lacks it (the group is new, or the route is old). NoRouteError if
+    the fresh route lacks it too."""
+
+    def find(route: TopicRoute) -> GroupInfo | None:
+        return next((g.info for g in route.groups if g.group == group_name), None)
+
+    info = find(await client.routes.get(topic)) or find(await client.routes.refresh(topic))
+    if info is None:
+        raise NoRouteError(f"topic {topic!r} has no group {group_name!r}")
+    return info
 
 
 def read_order(info: GroupInfo, leader: str | None) -> list[str]:

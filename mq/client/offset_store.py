@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from mq.client.broker_requests import request_any_node, request_leader
-from mq.client.errors import MQClientError, NoRouteError
+from mq.client.broker_requests import group_info, request_any_node, request_leader
+from mq.client.errors import MQClientError
 from mq.client.instance import ClientInstance
 from mq.client.queues import MessageQueue
 from mq.fields import FieldError, get_int, get_list
@@ -89,7 +89,7 @@ class BrokerOffsetStore:
         self.group = group
 
     async def read(self, mq: MessageQueue) -> StoredOffset:
-        info = await self._group_info(mq.topic, mq.group)
+        info = await group_info(self._client, mq.topic, mq.group)
         frame = request(
             RequestCode.QUERY_CONSUMER_OFFSET,
             {"group": self.group, "topic": mq.topic, "queue_id": mq.queue_id},
@@ -112,7 +112,7 @@ class BrokerOffsetStore:
         groups: dict[str, tuple[GroupInfo, list[CommitEntry]]] = {}
         for (group_name, topic), group_entries in sorted(by_group.items()):
             try:
-                info = await self._group_info(topic, group_name)
+                info = await group_info(self._client, topic, group_name)
             except MQClientError as exc:
                 _log.info("offset_commit_no_route", group=group_name, error=str(exc))
                 continue
@@ -147,18 +147,6 @@ class BrokerOffsetStore:
                     else:
                         committed.append(entry)
         return CommitResult(committed, stale)
-
-    async def _group_info(self, topic: str, group_name: str) -> GroupInfo:
-        routes = self._client.routes
-        route = await routes.get(topic)
-        for group in route.groups:
-            if group.group == group_name:
-                return group.info
-        route = await routes.refresh(topic)
-        for group in route.groups:
-            if group.group == group_name:
-                return group.info
-        raise NoRouteError(f"topic {topic!r} has no group {group_name!r}")
 
 
 class LocalOffsetStore:

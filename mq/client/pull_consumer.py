@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from mq.client.broker_requests import request_any_node
+from mq.client.broker_requests import group_info, request_any_node
 from mq.client.errors import (
     MQClientError,
-    NoRouteError,
 )
 from mq.client.instance import ClientInstance
 from mq.client.queues import MessageQueue, readable_queues
@@ -30,7 +29,6 @@ from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
 from mq.fields import FieldError, get_int, get_list, get_str
 from mq.message import MessageExt
 from mq.protocol import ErrorCode, Frame, RequestCode, request
-from mq.route import GroupRoute
 from storage.errors import CorruptRecordError
 from storage.record import BLANK_HEADER_BYTES, MessageRecord, frame_size_and_magic, tag_hash
 
@@ -246,21 +244,10 @@ class PullConsumer:
         """Send a read to the group's leader, else to its other nodes in turn, until one
         answers. Returns (response, address); an error answer raises BrokerError unless
         its code is in `allow`."""
-        routes = self._client.routes
-        route = await routes.get(topic)
-        group = _find_group(route.groups, group_name)
-        if group is None:
-            route = await routes.refresh(topic)
-            group = _find_group(route.groups, group_name)
-            if group is None:
-                raise NoRouteError(f"topic {topic!r} has no group {group_name!r}")
+        info = await group_info(self._client, topic, group_name)
         return await request_any_node(
-            self._client, group.info, frame, timeout_s=timeout_s, allow=allow, topic=topic
+            self._client, info, frame, timeout_s=timeout_s, allow=allow, topic=topic
         )
-
-
-def _find_group(groups: Sequence[GroupRoute], name: str) -> GroupRoute | None:
-    return next((g for g in groups if g.group == name), None)
 
 
 def _pull_result(mq: MessageQueue, response: Frame, tag_filter: TagFilter) -> PullResult:
