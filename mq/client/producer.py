@@ -55,7 +55,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -272,9 +272,7 @@ class _Queued:
     message: Message
     msg_id: str
     frame: bytes
-    done: anyio.Event
-    result: SendResult | None = None
-    error: BaseException | None = None
+    future: SendFuture = field(default_factory=SendFuture)
 
 
 def _wall_clock_ms() -> int:
@@ -562,7 +560,7 @@ class Producer:
     def _enqueue(self, message: Message) -> _Queued:
         """Validate and encode one message and queue it for its topic's next batch."""
         msg_ids, frame, sizes = self._encode([message])
-        item = _Queued(message, msg_ids[0], frame, anyio.Event())
+        item = _Queued(message, msg_ids[0], frame)
         topic = message.topic
         accumulator = self._accumulators.get(topic)
         if accumulator is None:
@@ -579,11 +577,7 @@ class Producer:
         return item
 
     async def _await_queued(self, item: _Queued) -> SendResult:
-        await item.done.wait()
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+        return await item.future.wait()
 
     async def _drain(self, topic: str, accumulator: Accumulator[_Queued]) -> None:
         """One sender of a topic: send what is queued, batch after batch, until nothing is."""
@@ -594,9 +588,9 @@ class Producer:
             accumulator.sender_done()
         finally:
             for item in items:  # only when cancelled mid-batch (the producer is closing)
-                if not item.done.is_set():
-                    item.error = ClientClosedError("the producer closed before the send completed")
-                    item.done.set()
+                if not item.future.done():
+                    closed = ClientClosedError("the producer closed before the send completed")
+                    item.future._set(None, closed)
 
     async def _send_queued(self, topic: str, items: list[_Queued]) -> None:
         sizes = [len(item.frame) for item in items]
@@ -613,26 +607,27 @@ class Producer:
         except Exception as exc:
             # Every failure belongs to the senders' awaits, never to the task group.
             for item in items:
-                item.error = _error_for_message(exc, item.msg_id)
+                item.future._set(None, _error_for_message(exc, item.msg_id))
         else:
             position = result.commit_offset
             for i, item in enumerate(items):
-                item.result = SendResult(
-                    status=result.status,
-                    msg_id=result.msg_ids[i],
-                    msg_ids=(result.msg_ids[i],),
-                    queue=result.queue,
-                    queue_offset=result.queue_offset + i,
-                    commit_offset=position,
-                    duplicate=result.duplicate,
-                    attempts=result.attempts,
+                item.future._set(
+                    SendResult(
+                        status=result.status,
+                        msg_id=result.msg_ids[i],
+                        msg_ids=(result.msg_ids[i],),
+                        queue=result.queue,
+                        queue_offset=result.queue_offset + i,
+                        commit_offset=position,
+                        duplicate=result.duplicate,
+                        attempts=result.attempts,
+                    ),
+                    None,
                 )
                 if position is not None:
                     position += sizes[i]
         finally:
             self._lanes.release(batch.lane)
-        for item in items:
-            item.done.set()
 
     def _frame(self, batch: _Batch, queue: MessageQueue, *, oneway: bool = False) -> Frame:
         body = batch.body(queue.queue_id)
