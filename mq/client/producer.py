@@ -21,11 +21,17 @@ Retry rules (`retries`, default 2, so at most 3 requests per send):
 
 - NOT_LEADER naming a leader: retry the same queue at that leader (it is remembered as
   the group's leader until a route refresh confirms it), and refresh the route.
-- NOT_LEADER without a leader (an election): the next attempt goes to another group
-  (an ordered send re-reads the route and stays).
+- NOT_LEADER without a leader (an election): the next attempt goes to another group.
 - A connection failure or a timeout: the group is avoided (latency fault tolerance,
   `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
   which goes to a queue of another group when there is one.
+- Waiting out an election: when a group's leader is unreachable or the group has no
+  leader, and the send has nowhere else to go (an ordered send, or no other group
+  with a leader), the next attempt first waits for the NameServers to name a new
+  leader, polling them with a growing pause (50 ms doubling to 500 ms). The wait ends
+  `send_timeout_ms` after the send began; a kill -9 of the leader therefore costs a
+  send the election (about a second), not its failure. Fast failures would otherwise
+  spend all the retries within milliseconds, long before any election is over.
 - NO_ROUTE (the queue id is beyond the topic's write queues in that group: our route
   was provisional or stale): the answer's `write_queues` corrects the cached route and
   the next attempt picks a queue again (an ordered send keeps its queue and fails after
@@ -89,6 +95,9 @@ from storage.record import FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, encode_message
 
 SEND_TIMEOUT_MS_DEFAULT = 3_000
 RETRIES_DEFAULT = 2
+LEADER_POLL_FIRST_S = 0.05
+LEADER_POLL_MAX_S = 0.5
+"""The pauses between NameServer reads while a send waits out an election."""
 BATCH_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
 """Largest encoded batch (RocketMQ's 4 MiB); well under the 16 MiB frame limit."""
 BATCH_COUNT_MAX = 1024
@@ -700,6 +709,7 @@ class Producer:
         failure: BaseException | None = None
         code: int | None = None
         contacted = False  # whether any request reached (or was sent towards) a broker
+        election_deadline_ms = self._now_ms() + self.send_timeout_ms
         for attempt in range(1, attempts_max + 1):
             route = await client.routes.get_for_send(batch.topic)  # NoRouteError: nowhere to send
             if selector is not None:
@@ -709,19 +719,20 @@ class Producer:
                 try:
                     queue = self._select_queue(batch.topic, route, avoid_group)
                 except NoRouteError as exc:
-                    # No group has a leader now (an election): asking the NameServer
-                    # before the next try both learns the outcome and paces the retries.
+                    # No group has a leader now (an election): wait for one.
                     failure, code = exc, None
-                    await self._refresh_quietly(batch.topic)
+                    if attempt < attempts_max:
+                        await self._await_leader(batch.topic, None, None, election_deadline_ms)
                     continue
             assert queue is not None
             address = redirect or self._leader(route, queue)
             redirect = None
             if address is None:
                 # Only an ordered send can get here (selection skips leaderless groups):
-                # it must stay on this queue, so learn the leader before the next try.
+                # it must stay on this queue, so wait for the group's next leader.
                 failure, code = NoRouteError(f"group {queue.group!r} has no known leader"), None
-                await self._refresh_quietly(batch.topic)
+                if attempt < attempts_max:
+                    await self._await_leader(batch.topic, queue.group, None, election_deadline_ms)
                 continue
             contacted = True
             started_ms = self._now_ms()
@@ -734,9 +745,14 @@ class Producer:
                 failure, code, avoid_group = exc, None, queue.group
                 if attempt < attempts_max:
                     # The node may be gone for good and the NameServer may know its
-                    # successor: learn it before the next try (which may have nowhere
-                    # else to go: an ordered send, a one-group topic).
-                    await self._refresh_quietly(batch.topic)
+                    # successor: learn it before the next try, and when there is
+                    # nowhere else to go, wait for it.
+                    if selector is None and self._other_group_leads(route, queue.group):
+                        await self._refresh_quietly(batch.topic)
+                    else:
+                        await self._await_leader(
+                            batch.topic, queue.group, address, election_deadline_ms
+                        )
                 continue
             latency_ms = self._now_ms() - started_ms
             if response.ok:
@@ -751,10 +767,15 @@ class Producer:
                 client.routes.request_refresh(batch.topic)
                 if leader is not None:
                     redirect = leader
-                elif selector is not None:
-                    await self._refresh_quietly(batch.topic)  # pinned: wait for news
                 else:
                     avoid_group = queue.group
+                    no_other = selector is not None or not self._other_group_leads(
+                        route, queue.group
+                    )
+                    if no_other and attempt < attempts_max:
+                        await self._await_leader(
+                            batch.topic, queue.group, address, election_deadline_ms
+                        )
                 continue
             if code == ErrorCode.NO_ROUTE and selector is None:
                 # Our route offered a queue the group does not have (a provisional
@@ -786,6 +807,38 @@ class Producer:
             attempts=attempts_max,
             msg_ids=batch.msg_ids,
         ) from failure
+
+    def _other_group_leads(self, route: TopicRoute, group: str) -> bool:
+        """Whether a group other than `group` has writable queues and a known leader."""
+        leader_of = self._client.routes.leader_of
+        return any(
+            q.group != group and leader_of(g.info) is not None
+            for q in writable_queues(route)
+            if (g := _group_route(route, q.group))
+        )
+
+    async def _await_leader(
+        self, topic: str, group: str | None, gone: str | None, deadline_ms: int
+    ) -> None:
+        """Read the route until `group` (any group, if None) has a leader other than
+        `gone`, or until `deadline_ms`; it always reads the route at least once."""
+        routes = self._client.routes
+        pause_s = LEADER_POLL_FIRST_S
+        while True:
+            await self._refresh_quietly(topic)
+            route = routes.cached(topic)
+            if route is not None and any(
+                (group is None or g.group == group)
+                and (leader := routes.leader_of(g.info)) is not None
+                and leader != gone
+                for g in route.groups
+            ):
+                return
+            left_s = (deadline_ms - self._now_ms()) / 1000
+            if left_s <= 0:
+                return
+            await anyio.sleep(min(pause_s, left_s))
+            pause_s = min(2 * pause_s, LEADER_POLL_MAX_S)
 
     async def _refresh_quietly(self, topic: str) -> None:
         try:
