@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Log events at `level` and above to stderr. `json` defaults to "stderr is not a
-    TTY": machines read JSON lines, people read the console renderer."""
+def configure_logging(
+    level: str = "info", *, json: bool | None = None, drop: frozenset[str] = frozenset()
+) -> None:
+    """Log events at `level` and above to stderr, except the events named in `drop`.
+    `json` defaults to "stderr is not a TTY": machines read JSON lines, people read the
+    console renderer."""
     if json is None:
         json = not sys.stderr.isatty()
+
+    def drop_named(_logger: object, _method: str, event: structlog.typing.EventDict) -> Any:
+        if event.get("event") in drop:
+            raise structlog.DropEvent
+        return event
+
     processors: list[structlog.typing.Processor] = [
+        drop_named,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -80,6 +80,8 @@ class BrokerHost(SimProcess[ClientRequest]):
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
         self.request_rewrite: Callable[[BrokerHost, Frame], Frame] | None = None
         self.skip_fsync = False
+        self.disk_fills = 0
+        """How many times the disk was filled (the fault's token, as `crashes` is)."""
 
     # -- the clock
 
@@ -97,6 +99,17 @@ class BrokerHost(SimProcess[ClientRequest]):
     def node(self) -> RaftNode | None:
         """The Raft node inside the core (what sim/faults.py looks at), None when down."""
         return self.core.raft if self.core is not None else None
+
+    # -- the disk
+
+    def fill_disk(self, room: int) -> None:
+        """The disk fills up but for `room` bytes (the `full` fault): whatever needs a
+        new segment or file fails with DiskFullError until `free_disk`."""
+        self.disk_fills += 1
+        self.fs.capacity_bytes = self.fs.used_bytes() + room
+
+    def free_disk(self) -> None:
+        self.fs.capacity_bytes = None
 
     # -- life cycle (the rest is SimProcess's)
 

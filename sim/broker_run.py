@@ -43,7 +43,7 @@ from sim.broker_workload import (
     ReplyIds,
 )
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import FaultSchedule
+from sim.faults import BROKER_FAULTS, FaultSchedule
 from sim.group_checkers import MembershipChecker
 from sim.liveness import Liveness
 from sim.phases import run_phases, world_stats
@@ -62,7 +62,9 @@ class BrokerSimConfig(RunConfig):
     """What a broker run simulates. The defaults are what `mq sim broker` runs."""
 
     plants: ClassVar[Mapping[str, str]] = PLANTS
+    known_faults: ClassVar[Mapping[str, str]] = BROKER_FAULTS
 
+    faults: tuple[str, ...] = tuple(BROKER_FAULTS)
     producers: int = 3
     consumers: int = 2
     queues: int = 4

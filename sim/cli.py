@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from raft.config import PLANTS
 from sim.broker_plants import PLANTS as BROKER_PLANTS
 from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import CHECKERS
-from sim.faults import FAULTS, parse_faults
+from sim.faults import BROKER_FAULTS, FAULTS, parse_faults
 from sim.liveness import LIVENESS_BOUND_S
 from sim.queue_checkers import QUEUE_CHECKERS
 from sim.report import Simulation, plural, run_one, run_seeds
@@ -62,7 +62,7 @@ def add_sim_commands(commands: Any) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_run_arguments(raft, _DEFAULT.duration_s)
+    _add_run_arguments(raft, _DEFAULT.duration_s, FAULTS)
     raft.add_argument(
         "--clients",
         type=int,
@@ -87,7 +87,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, duration_s: float) -> None:
+def _add_run_arguments(
+    parser: argparse.ArgumentParser, duration_s: float, faults: Mapping[str, str]
+) -> None:
     """The flags of both simulators that choose the seeds and the world, before the
     simulator's own workload flags (the order `--help` lists them in)."""
     parser.add_argument("--seed", type=int, default=0, help="run this one seed (default 0)")
@@ -109,7 +111,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, duration_s: float) -> No
         "--faults",
         default="all",
         metavar="LIST",
-        help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(FAULTS)})",
+        help=f"comma-separated faults to inject, 'all' or 'none' (default all: {','.join(faults)})",
     )
 
 
@@ -126,7 +128,8 @@ def _add_output_arguments(
 def _replay_argv(simulation: str, seed: int, cfg: RunConfig) -> list[str]:
     """The replay command's flags both simulators have; the caller adds the flags of
     its own that differ from their defaults."""
-    faults = "all" if cfg.faults == tuple(FAULTS) else (",".join(cfg.faults) or "none")
+    everything = tuple(type(cfg).known_faults)
+    faults = "all" if cfg.faults == everything else (",".join(cfg.faults) or "none")
     return [
         "mq",
         "sim",
@@ -221,7 +224,7 @@ _BROKER_DEFAULT = BrokerSimConfig()
 _BROKER_DESCRIPTION = f"""\
 Run three real broker cores (mq/broker/core.py: Raft on the CommitLog, ConsumeQueues,
 recovery), each over its own simulated disk (storage/files.py SimFileSystem: unsynced
-writes lost on a crash, the first one torn), under the faults of `mq sim raft`, with
+writes lost on a crash, the first one torn), under the faults of `mq sim raft` and a full disk, with
 idempotent producers and a consumer group pulling from every node. Queue checkers
 compare every acknowledgement, every pull and every node's ConsumeQueues with a model
 of the committed log. The same seed replays the same run (compare the trace hashes).
@@ -229,7 +232,7 @@ After --duration seconds of virtual time every fault heals; within {LIVENESS_BOU
 a send must be acknowledged and dispatched on every node, and every node must then
 serve exactly the committed history.
 
-faults: {", ".join(FAULTS)}
+faults: {", ".join(BROKER_FAULTS)}
 checkers: {", ".join(QUEUE_CHECKERS)}
 plants: {", ".join(BROKER_PLANTS)}
 """
@@ -243,7 +246,7 @@ def _add_broker(sims: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = _BROKER_DEFAULT
-    _add_run_arguments(broker, d.duration_s)
+    _add_run_arguments(broker, d.duration_s, BROKER_FAULTS)
     broker.add_argument(
         "--producers", type=int, default=d.producers, metavar="N",
         help=f"idempotent producers (default {d.producers})",
@@ -292,7 +295,8 @@ def _quiet_logs() -> None:
 
     from mq.logs import configure_logging
 
-    configure_logging("error")
+    # A full disk is a fault the simulator injects; the checkers judge what follows.
+    configure_logging("error", drop=frozenset({"disk_full"}))
     logging.getLogger("storage").setLevel(logging.ERROR)
 
 
@@ -306,7 +310,7 @@ def _broker_config(args: argparse.Namespace) -> BrokerSimConfig:
     return BrokerSimConfig(
         nodes=args.nodes,
         duration_s=args.duration,
-        faults=parse_faults(args.faults),
+        faults=parse_faults(args.faults, BROKER_FAULTS),
         plant=args.plant,
         producers=args.producers,
         consumers=args.consumers,

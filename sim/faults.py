@@ -26,12 +26,15 @@ The kinds (the `--faults` names):
   then resumes with the stale view it had (a GC pause, SIGSTOP, a VM migration).
 * drift: a node's clock runs at 0.5x-2x speed (its ticks come that much faster or
   slower) for 1-10 s.
+* full (broker simulation only): a node's disk fills (the leader half the time): no new
+  CommitLog segment, ConsumeQueue or index file fits, for 0.2-3 s. Appends that need
+  one fail; the node must refuse or drop them and lose nothing.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from raft.node import Role
@@ -51,6 +54,12 @@ FAULTS: dict[str, str] = {
     "pause": "a node stops ticking and receiving, then resumes with a stale view",
     "drift": "a node's clock runs at 0.5x-2x speed",
 }
+"""The faults of `mq sim raft`."""
+
+BROKER_FAULTS: dict[str, str] = FAULTS | {
+    "full": "a node's disk fills: no new segment or file fits, for 0.2-3 s",
+}
+"""The faults of `mq sim broker`: its nodes have real stores on simulated disks."""
 
 WEIGHTS: dict[str, int] = {
     "drop": 1,
@@ -61,22 +70,23 @@ WEIGHTS: dict[str, int] = {
     "crash": 4,
     "pause": 3,
     "drift": 1,
+    "full": 2,
 }
 
 
-def parse_faults(text: str) -> tuple[str, ...]:
-    """`"drop,crash"` -> ("drop", "crash") in canonical order; "all" or "" -> every kind;
-    "none" -> no faults."""
+def parse_faults(text: str, known: Mapping[str, str] = FAULTS) -> tuple[str, ...]:
+    """`"drop,crash"` -> ("drop", "crash") in canonical order; "all" or "" -> every kind
+    `known`; "none" -> no faults."""
     text = text.strip()
     if text in ("", "all"):
-        return tuple(FAULTS)
+        return tuple(known)
     if text == "none":
         return ()
     names = {part.strip() for part in text.split(",") if part.strip()}
-    unknown = sorted(names - FAULTS.keys())
+    unknown = sorted(names - known.keys())
     if unknown:
-        raise ValueError(f"unknown faults: {', '.join(unknown)} (known: {', '.join(FAULTS)})")
-    return tuple(name for name in FAULTS if name in names)
+        raise ValueError(f"unknown faults: {', '.join(unknown)} (known: {', '.join(known)})")
+    return tuple(name for name in known if name in names)
 
 
 class FaultSchedule:
@@ -92,7 +102,7 @@ class FaultSchedule:
         self._loop = cluster.loop
         self._trace = cluster.trace
         self._net = cluster.network
-        self.enabled = tuple(name for name in FAULTS if name in set(enabled))
+        self.enabled = tuple(name for name in BROKER_FAULTS if name in set(enabled))
         self._choices = [name for name in self.enabled for _ in range(WEIGHTS[name])]
         self.mean_gap_ns = mean_gap_ns
         self.end_ns = 0
@@ -107,7 +117,7 @@ class FaultSchedule:
         self._churn_until_ns = 0
         self._knob_tokens: dict[str, int] = {}
         self._partition_token = 0
-        self.counts: dict[str, int] = {name: 0 for name in FAULTS}
+        self.counts: dict[str, int] = {name: 0 for name in BROKER_FAULTS}
         cluster.faults = self
 
     # -- schedule
@@ -379,6 +389,22 @@ class FaultSchedule:
 
         self._later(self._duration(NS_PER_S, 10 * NS_PER_S), end)
 
+    def _full(self) -> None:
+        host = self._pick()
+        if host is None or not hasattr(host, "fill_disk"):
+            return
+        room = self._rng.randrange(0, 64 * 1024)
+        host.fill_disk(room)
+        self._trace.emit(f"FAULT n{host.id} disk full ({room} bytes left)")
+        token = host.disk_fills
+
+        def end(_: Any) -> None:
+            if host.disk_fills == token:
+                host.free_disk()
+                self._trace.emit(f"FAULT n{host.id} disk has room again")
+
+        self._later(self._duration(200 * NS_PER_MS, 3 * NS_PER_S), end)
+
     # -- the end of the run
 
     def heal_all(self) -> None:
@@ -391,6 +417,8 @@ class FaultSchedule:
         for node_id in self.cluster.node_ids:
             host = self.cluster.hosts[node_id]
             host.set_tick(TICK_NS)
+            if hasattr(host, "free_disk"):
+                host.free_disk()
             if not host.up:
                 host.start()
             elif host.paused:

@@ -18,8 +18,9 @@ from sim.liveness import LIVENESS_BOUND_S
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
-    # The plants this simulator knows (name -> description).
+    # The plants and the faults this simulator knows (name -> description).
     plants: ClassVar[Mapping[str, str]] = {}
+    known_faults: ClassVar[Mapping[str, str]] = FAULTS
 
     nodes: int = 3
     duration_s: float = 20.0
@@ -34,7 +35,7 @@ class RunConfig:
         self._validate()
         if self.plant is not None and self.plant not in self.plants:
             raise ValueError(f"unknown plant {self.plant!r} (known: {', '.join(self.plants)})")
-        unknown = set(self.faults) - FAULTS.keys()
+        unknown = set(self.faults) - self.known_faults.keys()
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
 

@@ -79,16 +79,21 @@ class Dispatcher:
         self._topics: dict[bytes, tuple[str, int]] = {}
         self._tag_hashes: dict[bytes, int] = {}
 
-    def dispatch(self, upto: int, *, resuming: bool = False) -> list[Dispatched]:
-        """Dispatch every frame that starts below `upto` (a committed frame boundary).
+    def dispatch(
+        self, upto: int, *, resuming: bool = False, out: list[Dispatched] | None = None
+    ) -> list[Dispatched]:
+        """Dispatch every frame that starts below `upto` (a committed frame boundary);
+        returns what was queued, appended to `out` if given.
 
         Frames are not CRC-checked again here: the CommitLog checked each one when it
         was appended or recovered. `resuming` (after opening the store) turns on the
-        per-message check for units that survived the crash.
+        per-message check for units that survived the crash. A call that fails (a full
+        disk) leaves in `out` what it queued before; the next call resumes after them.
         """
         self._resuming = resuming or self._interrupted
         self._interrupted = True  # until this call returns: a failure (disk full) resumes
-        out: list[Dispatched] = []
+        if out is None:
+            out = []
         log = self._log
         segment_bytes = log.segment_bytes
         offset = max(self.dispatched_offset, log.min_offset)

@@ -89,7 +89,7 @@ from mq.route import PERM_READ_WRITE, QUEUES_MAX, BrokerRegistration, Perm, Topi
 from mq.route import Role as RouteRole
 from raft.config import RandomSource
 from raft.errors import BacklogFullError, NotLeaderError
-from raft.messages import Entry, Envelope, HardState
+from raft.messages import Envelope, HardState
 from raft.node import RaftNode, Role
 from raft.ready import Ready
 from storage.commit_log import FlushPlan
@@ -97,6 +97,7 @@ from storage.dispatcher import Dispatched
 from storage.entry_log import EntryLog
 from storage.errors import (
     CorruptRecordError,
+    DiskFullError,
     InvalidTopicError,
     MessageTooLargeError,
     OffsetOutOfRangeError,
@@ -120,6 +121,10 @@ BATCH_COUNT_MAX = 65_536
 """Most messages one SEND_BATCH may carry (the frame size bounds it further)."""
 DEFERRED_RAFT_MAX = 16_384
 """Raft messages queued while an fsync is in flight; more are dropped (Raft retries)."""
+DISK_FULL_HAND_OVER_EVERY_MS = 30_000
+"""A leader whose disk refuses a send hands leadership over at most this often: a
+follower with room can take the writes, and if every disk is full, leadership does not
+move on every refused send."""
 PULL_COUNT_MAX = 1024
 OFFSET_GROUP_TOPICS_MAX = 100_000
 """(group, topic) pairs the replicated offset table may hold; a commit that would add
@@ -274,6 +279,7 @@ class _Stats:
     proposals: int = 0
     applied_entries: int = 0
     timeouts: int = 0
+    disk_full_errors: int = 0
 
 
 class BrokerCore:
@@ -307,6 +313,14 @@ class BrokerCore:
         self._stats = _Stats()
         self._state = BrokerState(config.producers_max)
         self._applied_ops: list[_Applied] = []
+        self._ops_by_offset: dict[int, _Applied] = {}
+        """The commands applied by the dispatch call under way (or interrupted by a full
+        disk), by offset: a resumed dispatch re-reads them and must not apply them twice."""
+        self._dispatch_partial: list[Dispatched] = []
+        """What a dispatch that a full disk interrupted had queued."""
+        self._next_disk_full_hand_over_ms = 0
+        self._disk_full: set[str] = set()
+        """What a full disk holds back now ("log append", "dispatch", "state snapshot")."""
         self._topics_changed = False
         self._consumers = ConsumerGroups(config.consumer_expire_ms, config.consumers_max)
 
@@ -333,6 +347,11 @@ class BrokerCore:
         self._hard_state = hard_state
         self._hs_persisted = hard_state
         applied = self._recover(hard_state)
+        self._applied = applied
+        """The last entry dispatched (its commands applied, its messages queued)."""
+        self._committed = applied
+        """The last entry Raft handed over as committed; above `_applied` only while a
+        full disk holds the dispatch back."""
         self.raft = RaftNode(
             config.node_id,
             sorted(self.voters),
@@ -400,7 +419,12 @@ class BrokerCore:
         log = self.entry_log
         commit = min(hard_state.commit, log.last_index())
         if commit >= log.first_index():
-            self._dispatch(log.end_of(commit))
+            try:
+                self._dispatch(log.end_of(commit))
+            except DiskFullError as exc:
+                # Raft hands the entries not dispatched over again (they are past
+                # `applied`); `_apply` retries them until there is space.
+                self._note_disk_full("dispatch", exc)
         self._applied_ops.clear()
         return self._index_at(dispatcher.dispatched_offset)
 
@@ -408,7 +432,18 @@ class BrokerCore:
         dispatcher = self.store.dispatcher
         if end <= dispatcher.dispatched_offset:
             return []
-        return dispatcher.dispatch(end, resuming=dispatcher.dispatched_offset < self._resume_until)
+        # What an interrupted call queued before the disk filled is part of this call's
+        # answer: a send's result lists every message of its entry.
+        out, self._dispatch_partial = self._dispatch_partial, []
+        try:
+            dispatcher.dispatch(
+                end, resuming=dispatcher.dispatched_offset < self._resume_until, out=out
+            )
+        except DiskFullError:
+            self._dispatch_partial = out
+            raise
+        self._ops_by_offset.clear()
+        return out
 
     def _replay(self, start: int, end: int) -> None:
         """Re-apply the commands in [start, end) to the state, dispatching nothing."""
@@ -450,7 +485,13 @@ class BrokerCore:
         if magic != MAGIC_COMMAND:
             _log.warning("unknown_record_skipped", magic=magic, offset=offset)
             return None
-        applied = self._apply_command(offset, frame)
+        applied = self._ops_by_offset.get(offset)
+        if applied is None:
+            applied = self._ops_by_offset[offset] = self._apply_command(offset, frame)
+        else:
+            # Dispatching the entry a full disk interrupted again: its command was
+            # applied then; replay that outcome (the same messages kept or dropped).
+            self._applied_ops.append(applied)
         if applied.outcome is not None and applied.outcome.duplicate:
             return False
         return None
@@ -545,7 +586,7 @@ class BrokerCore:
                 return
             self._deferred.append(env)
             return
-        self.raft.step(env)
+        self._step_raft(env)
         self._check_role()
 
     def step(self, env: Envelope) -> None:
@@ -554,13 +595,33 @@ class BrokerCore:
             if len(self._deferred) < DEFERRED_RAFT_MAX:
                 self._deferred.append(env)
             return
-        self.raft.step(env)
+        self._step_raft(env)
         self._check_role()
+
+    def _step_raft(self, env: Envelope | None) -> None:
+        """Step `env` (None: a tick) into Raft. A full disk can refuse the log append a
+        message or a tick leads to (a follower's new entries, a new leader's no-op).
+        Storage appends are all-or-nothing and Raft changes nothing after a failed one
+        that it relies on, so the message counts as lost: the leader sends it again
+        (or the next leader its no-op), which works once there is space."""
+        blocked = "log append" in self._disk_full
+        last = self.log.last_index() if blocked else 0
+        try:
+            if env is None:
+                self.raft.tick()
+            else:
+                self.raft.step(env)
+        except DiskFullError as exc:
+            self._note_disk_full("log append", exc)
+        else:
+            if blocked and self.log.last_index() > last:
+                self._note_disk_full("log append", None)
 
     def tick(self, now_ms: int) -> None:
         """One Raft tick (config.tick_ms) passed; also expires timed-out requests, long
         polls and consumers not heard from."""
-        self.raft.tick()
+        self._step_raft(None)
+        self._retry_apply(now_ms)
         self._expire(now_ms)
         for group in sorted(self._consumers.expire(now_ms)):
             self._notify_group(group)
@@ -642,14 +703,16 @@ class BrokerCore:
             for env in rd.persisted_messages:
                 self._outbox.append(PeerMessage(env.dst, encode_envelope(group, env)))
             if rd.committed:
-                self._apply(rd.committed, now_ms)
+                self._stats.applied_entries += len(rd.committed)
+                self._committed = rd.committed[-1].index
+                self._apply(now_ms)
             self.raft.advance(rd)
         if work.checkpoint:
             self._checkpoint(now_ms)
         self._in_flight = False
         deferred = self._deferred
         while deferred:
-            self.raft.step(deferred.popleft())
+            self._step_raft(deferred.popleft())
         self._release_flush_waiters()
         if self._topics_changed:
             self._topics_changed = False
@@ -677,30 +740,59 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ apply
 
-    def _apply(self, entries: list[Entry], now_ms: int) -> None:
+    def _apply(self, now_ms: int) -> None:
+        """Dispatch the committed entries after `_applied`, answering their requests.
+
+        A full disk (a ConsumeQueue or IndexFile that cannot be created) stops this part
+        way; the rest waits for a later tick (`_retry_apply`). The dispatcher resumes the
+        interrupted entry without queueing a message twice, and `_ops_by_offset` keeps
+        its command from being applied twice."""
         log = self.entry_log
-        self._stats.applied_entries += len(entries)
-        if not self._pending:
-            self._applied_ops.clear()
-            dispatched = self._dispatch(log.end_of(entries[-1].index))
-            self._applied_ops.clear()
-            self._wake_pulls(dispatched, now_ms)
-            return
+        upto = self._committed
         everything: list[Dispatched] = []
-        for entry in entries:
+        try:
+            if not self._pending:
+                self._applied_ops.clear()
+                everything = self._dispatch(log.end_of(upto))
+                self._applied = upto
+            while self._applied < upto:
+                index = self._applied + 1
+                self._applied_ops.clear()
+                end = log.end_of(index)
+                dispatched = self._dispatch(end)
+                everything.extend(dispatched)
+                self._applied = index
+                pending = self._pending.pop(index, None)
+                if pending is None:
+                    continue
+                if pending.term != log.term_at(index):
+                    self._reply(pending, pending.request.make_error(*self._not_leader_error()))
+                    continue
+                self._complete(pending, dispatched, end)
+        except DiskFullError as exc:
+            self._applied = self._index_at(self.store.dispatcher.dispatched_offset)
+            self._note_disk_full("dispatch", exc)
+        else:
+            self._note_disk_full("dispatch", None)
+        finally:
             self._applied_ops.clear()
-            end = log.end_of(entry.index)
-            dispatched = self._dispatch(end)
-            everything.extend(dispatched)
-            pending = self._pending.pop(entry.index, None)
-            if pending is None:
-                continue
-            if pending.term != entry.term:
-                self._reply(pending, pending.request.make_error(*self._not_leader_error()))
-                continue
-            self._complete(pending, dispatched, end)
-        self._applied_ops.clear()
-        self._wake_pulls(everything, now_ms)
+            self._wake_pulls(everything, now_ms)
+
+    def _retry_apply(self, now_ms: int) -> None:
+        """Dispatch what a full disk held back, if anything is; once per tick."""
+        if self._applied < self._committed and not self._in_flight:
+            self._apply(now_ms)
+
+    def _note_disk_full(self, what: str, error: OSError | None) -> None:
+        """Log when a full disk starts or stops holding `what` back (not every retry)."""
+        if error is not None:
+            self._stats.disk_full_errors += 1
+            if what not in self._disk_full:
+                self._disk_full.add(what)
+                _log.error("disk_full", blocked=what, error=str(error))
+        elif what in self._disk_full:
+            self._disk_full.discard(what)
+            _log.warning("disk_full_over", resumed=what)
 
     def _complete(self, pending: _Pending, dispatched: list[Dispatched], end: int) -> None:
         request = pending.request
@@ -798,9 +890,20 @@ class BrokerCore:
             self._next_snapshot_ms = now_ms + self.config.state_snapshot_interval_ms
 
     def _write_state_snapshot(self) -> None:
+        if self._ops_by_offset:
+            # A full disk interrupted a dispatch: the state holds the command of an entry
+            # past `dispatched_offset`, and a restart would replay it a second time. The
+            # previous snapshot and the log are enough.
+            return
         offset = self.store.dispatcher.dispatched_offset
         assert offset <= self.commit_log.flushed_offset
-        self.fs.write_atomic(self._state_path, self._state.encode(offset))
+        try:
+            self.fs.write_atomic(self._state_path, self._state.encode(offset))
+            self._note_disk_full("state snapshot", None)
+        except DiskFullError as exc:
+            # The previous snapshot is intact (the write is atomic) and, with the log
+            # after it, still rebuilds the state: a later one will do.
+            self._note_disk_full("state snapshot", exc)
 
     # ------------------------------------------------------------------ role
 
@@ -1017,9 +1120,19 @@ class BrokerCore:
             raise self._not_leader() from None
         except BacklogFullError as exc:
             raise RequestError(ErrorCode.SYSTEM_BUSY, str(exc)) from None
+        except DiskFullError as exc:
+            self._note_disk_full("log append", exc)
+            if now_ms >= self._next_disk_full_hand_over_ms:
+                # Followers may have room: let one lead (and take the writes) meanwhile.
+                self._next_disk_full_hand_over_ms = now_ms + DISK_FULL_HAND_OVER_EVERY_MS
+                self.hand_over()
+            raise RequestError(
+                ErrorCode.SERVICE_NOT_AVAILABLE, f"the broker's disk is full: {exc}"
+            ) from None
         except StorageError as exc:
             _log.error("append_failed", error=str(exc))
             raise RequestError(ErrorCode.SYSTEM_ERROR, f"append failed: {exc}") from None
+        self._note_disk_full("log append", None)
         self._stats.proposals += 1
         self._pending[index] = _Pending(
             reply_to, request, self.raft.term, now_ms + self.config.send_timeout_ms
@@ -1360,10 +1473,11 @@ class BrokerCore:
             "term": raft.term,
             "leader": self.leader_address,
             "commit_index": raft.commit_index,
-            "applied_index": raft.applied_index,
+            "applied_index": self._applied,
             "commit_offset": self.store.dispatcher.dispatched_offset,
             "max_offset": self.commit_log.max_offset,
             "pid": self.pid,
+            "disk_full": sorted(self._disk_full),
         }
 
     def stats(self) -> dict[str, int]:
@@ -1376,6 +1490,7 @@ class BrokerCore:
             "timeouts": stats.timeouts,
             "deferred_dropped": stats.deferred_dropped,
             "bad_raft_frames": stats.bad_raft_frames,
+            "disk_full_errors": stats.disk_full_errors,
             "pending": len(self._pending),
             "held_pulls": self._held_count,
             "consumers": len(self._consumers),
