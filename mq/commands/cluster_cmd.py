@@ -134,9 +134,11 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps({"nameservers": spec.nameservers, "nodes": nodes}))
     else:
         for node in nodes:
+            blocked = node.get("disk_full")
             print(
                 f"{node['group']:10s} node {node['node_id']} {node['address']:21s} "
                 f"{node['role']:9s} term {node['term']} pid {node['pid']}"
+                + (f"  DISK FULL ({', '.join(blocked)} stopped)" if blocked else "")
             )
     return 0
 
@@ -159,6 +161,7 @@ async def node_status(proc: local.ProcessSpec, timeout_s: float = 1.0) -> dict[s
         "term": fields.get("term"),
         "leader": fields.get("leader"),
         "commit_index": fields.get("commit_index"),
+        "disk_full": list(fields.get("disk_full") or ()),
     }
 
 

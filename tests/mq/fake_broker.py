@@ -188,6 +188,8 @@ class FakeGroup:
         """(consumer group, topic, queue id) -> committed offset: replicated, so one
         map for the whole group."""
         self.generations: dict[tuple[str, str], int] = {}
+        self.disk_full: tuple[str, ...] = ()
+        """What GET_BROKER_STATUS says a full disk holds back."""
 
     @property
     def leader(self) -> FakeNode | None:
@@ -291,6 +293,7 @@ class FakeGroup:
                     "commit_offset": self.commit_offset,
                     "max_offset": self.commit_offset,
                     "pid": 1,
+                    "disk_full": list(self.disk_full),
                 }
             )
         return frame.make_error(ErrorCode.REQUEST_CODE_NOT_SUPPORTED, "fake broker")
