@@ -27,8 +27,9 @@ The kinds (the `--faults` names):
 * drift: a node's clock runs at 0.5x-2x speed (its ticks come that much faster or
   slower) for 1-10 s.
 * full (broker simulation only): a node's disk fills (the leader half the time): no new
-  CommitLog segment, ConsumeQueue or index file fits, for 0.2-3 s. Appends that need
-  one fail; the node must refuse or drop them and lose nothing.
+  CommitLog segment, ConsumeQueue or index file fits, for 0.2-3 s; a quarter of the
+  time not even a small file (hard state, checkpoint, state snapshot). The node must
+  refuse, drop or postpone what does not fit, and lose nothing.
 """
 
 from __future__ import annotations
@@ -393,7 +394,9 @@ class FaultSchedule:
         host = self._pick()
         if host is None or not hasattr(host, "fill_disk"):
             return
-        room = self._rng.randrange(0, 64 * 1024)
+        # A quarter of the time not a byte: hard state, checkpoint and state snapshot
+        # writes fail too; else room for small files, not for new segments.
+        room = 0 if self._rng.random() < 0.25 else self._rng.randrange(0, 64 * 1024)
         host.fill_disk(room)
         self._trace.emit(f"FAULT n{host.id} disk full ({room} bytes left)")
         token = host.disk_fills

@@ -464,8 +464,9 @@ class SimFileSystem:
         return self._small.get(path)
 
     def write_atomic(self, path: str, data: bytes) -> None:
-        old = len(self._small.get(path, b""))
-        self._reserve(path, max(0, len(data) - old))
+        # A new file (the real one writes a temporary file, then renames it over the
+        # old one), so it needs room for all of `data` while the old one still exists.
+        self._reserve(path, len(data))
         self._small[path] = bytes(data)
 
     def usage_ratio(self, path: str) -> float:

@@ -121,6 +121,8 @@ BATCH_COUNT_MAX = 65_536
 """Most messages one SEND_BATCH may carry (the frame size bounds it further)."""
 DEFERRED_RAFT_MAX = 16_384
 """Raft messages queued while an fsync is in flight; more are dropped (Raft retries)."""
+DISK_FULL_RETRY_MS = 100
+"""How soon a Work whose hard state did not fit on the disk is tried again."""
 DISK_FULL_HAND_OVER_EVERY_MS = 30_000
 """A leader whose disk refuses a send hands leadership over at most this often: a
 follower with room can take the writes, and if every disk is full, leadership does not
@@ -208,6 +210,13 @@ class Work:
     hard_state: bytes | None = None
     plan: FlushPlan | None = None
     checkpoint: bool = False
+    commit_only: bool = False
+    """The hard state changes only in its commit index, which Raft keeps volatile: if it
+    does not fit on the disk, the Work goes on without it."""
+    disk_full: DiskFullError | None = None
+    """Set by `run` when the hard state did not fit. Unless `commit_only`, `advance` then
+    holds this Work and `ready` hands it out again later: nothing it releases (votes,
+    acknowledgements) may go out before the term and vote are durable."""
 
     @property
     def blocking(self) -> bool:
@@ -215,8 +224,14 @@ class Work:
         return self.hard_state is not None or (self.plan is not None and bool(self.plan.segments))
 
     def run(self) -> None:
+        self.disk_full = None
         if self.hard_state is not None:
-            self.fs.write_atomic(self.hard_state_path, self.hard_state)
+            try:
+                self.fs.write_atomic(self.hard_state_path, self.hard_state)
+            except DiskFullError as exc:
+                self.disk_full = exc
+                if not self.commit_only:
+                    return
         if self.plan is not None:
             self.plan.sync()
 
@@ -319,6 +334,8 @@ class BrokerCore:
         self._dispatch_partial: list[Dispatched] = []
         """What a dispatch that a full disk interrupted had queued."""
         self._next_disk_full_hand_over_ms = 0
+        self._held_work: Work | None = None
+        self._held_until_ms = 0
         self._disk_full: set[str] = set()
         """What a full disk holds back now ("log append", "dispatch", "state snapshot")."""
         self._topics_changed = False
@@ -638,6 +655,14 @@ class BrokerCore:
     def ready(self, now_ms: int) -> Work | None:
         """The next piece of work, or None. Between `ready` and `advance(work)` the core
         holds back Raft messages; `ready` must not be called again before `advance`."""
+        held = self._held_work
+        if held is not None:
+            # The last Work's hard state did not fit on the disk: nothing it releases
+            # (votes, acknowledgements) may go out before it is durable. Try again.
+            if now_ms < self._held_until_ms:
+                return None
+            self._held_work = None
+            return held
         assert not self._in_flight, "advance() the previous Work first"
         rd = self.raft.ready()
         if rd is None:
@@ -682,7 +707,9 @@ class BrokerCore:
             return None
         work = Work(self.fs, self._hard_state_path, plan=log.prepare_flush(), checkpoint=checkpoint)
         if checkpoint and self._hard_state != self._hs_persisted:
-            work.hard_state = encode_hard_state(self._hard_state)
+            hs, persisted = self._hard_state, self._hs_persisted
+            work.hard_state = encode_hard_state(hs)
+            work.commit_only = (hs.term, hs.vote) == (persisted.term, persisted.vote)
         self._in_flight = True
         return work
 
@@ -690,6 +717,15 @@ class BrokerCore:
         """`work.run()` has returned: publish what became durable, send what waited for
         it, apply committed entries, and step the Raft messages held back meanwhile."""
         assert self._in_flight
+        if work.disk_full is not None:
+            self._note_disk_full("hard state", work.disk_full)
+            if not work.commit_only:
+                self._held_work = work  # still in flight: Raft messages keep waiting
+                self._held_until_ms = now_ms + DISK_FULL_RETRY_MS
+                return
+            work.hard_state = None  # not persisted; the next checkpoint tries again
+        elif work.hard_state is not None:
+            self._note_disk_full("hard state", None)
         if work.plan is not None:
             self.commit_log.complete_flush(work.plan)
             self.entry_log.refresh_durable()
@@ -727,14 +763,24 @@ class BrokerCore:
     def close(self, now_ms: int) -> None:
         """Clean stop: everything flushed, checkpoint + state snapshot + hard state
         written, the store closed (its next open skips the recovery scan)."""
+        if self._held_work is not None:
+            # Its hard state never became durable, so nothing it held was released: the
+            # node restarts from the last durable one, as after a crash.
+            self._held_work = None
+            self._in_flight = False
         assert not self._in_flight, "finish the Work in flight before closing"
         wall = now_ms + self.wall_offset_ms
-        self.store.flush(wall)
-        self.entry_log.refresh_durable()
-        self._write_state_snapshot()
-        self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
         self.release_held_pulls()
-        self.store.close(wall)
+        try:
+            self.store.flush(wall)
+            self.entry_log.refresh_durable()
+            self._write_state_snapshot()
+            self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
+            self.store.close(wall)
+        except DiskFullError as exc:
+            # The stop is then not clean: the next start recovers as after a crash,
+            # from the last checkpoint, state snapshot and hard state that were written.
+            _log.error("close_disk_full", error=str(exc))
         for index in list(self._pending):
             self._fail_pending(index, ErrorCode.SERVICE_NOT_AVAILABLE, "broker shutting down")
 
@@ -882,9 +928,16 @@ class BrokerCore:
         """After the CommitLog flush of this Work: sync queues and index, write the
         checkpoint, then (if due) the state snapshot at the checkpoint's offset."""
         store = self.store
-        checkpointed = store.checkpoint(now_ms + self.wall_offset_ms)
-        self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
         self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
+        try:
+            checkpointed = store.checkpoint(now_ms + self.wall_offset_ms)
+        except DiskFullError as exc:
+            # The previous checkpoint stands (its file is replaced atomically); recovery
+            # from it re-dispatches a little more. The next interval tries again.
+            self._note_disk_full("checkpoint", exc)
+            return
+        self._note_disk_full("checkpoint", None)
+        self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
         if now_ms >= self._next_snapshot_ms and checkpointed == store.dispatcher.dispatched_offset:
             self._write_state_snapshot()
             self._next_snapshot_ms = now_ms + self.config.state_snapshot_interval_ms

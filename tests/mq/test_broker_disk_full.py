@@ -154,3 +154,54 @@ def test_a_send_whose_dispatch_stops_midway_is_answered_with_all_its_messages() 
     assert len(response.fields["msg_ids"]) == 8 and response.fields["queue_offset"] == 60
     bodies = assert_replicas_agree(cluster, "orders")
     assert bodies[60:] == [b"%d" % i for i in range(8)]
+
+
+def test_without_room_for_the_hard_state_votes_wait_until_there_is_room() -> None:
+    cluster = CoreCluster(checkpoint_interval_ms=20, state_snapshot_interval_ms=20)
+    leader = cluster.elect()
+    assert cluster.request(leader, send_request("orders", [b"before"])).ok
+    cluster.settle()
+    others = cluster.followers()
+    for node in others:
+        fill(cluster, node, room=0)  # not even a small file fits
+    cluster.isolate(leader)
+    cluster.tick(100)  # elections time out; no candidate can persist its vote
+    assert all(cluster.cores[n].status()["disk_full"] for n in others)
+    # A vote is granted only once durable: with no room for it, nobody can win.
+    assert not any(cluster.cores[n].is_leader for n in others)
+    for node in others:
+        free(cluster, node)
+    cluster.tick(100)
+    new_leader = cluster.leader()
+    assert new_leader in others
+    assert cluster.request(new_leader, send_request("orders", [b"after"], prefix="a")).ok
+    cluster.heal()
+    cluster.settle(20)
+    for node in others:  # restarts from what the full disk let it write
+        cluster.crash(node)
+        cluster.start(node)
+    cluster.elect()
+    cluster.settle(20)
+    assert assert_replicas_agree(cluster, "orders") == [b"before", b"after"]
+
+
+def test_a_follower_without_a_byte_of_room_keeps_acknowledging_what_fits() -> None:
+    # Checkpoints (and the commit index they write) fail; the appends that fit the open
+    # segment go on, so the follower still counts towards the majority.
+    cluster = CoreCluster(checkpoint_interval_ms=20, state_snapshot_interval_ms=20)
+    leader = cluster.elect()
+    follower = cluster.followers()[0]
+    cluster.stop(cluster.followers()[1])  # the majority needs `follower`
+    fill(cluster, follower, room=0)
+    for i in range(5):
+        response = cluster.request(leader, send_request("orders", [b"%d" % i], prefix=f"a{i}"))
+        assert response.ok, response.remark
+        cluster.settle(3)
+    assert "checkpoint" in cluster.cores[follower].status()["disk_full"]
+    free(cluster, follower)
+    cluster.settle(5)
+    assert cluster.cores[follower].status()["disk_full"] == []
+    cluster.crash(follower)
+    cluster.start(follower)
+    cluster.settle(5)
+    assert all_bodies(cluster, follower, "orders") == [b"%d" % i for i in range(5)]
