@@ -76,6 +76,10 @@ class BrokerConfig:
     """A consumer not heard from (HEARTBEAT) for this long leaves its group."""
     consumers_max: int = MEMBERS_MAX_DEFAULT
     """Consumer instances (summed over groups) one node tracks; more are refused."""
+    disk_refuse_ratio: float = 0.95
+    """A leader refuses sends (SERVICE_NOT_AVAILABLE) while the disk of `data_dir` is
+    fuller than this, as RocketMQ does: what is left stays for replication, offsets,
+    checkpoints and the rest of the machine. 1.0: only a disk that is really full."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -119,6 +123,8 @@ class BrokerConfig:
                 raise ConfigError(f"{name} must be positive")
         if not 0 < self.default_queues <= QUEUES_MAX:
             raise ConfigError(f"default_queues must be within [1, {QUEUES_MAX}]")
+        if not 0.0 < self.disk_refuse_ratio <= 1.0:
+            raise ConfigError("disk_refuse_ratio must be within (0, 1]")
         if self.heartbeat_ms >= self.election_ms:
             raise ConfigError("heartbeat_ms must be smaller than election_ms")
         if self.tick_ms > self.heartbeat_ms:
@@ -210,6 +216,10 @@ def config_from_mapping(
             elif isinstance(default, int):
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise ConfigError(f"{key} must be an integer")
+            elif isinstance(default, float):
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ConfigError(f"{key} must be a number")
+                value = float(value)
             elif isinstance(default, str) and not isinstance(value, str):
                 raise ConfigError(f"{key} must be a string")
         changes[key] = value

@@ -121,6 +121,8 @@ BATCH_COUNT_MAX = 65_536
 """Most messages one SEND_BATCH may carry (the frame size bounds it further)."""
 DEFERRED_RAFT_MAX = 16_384
 """Raft messages queued while an fsync is in flight; more are dropped (Raft retries)."""
+DISK_USAGE_CHECK_EVERY_MS = 1000
+"""How often a node reads how full its disk is (statvfs), for `disk_refuse_ratio`."""
 DISK_FULL_RETRY_MS = 100
 """How soon a Work whose hard state did not fit on the disk is tried again."""
 DISK_FULL_HAND_OVER_EVERY_MS = 30_000
@@ -336,6 +338,8 @@ class BrokerCore:
         self._next_disk_full_hand_over_ms = 0
         self._held_work: Work | None = None
         self._held_until_ms = 0
+        self._disk_usage = 0.0
+        self._next_disk_check_ms = 0
         self._disk_full: set[str] = set()
         """What a full disk holds back now ("log append", "dispatch", "state snapshot")."""
         self._topics_changed = False
@@ -639,6 +643,9 @@ class BrokerCore:
         polls and consumers not heard from."""
         self._step_raft(None)
         self._retry_apply(now_ms)
+        if now_ms >= self._next_disk_check_ms:
+            self._next_disk_check_ms = now_ms + DISK_USAGE_CHECK_EVERY_MS
+            self._check_disk_usage()
         self._expire(now_ms)
         for group in sorted(self._consumers.expire(now_ms)):
             self._notify_group(group)
@@ -828,6 +835,30 @@ class BrokerCore:
         """Dispatch what a full disk held back, if anything is; once per tick."""
         if self._applied < self._committed and not self._in_flight:
             self._apply(now_ms)
+
+    def _hand_over_for_disk(self, now_ms: int) -> None:
+        """Followers may have room: let one lead (and take the writes) meanwhile."""
+        if now_ms >= self._next_disk_full_hand_over_ms:
+            self._next_disk_full_hand_over_ms = now_ms + DISK_FULL_HAND_OVER_EVERY_MS
+            self.hand_over()
+
+    def _check_disk_usage(self) -> None:
+        try:
+            usage = self.fs.usage_ratio(self.config.data_dir)
+        except OSError as exc:
+            _log.warning("disk_usage_unknown", error=str(exc))
+            return
+        self._disk_usage = usage
+        if usage > self.config.disk_refuse_ratio:
+            if "sends" not in self._disk_full:
+                self._disk_full.add("sends")
+                _log.error(
+                    "disk_full", blocked="sends", usage=round(usage, 4),
+                    disk_refuse_ratio=self.config.disk_refuse_ratio,
+                )  # fmt: skip
+        elif "sends" in self._disk_full:
+            self._disk_full.discard("sends")
+            _log.warning("disk_full_over", resumed="sends", usage=round(usage, 4))
 
     def _note_disk_full(self, what: str, error: OSError | None) -> None:
         """Log when a full disk starts or stops holding `what` back (not every retry)."""
@@ -1090,6 +1121,14 @@ class BrokerCore:
 
     def _handle_send(self, request: Frame, reply_to: int, now_ms: int) -> Frame | None:
         self._require_leader()
+        if "sends" in self._disk_full:
+            self._stats.disk_full_errors += 1
+            self._hand_over_for_disk(now_ms)
+            raise RequestError(
+                ErrorCode.SERVICE_NOT_AVAILABLE,
+                f"the broker's disk is full: {self._disk_usage:.1%} used, "
+                f"disk_refuse_ratio {self.config.disk_refuse_ratio}",
+            )
         f = request.fields
         topic = get_str(f, "topic")
         try:
@@ -1175,10 +1214,7 @@ class BrokerCore:
             raise RequestError(ErrorCode.SYSTEM_BUSY, str(exc)) from None
         except DiskFullError as exc:
             self._note_disk_full("log append", exc)
-            if now_ms >= self._next_disk_full_hand_over_ms:
-                # Followers may have room: let one lead (and take the writes) meanwhile.
-                self._next_disk_full_hand_over_ms = now_ms + DISK_FULL_HAND_OVER_EVERY_MS
-                self.hand_over()
+            self._hand_over_for_disk(now_ms)
             raise RequestError(
                 ErrorCode.SERVICE_NOT_AVAILABLE, f"the broker's disk is full: {exc}"
             ) from None

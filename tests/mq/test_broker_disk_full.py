@@ -5,6 +5,9 @@ Each node runs on its own SimFileSystem; `capacity_bytes` is its disk size."""
 
 from __future__ import annotations
 
+import pytest
+
+from mq.broker.config import ConfigError, config_from_mapping
 from mq.protocol import ErrorCode
 from tests.mq.broker_cluster import CoreCluster, send_request
 from tests.mq.test_broker_core import all_bodies
@@ -205,3 +208,32 @@ def test_a_follower_without_a_byte_of_room_keeps_acknowledging_what_fits() -> No
     cluster.start(follower)
     cluster.settle(5)
     assert all_bodies(cluster, follower, "orders") == [b"%d" % i for i in range(5)]
+
+
+def test_a_leader_refuses_sends_while_its_disk_is_fuller_than_the_refuse_ratio() -> None:
+    cluster = CoreCluster()
+    leader = cluster.elect()
+    assert cluster.request(leader, send_request("orders", [b"before"])).ok
+    fs = cluster.fss[leader]
+    fs.capacity_bytes = int(fs.used_bytes() / 0.97)  # 97 % used, room left
+    cluster.tick(110)  # the usage is read once a second
+    assert cluster.cores[leader].status()["disk_full"] == ["sends"]
+    refused = cluster.request(leader, send_request("orders", [b"x"], prefix="x"))
+    assert refused.error == ErrorCode.SERVICE_NOT_AVAILABLE
+    assert "97.0% used" in refused.remark and "disk_refuse_ratio 0.95" in refused.remark
+    new_leader = cluster.elect()  # handed over to a follower with room
+    assert new_leader != leader
+    assert cluster.request(new_leader, send_request("orders", [b"after"], prefix="a")).ok
+    free(cluster, leader)
+    cluster.tick(110)
+    assert cluster.cores[leader].status()["disk_full"] == []
+    cluster.settle()
+    assert assert_replicas_agree(cluster, "orders") == [b"before", b"after"]
+
+
+def test_the_refuse_ratio_is_a_number_within_0_and_1() -> None:
+    assert config_from_mapping({"disk_refuse_ratio": 1}).disk_refuse_ratio == 1.0
+    assert config_from_mapping({"disk-refuse-ratio": 0.9}).disk_refuse_ratio == 0.9
+    for bad in (0, 1.5, "0.9", True):
+        with pytest.raises(ConfigError):
+            config_from_mapping({"disk_refuse_ratio": bad})
