@@ -39,6 +39,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--send-timeout-ms", "send_timeout_ms", {"type": int, "help": "replication timeout"}),
     (
+        "--disk-refuse-ratio",
+        "disk_refuse_ratio",
+        {"type": float, "help": "refuse sends while the disk is fuller than this (0-1]"},
+    ),
+    (
         "--auto-create-topics",
         "auto_create_topics",
         {"action": argparse.BooleanOptionalAction, "help": "create unknown topics on send"},

@@ -230,3 +230,26 @@ def test_up_with_two_groups_refuses_to_start_twice_and_down_stops_every_process(
         assert [n["role"] for n in status_json(directory)["nodes"]] == ["down"] * 6
     finally:
         cluster.destroy()
+
+
+def test_a_group_over_its_disk_refuse_ratio_refuses_sends_clearly_and_stays_up(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Any real disk is fuller than 0.0001 %: every node refuses sends, as a full one would.
+    directory = tmp_path / "cluster"
+    cluster = cluster_up(directory, "--broker-arg=--disk-refuse-ratio=0.000001")
+    request.node.stash.setdefault(CLUSTERS_KEY, []).append(cluster)
+    try:
+        wait_until(
+            lambda: any(n.get("disk_full") == ["sends"] for n in status_json(directory)["nodes"]),
+            what="a node to report its disk full",
+        )
+        done = mq(directory, "produce", "--topic", "full", "--count", "1", check=False)
+        assert done.returncode != 0
+        assert "disk is full" in done.stderr, done.stderr
+        text = mq(directory, "cluster", "status").stdout
+        assert "DISK FULL (sends stopped)" in text
+        assert all(cluster.alive(name) for name in cluster.brokers())
+    finally:
+        mq(directory, "cluster", "down", check=False)
+        cluster.destroy()
