@@ -1181,11 +1181,7 @@ class BrokerCore:
             SendCommand(topic, queue_id, count, producer_id, seq, create_queues)
         )
         data = command + body
-        if len(data) + ENTRY_FRAME_OVERHEAD_BYTES > self.commit_log.segment_bytes:
-            raise RequestError(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"batch of {len(data)} bytes does not fit a {self.commit_log.segment_bytes}-byte segment",
-            )
+        self._require_fits_segment(len(data), ErrorCode.MESSAGE_TOO_LARGE, "batch")
         self._propose(request, reply_to, data, now_ms)
         return None
 
@@ -1203,6 +1199,16 @@ class BrokerCore:
         if frames != count:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST, f"count is {count}, body has {frames} frames"
+            )
+
+    def _require_fits_segment(
+        self, size: int, code: ErrorCode, what: str, advice: str = ""
+    ) -> None:
+        """An entry never spans two segments, so one larger than a segment is refused."""
+        segment_bytes = self.commit_log.segment_bytes
+        if size + ENTRY_FRAME_OVERHEAD_BYTES > segment_bytes:
+            raise RequestError(
+                code, f"{what} of {size} bytes does not fit a {segment_bytes}-byte segment{advice}"
             )
 
     def _propose(self, request: Frame, reply_to: int, data: bytes | bytearray, now_ms: int) -> None:
@@ -1391,12 +1397,9 @@ class BrokerCore:
             data = encode_command(command)
         except CommandError as exc:
             raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
-        if len(data) + ENTRY_FRAME_OVERHEAD_BYTES > self.commit_log.segment_bytes:
-            raise RequestError(
-                ErrorCode.INVALID_REQUEST,
-                f"request of {len(data)} bytes does not fit a "
-                f"{self.commit_log.segment_bytes}-byte segment: send fewer entries",
-            )
+        self._require_fits_segment(
+            len(data), ErrorCode.INVALID_REQUEST, "request", ": send fewer entries"
+        )
         self._propose(request, reply_to, data, now_ms)
 
     # ------------------------------------------------------------------ reads

@@ -530,3 +530,16 @@ def test_only_a_leader_with_peers_hands_over() -> None:
     three = CoreCluster()
     leader = three.elect()
     assert three.cores[three.followers()[0]].hand_over() is None
+
+
+def test_an_entry_larger_than_a_segment_is_refused_and_the_group_goes_on() -> None:
+    cluster = CoreCluster(segment_bytes=64 << 10)
+    leader = cluster.elect()
+    too_big = cluster.request(leader, send_request("orders", [bytes(40_000)] * 2))
+    assert too_big.error == ErrorCode.MESSAGE_TOO_LARGE
+    assert "does not fit a 65536-byte segment" in too_big.remark
+    entries = [[f"a-long-topic-name-{i:05d}", 0, 10**6, 0] for i in range(4000)]  # > 64 KiB
+    commit = request(RequestCode.UPDATE_CONSUMER_OFFSET, {"group": "g", "offsets": entries})
+    refused = cluster.request(leader, commit)
+    assert refused.error == ErrorCode.INVALID_REQUEST and "send fewer entries" in refused.remark
+    assert cluster.request(leader, send_request("orders", [b"fits"])).ok
