@@ -42,7 +42,9 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
     """One BrokerConfig per node, sized for simulation: small CommitLog segments (they
     roll every few seconds of workload), small ConsumeQueue segments and index files,
     frequent checkpoints and state snapshots (so recovery replays from them), and Raft
-    timeouts of 100 ms with 10 ms ticks, as `mq sim raft` uses."""
+    timeouts of 100 ms with 10 ms ticks, as `mq sim raft` uses. `disk_refuse_ratio` is
+    1.0: a leader whose disk fills must meet the full disk itself (refused segments,
+    interrupted dispatch), not refuse sends a second ahead of it (unit-tested apart)."""
     peers = {n: node_address(n) for n in node_ids}
     base: dict[str, Any] = {
         "cluster": "sim",
@@ -59,6 +61,7 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
         "checkpoint_interval_ms": 300,
         "state_snapshot_interval_ms": 1000,
         "default_queues": 4,
+        "disk_refuse_ratio": 1.0,
     }
     base.update(overrides)
     return {

@@ -91,10 +91,10 @@ def test_full_disks_with_crashes_pass_and_the_fault_happens() -> None:
     cfg = BrokerSimConfig(duration_s=20.0, faults=("crash", "full"))
     failures = {}
     fills = 0
-    # On these seeds the checkers caught both bugs of the first version: a command
+    # On these seeds the checkers catch both bugs of the first version: a command
     # applied again when an interrupted dispatch resumed (queue_order, acked_durable),
-    # and a send answered with only the messages the resumed dispatch queued.
-    for seed in (10, 14, 18):
+    # and a send answered with only the messages the resumed dispatch queued (seed 24).
+    for seed in (10, 24):
         result = run_broker(seed, cfg)
         fills += result.stats["faults"].get("full", 0)
         if not result.ok:
