@@ -712,7 +712,10 @@ class Producer:
         code: int | None = None
         contacted = False  # whether any request reached (or was sent towards) a broker
         election_deadline_ms = self._now_ms() + self.send_timeout_ms
+        earlier: dict[str, None] = {}  # what the attempts before the last one met, in order
         for attempt in range(1, attempts_max + 1):
+            if failure is not None:
+                earlier[str(failure)] = None
             route = await client.routes.get_for_send(batch.topic)  # NoRouteError: nowhere to send
             if selector is not None:
                 if queue is None:
@@ -803,8 +806,12 @@ class Producer:
         if isinstance(failure, NoRouteError) and not contacted:
             raise failure
         error_type = SendTimeoutError if isinstance(failure, MQTimeoutError) else SendError
+        # The last failure may hide the cause (a leader handing over because its disk is
+        # full answers NOT_LEADER): name the earlier ones that differ from it too.
+        before = [text for text in earlier if text != str(failure)]
+        also = f" (earlier attempts: {'; '.join(before)})" if before else ""
         raise error_type(
-            f"send to topic {batch.topic!r} failed after {attempts_max} attempts: {failure}",
+            f"send to topic {batch.topic!r} failed after {attempts_max} attempts: {failure}{also}",
             code=None if code is None else _as_error_code(code),
             attempts=attempts_max,
             msg_ids=batch.msg_ids,

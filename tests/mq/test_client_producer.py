@@ -270,6 +270,21 @@ async def test_a_slow_group_is_avoided_for_30_seconds(
         assert "g1" in {r.group for r in later}, "the avoidance period is over"
 
 
+async def test_a_failed_send_names_earlier_attempts_that_failed_otherwise() -> None:
+    # A leader whose disk is full refuses, then hands over: the last answer alone
+    # (here SYSTEM_BUSY, for real NOT_LEADER) would hide why.
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        group.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SERVICE_NOT_AVAILABLE))
+        group.fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY, times=2))
+        with pytest.raises(SendError) as caught:
+            await producer.send(Message("orders", b"x"))
+        assert caught.value.code == ErrorCode.SYSTEM_BUSY and caught.value.attempts == 3
+        text = str(caught.value)
+        assert text.count("SYSTEM_BUSY") == 1, "the same failure is named once"
+        assert "(earlier attempts: SERVICE_NOT_AVAILABLE" in text
+
+
 async def test_ordered_sends_with_one_shard_key_use_one_queue() -> None:
     async with fake_env() as env, Producer(env.namesrv) as producer:
         selector = SelectByHash()
