@@ -477,19 +477,21 @@ class RaftNode:
         """A new leader appends a no-op entry of its term: only a current-term entry can
         be committed by counting replicas (5.4.2), and the no-op commits everything before."""
         assert self._role is _CANDIDATE
+        log = self._log
+        last = log.last_index()
+        # First, so that a log that refuses it (a full disk) leaves a candidate, which
+        # campaigns again, not a leader that can never commit.
+        log.append([Entry(self._term, last + 1, b"", EntryKind.NOOP)])
         self._role = _LEADER
         self._leader = self._id
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._votes = {}
-        log = self._log
-        last = log.last_index()
         cfg = self._cfg
         self._progress = {
             peer: Progress(last + 1, Inflights(cfg.inflight_msgs_max, cfg.inflight_bytes_max))
             for peer in self._others
         }
-        log.append([Entry(self._term, last + 1, b"", EntryKind.NOOP)])
         self._sync_log = True
         self._bcast_pending = True
 

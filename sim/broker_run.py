@@ -227,7 +227,7 @@ class _BrokerProbe:
             h.core is not None
             and not h.paused
             and h.core.store.dispatcher.dispatched_offset > acked
-            and h.core.raft.applied_index == h.core.raft.commit_index
+            and h.core.applied_index == h.core.raft.commit_index
             for h in hosts
         )
 
@@ -249,6 +249,6 @@ def _state(host: BrokerHost) -> str:
     if core is None:
         return f"n{host.id}:down"
     return (
-        f"n{host.id}:commit={core.raft.commit_index},applied={core.raft.applied_index},"
+        f"n{host.id}:commit={core.raft.commit_index},applied={core.applied_index},"
         f"dispatched={core.store.dispatcher.dispatched_offset}"
     )

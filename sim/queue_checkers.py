@@ -439,7 +439,7 @@ class QueueCheckers:
         if not isinstance(generation, int) or generation >= floor:
             return
         index, _offsets = self.model.resets[(group, topic)][floor]
-        applied = host.core.raft.applied_index
+        applied = host.core.applied_index
         if applied >= index:
             raise Violation(
                 "offset_generation",

@@ -195,11 +195,13 @@ class MessageStore:
             raise ValueError(
                 f"cannot truncate at {offset}: dispatched up to {self.dispatcher.dispatched_offset}"
             )
-        self.commit_log.truncate(offset)  # durable when it returns
-        # Appends will now rewrite bytes below the old checkpoint: recovery must scan them.
+        # Appends will rewrite bytes below the old checkpoint: recovery must scan them.
+        # Lowered first, so that a full disk refusing the checkpoint leaves everything
+        # as it was (the other order would cut the log and then fail).
         cp = self._checkpoint
         if cp.commitlog_flushed > offset:
             self._store_checkpoint(Checkpoint(offset, min(cp.dispatched, offset), cp.written_ms))
+        self.commit_log.truncate(offset)  # durable when it returns
 
     def dispatch(self, upto: int | None = None) -> list[Dispatched]:
         """Make frames below `upto` (default: everything appended) visible to readers."""

@@ -54,6 +54,7 @@ the leader says it is committed.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import random
@@ -338,6 +339,7 @@ class BrokerCore:
         self._next_disk_full_hand_over_ms = 0
         self._held_work: Work | None = None
         self._held_until_ms = 0
+        self._next_apply_retry_ms = 0
         self._disk_usage = 0.0
         self._next_disk_check_ms = 0
         self._disk_full: set[str] = set()
@@ -770,11 +772,17 @@ class BrokerCore:
     def close(self, now_ms: int) -> None:
         """Clean stop: everything flushed, checkpoint + state snapshot + hard state
         written, the store closed (its next open skips the recovery scan)."""
-        if self._held_work is not None:
+        held = self._held_work
+        if held is not None:
             # Its hard state never became durable, so nothing it held was released: the
-            # node restarts from the last durable one, as after a crash.
+            # node restarts from the last durable one, as after a crash. Its log flush is
+            # done here (the flush plan took those segments off the dirty list).
             self._held_work = None
             self._in_flight = False
+            if held.plan is not None:
+                with contextlib.suppress(OSError):
+                    held.plan.sync()
+                    self.commit_log.complete_flush(held.plan)
         assert not self._in_flight, "finish the Work in flight before closing"
         wall = now_ms + self.wall_offset_ms
         self.release_held_pulls()
@@ -832,8 +840,14 @@ class BrokerCore:
             self._wake_pulls(everything, now_ms)
 
     def _retry_apply(self, now_ms: int) -> None:
-        """Dispatch what a full disk held back, if anything is; once per tick."""
-        if self._applied < self._committed and not self._in_flight:
+        """Dispatch what a full disk held back, if anything is, every DISK_FULL_RETRY_MS
+        (each try may ask the file system for a whole ConsumeQueue or IndexFile)."""
+        if (
+            self._applied < self._committed
+            and not self._in_flight
+            and now_ms >= self._next_apply_retry_ms
+        ):
+            self._next_apply_retry_ms = now_ms + DISK_FULL_RETRY_MS
             self._apply(now_ms)
 
     def _hand_over_for_disk(self, now_ms: int) -> None:
@@ -1032,6 +1046,12 @@ class BrokerCore:
         return target
 
     @property
+    def applied_index(self) -> int:
+        """The last entry dispatched: its commands applied, its messages queued. Raft's
+        own applied index runs ahead of it while a full disk holds dispatch back."""
+        return self._applied
+
+    @property
     def is_leader(self) -> bool:
         return self.raft.role is Role.LEADER
 
@@ -1091,8 +1111,13 @@ class BrokerCore:
     def _expire(self, now_ms: int) -> None:
         pending = self._pending
         if pending:
+            # A committed entry is answered once dispatched (a full disk may hold that
+            # back): "not committed" would be false, and a retry could store it twice.
+            committed = self._committed
             expired = [
-                i for i, p in itertools.islice(pending.items(), 64) if p.deadline_ms <= now_ms
+                i
+                for i, p in itertools.islice(pending.items(), 64)
+                if p.deadline_ms <= now_ms and i > committed
             ]
             # Deadlines grow with the index (same timeout, non-decreasing clock), so the
             # oldest few are the only candidates; the slice bounds the work per tick.
@@ -1565,7 +1590,7 @@ class BrokerCore:
             "term": raft.term,
             "leader": self.leader_address,
             "commit_index": raft.commit_index,
-            "applied_index": self._applied,
+            "applied_index": self.applied_index,
             "commit_offset": self.store.dispatcher.dispatched_offset,
             "max_offset": self.commit_log.max_offset,
             "pid": self.pid,

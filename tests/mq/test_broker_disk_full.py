@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from mq.broker.config import ConfigError, config_from_mapping
-from mq.protocol import ErrorCode
+from mq.broker.raft_codec import decode_envelope
+from mq.protocol import ErrorCode, Frame
+from raft.messages import VoteRequest
 from tests.mq.broker_cluster import CoreCluster, send_request
 from tests.mq.test_broker_core import all_bodies
 
@@ -202,7 +204,7 @@ def test_a_follower_without_a_byte_of_room_keeps_acknowledging_what_fits() -> No
         cluster.settle(3)
     assert "checkpoint" in cluster.cores[follower].status()["disk_full"]
     free(cluster, follower)
-    cluster.settle(5)
+    cluster.settle(15)  # dispatch is retried every 100 ms
     assert cluster.cores[follower].status()["disk_full"] == []
     cluster.crash(follower)
     cluster.start(follower)
@@ -237,3 +239,62 @@ def test_the_refuse_ratio_is_a_number_within_0_and_1() -> None:
     for bad in (0, 1.5, "0.9", True):
         with pytest.raises(ConfigError):
             config_from_mapping({"disk_refuse_ratio": bad})
+
+
+def test_a_committed_send_whose_dispatch_waits_is_not_answered_as_a_timeout() -> None:
+    cluster = CoreCluster()
+    leader = cluster.elect()
+    assert cluster.request(leader, send_request("orders", [b"warm"])).ok
+    cluster.settle()
+    fill(cluster, leader, room=100)  # the log has room, a new ConsumeQueue file not
+    reply_id = cluster.call(leader, send_request("orders", [b"x"], queue_id=3))
+    cluster.settle(250)  # past send_timeout_ms
+    assert cluster.reply(reply_id) is None, "committed: not a REPLICATION_TIMEOUT"
+    free(cluster, leader)
+    cluster.settle(15)
+    response = cluster.reply(reply_id)
+    assert response is not None and response.ok, response
+    assert all_bodies(cluster, leader, "orders", 3) == [b"x"]
+
+
+def test_a_candidate_without_room_for_its_no_op_does_not_become_a_leader_that_cannot_commit(
+) -> None:  # fmt: skip
+    cluster = CoreCluster()
+    old = cluster.elect()
+    log = cluster.cores[old].commit_log
+    segment = log.segment_bytes
+
+    def remaining() -> int:
+        return segment - log.max_offset % segment
+
+    before = log.max_offset
+    assert cluster.request(old, send_request("orders", [bytes(1000)], prefix="p")).ok
+    overhead = log.max_offset - before - 1000
+    i = 0
+    while remaining() > 70_000 + overhead:
+        assert cluster.request(old, send_request("orders", [bytes(BIG)], prefix=f"f{i}")).ok
+        i += 1
+    cluster.settle()
+    # The last acknowledged send leaves 10 bytes of the segment: no room for a no-op.
+    reply_id = cluster.call(old, send_request("orders", [b"K" * (remaining() - overhead - 10)]))
+    cluster.drop = lambda src, dst, frame: src == old and reply_id in cluster.replies
+    cluster.run()
+    assert cluster.replies[reply_id].ok
+    cluster.crash(old)  # before the followers learn that the send committed
+    cluster.drop = None
+    full, other = [n for n in cluster.ids if n != old]
+    fill(cluster, full, room=100)  # the hard state fits, a new segment does not
+
+    def others_campaign_unheard(src: int, dst: int, frame: Frame) -> bool:
+        return src == other and isinstance(decode_envelope(frame)[1].msg, VoteRequest)
+
+    cluster.drop = others_campaign_unheard  # `other` votes for `full`, never wins itself
+    cluster.tick(300)
+    assert not cluster.cores[full].is_leader, "a leader without its no-op"
+    free(cluster, full)
+    cluster.drop = None
+    cluster.tick(300)
+    new = cluster.leader()
+    assert new is not None
+    assert cluster.cores[new].raft.commit_index == cluster.cores[new].log.last_index()
+    assert any(b.startswith(b"KKK") for b in all_bodies(cluster, new, "orders"))

@@ -167,9 +167,7 @@ def test_a_query_answered_with_an_older_generation_after_the_reset_applied_is_a_
     old = request(RequestCode.QUERY_CONSUMER_OFFSET).make_response({"offsets": [], "generation": 0})
 
     def node(applied: int) -> Any:
-        return SimpleNamespace(
-            id=2, core=SimpleNamespace(raft=SimpleNamespace(applied_index=applied))
-        )
+        return SimpleNamespace(id=2, core=SimpleNamespace(applied_index=applied))
 
     checkers.expect_query(10, "g", "T")
     checkers.on_reply(node(6), 10, old)  # a follower that lags: allowed

@@ -213,3 +213,25 @@ def test_a_flipped_byte_on_real_files_is_never_served(tmp_path):
     ids = [MessageRecord.decode(f).msg_id for _, f in got.messages]
     assert "id0007" not in ids
     assert ids == [f"id{i:04d}" for i in range(len(ids))], "nothing past the corrupt record"
+
+
+def test_a_truncation_the_full_disk_refuses_leaves_the_log_as_it_was():
+    # The lowered checkpoint is written before the log is cut: when it does not fit,
+    # nothing has changed (the other order cut the log and then failed, and the broker's
+    # Raft log and CommitLog disagreed).
+    fs, store = sim_store()
+    offsets = store.put_messages([rec(i) for i in range(6)])
+    store.flush(1_000)  # the checkpoint now covers all six
+    end = store.commit_log.max_offset
+    fs.capacity_bytes = fs.used_bytes()  # not a byte more
+    with pytest.raises(DiskFullError):
+        store.truncate(offsets[3])
+    assert store.commit_log.max_offset == end
+    fs.capacity_bytes = None
+    store.truncate(offsets[3])
+    assert store.commit_log.max_offset == offsets[3]
+    store.dispatch()
+    got = store.get_messages("t", 0, 0, max_count=100)
+    assert [MessageRecord.decode(f).msg_id for _, f in got.messages] == [
+        rec(i).msg_id for i in range(3)
+    ]
