@@ -26,12 +26,15 @@ Retry rules (`retries`, default 2, so at most 3 requests per send):
   `mq.client.fault`), the route is re-read from a NameServer before the next attempt,
   which goes to a queue of another group when there is one.
 - Waiting out an election: when a group's leader is unreachable or the group has no
-  leader, and the send has nowhere else to go (an ordered send, or no other group
-  with a leader), the next attempt first waits for the NameServers to name a new
-  leader, reading the route every 50 ms, then every 100 ms. The wait ends
-  `send_timeout_ms` after the send began; a kill -9 of the leader therefore costs a
-  send the election (about a second), not its failure. Fast failures would otherwise
-  spend all the retries within milliseconds, long before any election is over.
+  leader, and the send has nowhere else to go (an ordered send stays on its group;
+  others look for any writable group whose leader has not failed this send), the
+  next attempt first waits for the NameServers to name such a leader, reading the
+  route every 50 ms, then every 100 ms (a topic still to be auto-created: the cluster's
+  groups). Nodes that failed or said they do not lead during the send are not waited
+  for. The wait ends `send_timeout_ms` after the send began (an auto-batched send:
+  after `send` was called); a kill -9 of the leader therefore costs a send the
+  election (about a second), not its failure. Fast failures would otherwise spend all
+  the retries within milliseconds, long before any election is over.
 - NO_ROUTE (the queue id is beyond the topic's write queues in that group: our route
   was provisional or stale): the answer's `write_queues` corrects the cached route and
   the next attempt picks a queue again (an ordered send keeps its queue and fails after
@@ -90,7 +93,7 @@ from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
 from mq.fields import FieldError, get_int, get_list
 from mq.message import Message, MessageIdGenerator
 from mq.protocol import ErrorCode, Frame, RequestCode, error_name, request
-from mq.route import GroupRoute, TopicRoute
+from mq.route import GroupRoute, Perm, TopicRoute
 from storage.record import FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, encode_messages
 
 SEND_TIMEOUT_MS_DEFAULT = 3_000
@@ -283,6 +286,8 @@ class _Queued:
     message: Message
     msg_id: str
     frame: bytes
+    queued_ms: int
+    """When the send began (an election is waited out until send_timeout_ms after it)."""
     future: SendFuture = field(default_factory=SendFuture)
 
 
@@ -571,7 +576,7 @@ class Producer:
     def _enqueue(self, message: Message) -> _Queued:
         """Validate and encode one message and queue it for its topic's next batch."""
         msg_ids, frame, sizes = self._encode([message])
-        item = _Queued(message, msg_ids[0], frame)
+        item = _Queued(message, msg_ids[0], frame, self._now_ms())
         topic = message.topic
         accumulator = self._accumulators.get(topic)
         if accumulator is None:
@@ -614,7 +619,7 @@ class Producer:
             RequestCode.SEND_BATCH if len(items) > 1 else RequestCode.SEND_MESSAGE,
         )
         try:
-            result = await self._deliver(batch, None, None)
+            result = await self._deliver(batch, None, None, items[0].queued_ms)
         except Exception as exc:
             # Every failure belongs to the senders' awaits, never to the task group.
             for item in items:
@@ -671,12 +676,21 @@ class Producer:
             raise ValueError(f"the selector returned {queue}, not one of the topic's queues")
         return queue
 
-    def _select_queue(self, topic: str, route: TopicRoute, avoid_group: str | None) -> MessageQueue:
-        """RocketMQ's selectOneMessageQueue, with latency fault tolerance."""
+    def _select_queue(
+        self,
+        topic: str,
+        route: TopicRoute,
+        avoid_group: str | None,
+        gone: set[str] | frozenset[str] = frozenset(),
+    ) -> MessageQueue:
+        """RocketMQ's selectOneMessageQueue, with latency fault tolerance; groups whose
+        leader is unknown, or in `gone` (it failed this send), are skipped."""
         routes = self._client.routes
         queues = [
             q for q in writable_queues(route)
-            if (g := _group_route(route, q.group)) and routes.leader_of(g.info) is not None
+            if (g := _group_route(route, q.group))
+            and (leader := routes.leader_of(g.info)) is not None
+            and leader not in gone
         ]  # fmt: skip
         if not queues:
             raise NoRouteError(f"topic {topic!r} has no writable queue in a group with a leader")
@@ -701,8 +715,15 @@ class Producer:
     # --- internals: the attempts ----------------------------------------------------
 
     async def _deliver(
-        self, batch: _Batch, selector: MessageQueueSelector | None, arg: Any
+        self,
+        batch: _Batch,
+        selector: MessageQueueSelector | None,
+        arg: Any,
+        started_ms: int | None = None,
     ) -> SendResult:
+        """Send `batch` with the retry rules of the module docstring. `started_ms`: when
+        its oldest send began (auto-batched sends wait before their batch leaves); an
+        election is waited out until `send_timeout_ms` after it."""
         client = self._client
         attempts_max = 1 + self.retries
         queue: MessageQueue | None = None
@@ -711,8 +732,13 @@ class Producer:
         failure: BaseException | None = None
         code: int | None = None
         contacted = False  # whether any request reached (or was sent towards) a broker
-        election_deadline_ms = self._now_ms() + self.send_timeout_ms
+        if started_ms is None:
+            started_ms = self._now_ms()
+        election_deadline_ms = started_ms + self.send_timeout_ms
         earlier: dict[str, None] = {}  # what the attempts before the last one met, in order
+        gone: set[str] = set()
+        """Nodes that failed or said they do not lead during this send: not leaders to
+        wait for, nor to try again, until the election wait is over."""
         for attempt in range(1, attempts_max + 1):
             if failure is not None:
                 earlier[str(failure)] = None
@@ -722,44 +748,42 @@ class Producer:
                     queue = self._select_ordered(route, batch, selector, arg)
             elif redirect is None:
                 try:
-                    queue = self._select_queue(batch.topic, route, avoid_group)
+                    queue = self._select_queue(batch.topic, route, avoid_group, gone)
                 except NoRouteError as exc:
-                    # No group has a leader now (an election): wait for one.
+                    # No group has a leader (that has not failed us): wait for one.
                     failure, code = exc, None
                     if attempt < attempts_max:
-                        await self._await_leader(batch.topic, None, None, election_deadline_ms)
+                        await self._await_leader(batch.topic, None, gone, election_deadline_ms)
                     continue
             assert queue is not None
             address = redirect or self._leader(route, queue)
             redirect = None
-            if address is None:
-                # Only an ordered send can get here (selection skips leaderless groups):
-                # it must stay on this queue, so wait for the group's next leader.
+            if address is None or address in gone:
+                # Only an ordered send can get here (selection skips such groups): it
+                # must stay on this queue, so wait for the group's next leader.
                 failure, code = NoRouteError(f"group {queue.group!r} has no known leader"), None
                 if attempt < attempts_max:
-                    await self._await_leader(batch.topic, queue.group, None, election_deadline_ms)
+                    await self._await_leader(batch.topic, queue.group, gone, election_deadline_ms)
                 continue
             contacted = True
-            started_ms = self._now_ms()
+            request_ms = self._now_ms()
             try:
                 response = await client.pool.request(
                     address, self._frame(batch, queue), timeout_s=self.send_timeout_ms / 1000
                 )
             except (MQConnectionError, MQTimeoutError) as exc:
-                self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - started_ms)
+                self._on_unreachable(batch.topic, queue.group, address, self._now_ms() - request_ms)
                 failure, code, avoid_group = exc, None, queue.group
+                gone.add(address)
                 if attempt < attempts_max:
                     # The node may be gone for good and the NameServer may know its
                     # successor: learn it before the next try, and when there is
                     # nowhere else to go, wait for it.
-                    if selector is None and self._other_group_leads(route, queue.group):
-                        await self._refresh_quietly(batch.topic)
-                    else:
-                        await self._await_leader(
-                            batch.topic, queue.group, address, election_deadline_ms
-                        )
+                    await self._next_target(
+                        batch.topic, selector, queue, gone, election_deadline_ms
+                    )
                 continue
-            latency_ms = self._now_ms() - started_ms
+            latency_ms = self._now_ms() - request_ms
             if response.ok:
                 self.fault.update(queue.group, latency_ms)
                 return self._result(batch, queue, response, attempt)
@@ -767,19 +791,17 @@ class Producer:
             failure = _broker_error(response, address, queue.group)
             if code == ErrorCode.NOT_LEADER:
                 assert isinstance(failure, NotLeaderError)
-                leader = failure.leader if failure.leader != address else None
+                gone.add(address)
+                leader = failure.leader if failure.leader not in gone else None
                 client.routes.note_leader(queue.group, leader)
                 client.routes.request_refresh(batch.topic)
                 if leader is not None:
                     redirect = leader
                 else:
                     avoid_group = queue.group
-                    no_other = selector is not None or not self._other_group_leads(
-                        route, queue.group
-                    )
-                    if no_other and attempt < attempts_max:
-                        await self._await_leader(
-                            batch.topic, queue.group, address, election_deadline_ms
+                    if attempt < attempts_max:
+                        await self._next_target(
+                            batch.topic, selector, queue, gone, election_deadline_ms
                         )
                 continue
             if code == ErrorCode.NO_ROUTE and selector is None:
@@ -817,37 +839,69 @@ class Producer:
             msg_ids=batch.msg_ids,
         ) from failure
 
-    def _other_group_leads(self, route: TopicRoute, group: str) -> bool:
-        """Whether a group other than `group` has writable queues and a known leader."""
+    def _has_target(self, route: TopicRoute | None, group: str | None, gone: set[str]) -> bool:
+        """Whether `group` (any group, if None) has writable queues and a known leader
+        that is not in `gone`."""
+        if route is None:
+            return False
         leader_of = self._client.routes.leader_of
         return any(
-            q.group != group and leader_of(g.info) is not None
-            for q in writable_queues(route)
-            if (g := _group_route(route, q.group))
+            g.topic.perm & Perm.WRITE
+            and g.topic.write_queues > 0
+            and (group is None or g.group == group)
+            and (leader := leader_of(g.info)) is not None
+            and leader not in gone
+            for g in route.groups
         )
 
-    async def _await_leader(
-        self, topic: str, group: str | None, gone: str | None, deadline_ms: int
+    async def _next_target(
+        self,
+        topic: str,
+        selector: MessageQueueSelector | None,
+        queue: MessageQueue,
+        gone: set[str],
+        deadline_ms: int,
     ) -> None:
-        """Read the route until `group` (any group, if None) has a leader other than
-        `gone`, or until `deadline_ms`; it always reads the route at least once."""
+        """After `queue`'s node failed or did not lead: re-read the route, and if the
+        send has nowhere left to go (an ordered send stays on its group), wait for a
+        leader it has not tried yet."""
+        group = queue.group if selector is not None else None
+        if self._has_target(self._client.routes.cached(topic), group, gone):
+            await self._refresh_quietly(topic)
+        else:
+            await self._await_leader(topic, group, gone, deadline_ms)
+
+    async def _await_leader(
+        self, topic: str, group: str | None, gone: set[str], deadline_ms: int
+    ) -> None:
+        """Read the route until `group` (any group, if None) has a writable leader not
+        in `gone`, or until `deadline_ms`; then `gone` is forgotten (a node may have won
+        again). It always reads the route at least once."""
         routes = self._client.routes
         pause_s = LEADER_POLL_FIRST_S
         while True:
-            await self._refresh_quietly(topic)
-            route = routes.cached(topic)
-            if route is not None and any(
-                (group is None or g.group == group)
-                and (leader := routes.leader_of(g.info)) is not None
-                and leader != gone
-                for g in route.groups
-            ):
+            await self._refresh_for_send(topic)
+            if self._has_target(routes.cached(topic), group, gone):
                 return
             left_s = (deadline_ms - self._now_ms()) / 1000
             if left_s <= 0:
+                gone.clear()
                 return
             await anyio.sleep(min(pause_s, left_s))
             pause_s = min(2 * pause_s, LEADER_POLL_MAX_S)
+
+    async def _refresh_for_send(self, topic: str) -> None:
+        """Re-read the route; for a topic the NameServers do not know yet (to be auto-
+        created), rebuild the provisional route from the cluster's groups instead."""
+        routes = self._client.routes
+        try:
+            await routes.refresh(topic)
+        except NoRouteError:
+            routes.forget(topic)
+            try:
+                await routes.get_for_send(topic)
+            except NoRouteError as exc:
+                _log.info("route_refresh_failed", topic=topic, error=str(exc))
 
     async def _refresh_quietly(self, topic: str) -> None:
         try:

@@ -6,6 +6,8 @@ avoidance period costs no wall-clock time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -23,9 +25,9 @@ from mq.client import (
 )
 from mq.client.queues import stable_hash
 from mq.protocol import ErrorCode, RequestCode
-from mq.route import TopicConfig
+from mq.route import Perm, TopicConfig
 from storage.record import MessageRecord
-from tests.mq.fake_broker import Fault, fake_env
+from tests.mq.fake_broker import FakeGroup, Fault, fake_env
 
 
 def decode_body(body: bytes) -> list[MessageRecord]:
@@ -424,6 +426,109 @@ async def test_waiting_for_a_leader_ends_with_the_send_timeout(
             await p.send(Message("orders", b"x"))
         assert caught.value.attempts == 3
         assert 2.0 <= trio.current_time() - started < 2.5
+
+
+async def _elect_later(group: FakeGroup, node: int | None, delay_s: float) -> None:
+    await trio.sleep(delay_s)
+    await group.elect(node)
+
+
+async def test_an_ordered_send_waits_out_a_hand_over_whose_transferee_has_not_won_yet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        await producer.send(Message("orders", b"warm"))
+        # Node 0 names its transferee, node 1, which has no leader yet; the NameServers
+        # still name node 0. Node 1 wins 0.5 s later.
+        await group.elect(1, register=False)
+        group.fault(
+            Fault(
+                RequestCode.SEND_MESSAGE,
+                error=ErrorCode.NOT_LEADER,
+                fields={"leader": None, "group": "g1"},
+                node=1,
+            )
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_elect_later, group, 1, 0.5)
+            result = await producer.send(Message("orders", b"x"), selector=SelectByHash(), arg=1)
+        assert result.attempts == 3 and group.sends()[-1].node == 1
+
+
+async def test_when_every_group_loses_its_leader_a_send_waits_for_the_first_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1", "g2"]) as env, Producer(env.namesrv) as producer:
+        g1, g2 = env.group("g1"), env.group("g2")
+        await producer.send(Message("orders", b"warm"))
+        g1.node(0).kill()
+        g2.node(0).kill()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_elect_later, g2, 1, 0.2)  # g2 first
+            nursery.start_soon(_elect_later, g1, 1, 2.5)
+            started = trio.current_time()
+            result = await producer.send(Message("orders", b"x"))
+            took = trio.current_time() - started
+        assert result.group == "g2" and took < 0.5, "waited for any group, not only its own"
+
+
+async def test_a_read_only_group_does_not_end_the_wait_for_a_leader(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        await env.cluster.add_group("g2", topics={"orders": TopicConfig(4, 4, perm=Perm.READ)})
+        g1 = env.group("g1")
+        await producer.send(Message("orders", b"warm"))
+        g1.node(0).kill()
+        await g1.elect(None)  # the NameServers name no leader for g1
+        await producer._client.routes.refresh("orders")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_elect_later, g1, 1, 0.5)
+            result = await producer.send(Message("orders", b"x"))
+        assert result.group == "g1"
+
+
+async def test_a_send_to_a_topic_still_to_be_created_waits_out_an_election(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = FakeGroup._send
+
+    def auto_create(self: FakeGroup, node: Any, frame: Any) -> Any:
+        self.topics.setdefault(frame.fields["topic"], TopicConfig(8, 8))
+        return original(self, node, frame)
+
+    monkeypatch.setattr(FakeGroup, "_send", auto_create)
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        group = env.group("g1")
+        group.node(0).kill()  # the provisional route (from cluster info) names node 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_elect_later, group, 1, 0.5)
+            result = await producer.send(Message("fresh", b"x"))
+        assert group.sends()[-1].node == 1 and result.status == "SEND_OK"
+
+
+async def test_auto_batched_sends_wait_out_an_election_once_not_once_per_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, send_timeout_ms=1000, auto_batch_messages_max=4) as producer,
+    ):
+        await producer.send(Message("orders", b"warm"))
+        env.group("g1").node(0).kill()  # and no new leader, ever
+        failed_at: list[float] = []
+
+        async def one(i: int) -> None:
+            with pytest.raises(SendError):
+                await producer.send(Message("orders", b"%d" % i))
+            failed_at.append(trio.current_time() - started)
+
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(40):  # 10 batches of 4, 2 in flight at a time
+                nursery.start_soon(one, i)
+        assert max(failed_at) < 1.5, "each send's wait ends send_timeout_ms after it began"
 
 
 # --- auto-batching ------------------------------------------------------------------
