@@ -867,7 +867,7 @@ class Producer:
         leader it has not tried yet."""
         group = queue.group if selector is not None else None
         if self._has_target(self._client.routes.cached(topic), group, gone):
-            await self._refresh_quietly(topic)
+            await self._client.routes.refresh_for_send(topic)
         else:
             await self._await_leader(topic, group, gone, deadline_ms)
 
@@ -880,7 +880,7 @@ class Producer:
         routes = self._client.routes
         pause_s = LEADER_POLL_FIRST_S
         while True:
-            await self._refresh_for_send(topic)
+            await routes.refresh_for_send(topic)
             if self._has_target(routes.cached(topic), group, gone):
                 return
             left_s = (deadline_ms - self._now_ms()) / 1000
@@ -889,25 +889,6 @@ class Producer:
                 return
             await anyio.sleep(min(pause_s, left_s))
             pause_s = min(2 * pause_s, LEADER_POLL_MAX_S)
-
-    async def _refresh_for_send(self, topic: str) -> None:
-        """Re-read the route; for a topic the NameServers do not know yet (to be auto-
-        created), rebuild the provisional route from the cluster's groups instead."""
-        routes = self._client.routes
-        try:
-            await routes.refresh(topic)
-        except NoRouteError:
-            routes.forget(topic)
-            try:
-                await routes.get_for_send(topic)
-            except NoRouteError as exc:
-                _log.info("route_refresh_failed", topic=topic, error=str(exc))
-
-    async def _refresh_quietly(self, topic: str) -> None:
-        try:
-            await self._client.routes.refresh(topic)
-        except NoRouteError as exc:
-            _log.info("route_refresh_failed", topic=topic, error=str(exc))
 
     def _on_unreachable(self, topic: str, group: str, address: str, latency_ms: int) -> None:
         if self.latency_fault_tolerance:

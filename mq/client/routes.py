@@ -50,6 +50,8 @@ class _Cached:
     route: TopicRoute
     fetch_number: int
     """Which fetch produced it: fetches are numbered as they start."""
+    provisional: bool = False
+    """Built from the cluster's groups for a topic no NameServer knows yet."""
 
 
 class RouteTable:
@@ -96,17 +98,41 @@ class RouteTable:
         try:
             return await self.get(topic)
         except NoRouteError:
-            info = await self.cluster_info()
-            groups = tuple(
-                GroupRoute(group, TopicConfig(queues, queues))
-                for group in info.groups
-                if group.leader_address
-            )
-            if not groups:
+            route = await self._provisional(topic, queues)
+            if route is None:
                 raise
-            route = TopicRoute(topic, groups)
-            self._store(topic, route, self._fetches_started)
             return route
+
+    async def refresh_for_send(self, topic: str, queues: int = AUTO_CREATE_QUEUES) -> None:
+        """`refresh`, except that a provisional route (a topic no NameServer knew) is
+        rebuilt from the cluster's groups, whose leaders may have changed, while the
+        NameServers still do not know the topic. A failure keeps the old route."""
+        try:
+            await self.refresh(topic)
+        except NoRouteError as exc:
+            cached = self._routes.get(topic)
+            try:
+                if (cached is None or cached.provisional) and await self._provisional(
+                    topic, queues
+                ) is not None:
+                    return
+            except NoRouteError:
+                pass
+            _log.info("route_refresh_failed", topic=topic, error=str(exc))
+
+    async def _provisional(self, topic: str, queues: int) -> TopicRoute | None:
+        """A route to every group that has a leader (None: none has), stored."""
+        info = await self.cluster_info()
+        groups = tuple(
+            GroupRoute(group, TopicConfig(queues, queues))
+            for group in info.groups
+            if group.leader_address
+        )
+        if not groups:
+            return None
+        route = TopicRoute(topic, groups)
+        self._store(topic, route, self._fetches_started, provisional=True)
+        return route
 
     def cached(self, topic: str) -> TopicRoute | None:
         cached = self._routes.get(topic)
@@ -188,7 +214,9 @@ class RouteTable:
             else g
             for g in cached.route.groups
         )
-        self._store(topic, replace(cached.route, groups=groups), cached.fetch_number)
+        self._store(
+            topic, replace(cached.route, groups=groups), cached.fetch_number, cached.provisional
+        )
 
     def forget_leader(self, group: str, address: str) -> None:
         """`address` failed as `group`'s leader: stop preferring it over the route."""
@@ -243,8 +271,8 @@ class RouteTable:
                 break
         raise NoRouteError(f"no NameServer gave {what}: " + "; ".join(failures)) from last_error
 
-    def _store(self, topic: str, route: TopicRoute, number: int) -> None:
-        self._routes[topic] = _Cached(route, number)
+    def _store(self, topic: str, route: TopicRoute, number: int, provisional: bool = False) -> None:
+        self._routes[topic] = _Cached(route, number, provisional)
         self._routes.move_to_end(topic)
         while len(self._routes) > TOPICS_MAX:
             self._routes.popitem(last=False)
