@@ -340,10 +340,10 @@ class BrokerCore:
         self._held_work: Work | None = None
         self._held_until_ms = 0
         self._next_apply_retry_ms = 0
-        self._disk_usage = 0.0
         self._next_disk_check_ms = 0
-        self._disk_full: set[str] = set()
-        """What a full disk holds back now ("log append", "dispatch", "state snapshot")."""
+        self._disk_full: dict[str, str] = {}
+        """What a full disk holds back now ("sends", "log append", "dispatch", ...), and
+        why (the error that started it)."""
         self._topics_changed = False
         self._consumers = ConsumerGroups(config.consumer_expire_ms, config.consumers_max)
 
@@ -862,27 +862,23 @@ class BrokerCore:
         except OSError as exc:
             _log.warning("disk_usage_unknown", error=str(exc))
             return
-        self._disk_usage = usage
-        if usage > self.config.disk_refuse_ratio:
-            if "sends" not in self._disk_full:
-                self._disk_full.add("sends")
-                _log.error(
-                    "disk_full", blocked="sends", usage=round(usage, 4),
-                    disk_refuse_ratio=self.config.disk_refuse_ratio,
-                )  # fmt: skip
-        elif "sends" in self._disk_full:
-            self._disk_full.discard("sends")
-            _log.warning("disk_full_over", resumed="sends", usage=round(usage, 4))
+        ratio = self.config.disk_refuse_ratio
+        over = f"{usage:.1%} used, disk_refuse_ratio {ratio}" if usage > ratio else None
+        self._note_disk_full("sends", over, count=False)  # refusals count one by one
 
-    def _note_disk_full(self, what: str, error: OSError | None) -> None:
-        """Log when a full disk starts or stops holding `what` back (not every retry)."""
+    def _note_disk_full(
+        self, what: str, error: OSError | str | None, *, count: bool = True
+    ) -> None:
+        """Log when a full disk starts or stops holding `what` back (not every retry);
+        count a refusal in `disk_full_errors`."""
         if error is not None:
-            self._stats.disk_full_errors += 1
+            if count:
+                self._stats.disk_full_errors += 1
             if what not in self._disk_full:
-                self._disk_full.add(what)
+                self._disk_full[what] = str(error)
                 _log.error("disk_full", blocked=what, error=str(error))
         elif what in self._disk_full:
-            self._disk_full.discard(what)
+            del self._disk_full[what]
             _log.warning("disk_full_over", resumed=what)
 
     def _complete(self, pending: _Pending, dispatched: list[Dispatched], end: int) -> None:
@@ -1151,8 +1147,7 @@ class BrokerCore:
             self._hand_over_for_disk(now_ms)
             raise RequestError(
                 ErrorCode.SERVICE_NOT_AVAILABLE,
-                f"the broker's disk is full: {self._disk_usage:.1%} used, "
-                f"disk_refuse_ratio {self.config.disk_refuse_ratio}",
+                f"the broker's disk is full: {self._disk_full['sends']}",
             )
         f = request.fields
         topic = get_str(f, "topic")
