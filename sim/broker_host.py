@@ -80,8 +80,6 @@ class BrokerHost(SimProcess[ClientRequest]):
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
         self.request_rewrite: Callable[[BrokerHost, Frame], Frame] | None = None
         self.skip_fsync = False
-        self.disk_fills = 0
-        """How many times the disk was filled (the fault's token, as `crashes` is)."""
 
     # -- the clock
 
@@ -102,11 +100,12 @@ class BrokerHost(SimProcess[ClientRequest]):
 
     # -- the disk
 
-    def fill_disk(self, room: int) -> None:
-        """The disk fills up but for `room` bytes (the `full` fault): whatever needs a
-        new segment or file fails with DiskFullError until `free_disk`."""
+    def fill_disk(self, room: int) -> bool:
+        """Whatever needs a new segment or file fails with DiskFullError until
+        `free_disk`."""
         self.disk_fills += 1
         self.fs.capacity_bytes = self.fs.used_bytes() + room
+        return True
 
     def free_disk(self) -> None:
         self.fs.capacity_bytes = None

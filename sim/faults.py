@@ -392,12 +392,13 @@ class FaultSchedule:
 
     def _full(self) -> None:
         host = self._pick()
-        if host is None or not hasattr(host, "fill_disk"):
+        if host is None:
             return
         # A quarter of the time not a byte: hard state, checkpoint and state snapshot
         # writes fail too; else room for small files, not for new segments.
         room = 0 if self._rng.random() < 0.25 else self._rng.randrange(0, 64 * 1024)
-        host.fill_disk(room)
+        if not host.fill_disk(room):
+            return
         self._trace.emit(f"FAULT n{host.id} disk full ({room} bytes left)")
         token = host.disk_fills
 
@@ -420,8 +421,7 @@ class FaultSchedule:
         for node_id in self.cluster.node_ids:
             host = self.cluster.hosts[node_id]
             host.set_tick(TICK_NS)
-            if hasattr(host, "free_disk"):
-                host.free_disk()
+            host.free_disk()
             if not host.up:
                 host.start()
             elif host.paused:

@@ -53,6 +53,18 @@ class SimProcess(Generic[Request]):
         self.disk_slow_max_ns = 40 * NS_PER_MS
         # The term of the last commit reported to the faults as a leader's.
         self._leader_commit_term = -1
+        # How many times the disk was filled (the `full` fault's token, as `crashes` is).
+        self.disk_fills = 0
+
+    # -- the disk (the `full` fault: only a host with a store has one to fill)
+
+    def fill_disk(self, room: int) -> bool:
+        """Leave `room` bytes free on the disk until `free_disk`; False if this host
+        keeps no store that a full disk would reach."""
+        return False
+
+    def free_disk(self) -> None:
+        """End `fill_disk`."""
 
     # -- what a subclass runs
 
