@@ -382,6 +382,11 @@ async def test_after_a_connection_failure_the_route_is_read_again_before_retryin
         assert [m.body for m in group.all_messages()] == [b"warm", b"x"]
 
 
+async def _elect_later(group: FakeGroup, node: int | None, delay_s: float) -> None:
+    await trio.sleep(delay_s)
+    await group.elect(node)
+
+
 async def test_a_send_waits_out_the_election_after_its_only_leader_died(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -389,27 +394,17 @@ async def test_a_send_waits_out_the_election_after_its_only_leader_died(
         group = env.group("g1")
         await producer.send(Message("orders", b"warm"))
         group.node(0).kill()  # the NameServers go on naming node 0 until node 1 registers
-
-        async def elect_later() -> None:
-            await trio.sleep(0.9)
-            await group.elect(1)
-
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(elect_later)
+            nursery.start_soon(_elect_later, group, 1, 0.9)
             result = await producer.send(Message("orders", b"x"), selector=SelectByHash(), arg=1)
             ordered_took = trio.current_time() - started
             assert result.attempts == 2 and group.sends()[-1].node == 1
         assert 0.9 <= ordered_took < 1.5  # the election, and at most one poll pause more
         group.node(1).kill()
         await group.elect(None, register=False)
-
-        async def elect_node_2_later() -> None:
-            await trio.sleep(0.4)
-            await group.elect(2)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(elect_node_2_later)
+            nursery.start_soon(_elect_later, group, 2, 0.4)
             result = await producer.send(Message("orders", b"y"))
         assert result.attempts == 2 and group.sends()[-1].node == 2
         assert [m.body for m in group.all_messages()] == [b"warm", b"x", b"y"]
@@ -426,11 +421,6 @@ async def test_waiting_for_a_leader_ends_with_the_send_timeout(
             await p.send(Message("orders", b"x"))
         assert caught.value.attempts == 3
         assert 2.0 <= trio.current_time() - started < 2.5
-
-
-async def _elect_later(group: FakeGroup, node: int | None, delay_s: float) -> None:
-    await trio.sleep(delay_s)
-    await group.elect(node)
 
 
 async def test_an_ordered_send_waits_out_a_hand_over_whose_transferee_has_not_won_yet(
