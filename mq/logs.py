@@ -30,7 +30,7 @@ def configure_logging(
         return event
 
     processors: list[structlog.typing.Processor] = [
-        drop_named,
+        *([drop_named] if drop else []),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -834,7 +834,8 @@ class BrokerCore:
             self._applied = self._index_at(self.store.dispatcher.dispatched_offset)
             self._note_disk_full("dispatch", exc)
         else:
-            self._note_disk_full("dispatch", None)
+            if self._disk_full:  # the common case skips the call: this runs per commit
+                self._note_disk_full("dispatch", None)
         finally:
             self._applied_ops.clear()
             self._wake_pulls(everything, now_ms)
@@ -1247,7 +1248,8 @@ class BrokerCore:
         except StorageError as exc:
             _log.error("append_failed", error=str(exc))
             raise RequestError(ErrorCode.SYSTEM_ERROR, f"append failed: {exc}") from None
-        self._note_disk_full("log append", None)
+        if self._disk_full:  # per proposal: only look when something is held back
+            self._note_disk_full("log append", None)
         self._stats.proposals += 1
         self._pending[index] = _Pending(
             reply_to, request, self.raft.term, now_ms + self.config.send_timeout_ms
