@@ -197,6 +197,8 @@ class EntryLog:
     def append(self, entries: Sequence[StoredEntry]) -> None:
         if not entries:
             return
+        if self._base_end < 0:
+            raise EntryLogError("append after forget() and before install()")
         expected = self.last_index() + 1
         total = 0
         for entry in entries:
@@ -270,17 +272,36 @@ class EntryLog:
     def reset(self, index: int, term: int) -> None:
         """Drop every entry; the log continues after a snapshot ending at (index, term).
 
-        Durable when it returns. raft/ready.py asks that a reset become durable only with
-        the next sync (after the driver stored the snapshot); the broker does not install
-        Raft snapshots yet (a lagging follower catches up from the log), so nothing calls
-        this on the broker's path today. Make it lazy before wiring snapshots in."""
+        Durable when it returns: for a log whose owner keeps nothing else to install.
+        The broker, which must first replace its store with the snapshot's, uses
+        `forget` (memory only) and then `install` instead."""
         if self._offsets:
             self._log.truncate(self._offsets[0])
         self._log.flush()
+        self._clear(index, term)
+        self._durable = index
+        self._base_end = self._log.max_offset
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._base_end))
+
+    def forget(self, index: int, term: int) -> None:
+        """Start after a snapshot ending at (index, term), in memory only: the files are
+        untouched until `install`, so a crash before it reopens the log as it was, which
+        is what raft/ready.py asks of a reset (durable only once the snapshot is)."""
+        self._clear(index, term)
+        self._durable = index
+        self._base_end = -1  # appends wait for `install` to say where the log begins
+
+    def install(self, index: int, term: int, offset: int) -> None:
+        """The owner emptied the CommitLog, which now begins at `offset`: the log holds
+        nothing and continues after (index, term). Durable when it returns."""
+        assert self._log.min_offset == self._log.max_offset == offset
+        self._clear(index, term)
+        self._durable = index
+        self._base_end = offset
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, offset))
+
+    def _clear(self, index: int, term: int) -> None:
         self._offsets = array("Q")
         self._ends = array("Q")
         self._terms = array("Q")
         self._base_index, self._base_term = index, term
-        self._durable = index
-        self._base_end = self._log.max_offset
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._base_end))

@@ -369,26 +369,40 @@ class MessageStore:
         """Delete whole CommitLog segments older than the retention time, or the oldest
         ones while the disk is fuller than `disk_ratio_max`; never the active segment
         nor one not yet dispatched. Returns how many segments were deleted."""
-        cl = self.commit_log
         deleted = 0
-        while True:
-            segments = cl.segments()
-            if len(segments) <= 1:
-                break
-            start, end = segments[0]
-            if end > self.dispatcher.dispatched_offset:
-                break
-            pressure = self.fs.usage_ratio(self.root) > self.config.disk_ratio_max
-            expired = now_ms - self._last_store_ms(start) >= self.config.retention_ms
-            if not (pressure or expired):
-                break
-            cl.delete_first_segment()
-            self._segment_last_store_ms.pop(start, None)
+        while self.first_segment_expired(now_ms):
+            self.delete_first_segment()
             deleted += 1
-        if deleted:
+        return deleted
+
+    def first_segment_expired(self, now_ms: int) -> bool:
+        """Whether retention may delete the oldest segment now: it is not the active one,
+        it is wholly dispatched, and it is older than the retention time or the disk is
+        fuller than `disk_ratio_max`."""
+        segments = self.commit_log.segments()
+        if len(segments) <= 1:
+            return False
+        start, end = segments[0]
+        if end > self.dispatcher.dispatched_offset:
+            return False
+        if now_ms - self._last_store_ms(start) >= self.config.retention_ms:
+            return True
+        return self.fs.usage_ratio(self.root) > self.config.disk_ratio_max
+
+    def delete_first_segment(self) -> None:
+        """Delete the oldest CommitLog segment and what the queues and index hold of it."""
+        cl = self.commit_log
+        start = cl.min_offset
+        if cl.delete_first_segment():
+            self._segment_last_store_ms.pop(start, None)
             self.queues.delete_before_commit_offset(cl.min_offset)
             self.index.delete_before_commit_offset(cl.min_offset)
-        return deleted
+
+    @property
+    def checkpointed_dispatched(self) -> int:
+        """The dispatched offset of the last checkpoint: recovery never re-dispatches
+        below it."""
+        return self._checkpoint.dispatched
 
     def _last_store_ms(self, segment_start: int) -> int:
         cached = self._segment_last_store_ms.get(segment_start)

@@ -44,6 +44,21 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"type": float, "help": "refuse sends while the disk is fuller than this (0-1]"},
     ),
     (
+        "--retention-ms",
+        "retention_ms",
+        {"type": int, "help": "delete CommitLog segments older than this (default 72 h)"},
+    ),
+    (
+        "--disk-retention-ratio",
+        "disk_retention_ratio",
+        {"type": float, "help": "delete the oldest segments while the disk is fuller than this"},
+    ),
+    (
+        "--retention-check-interval-ms",
+        "retention_check_interval_ms",
+        {"type": int, "help": "how often to look for segments to delete"},
+    ),
+    (
         "--auto-create-topics",
         "auto_create_topics",
         {"action": argparse.BooleanOptionalAction, "help": "create unknown topics on send"},

@@ -80,6 +80,14 @@ class BrokerConfig:
     """A leader refuses sends (SERVICE_NOT_AVAILABLE) while the disk of `data_dir` is
     fuller than this, as RocketMQ does: what is left stays for replication, offsets,
     checkpoints and the rest of the machine. 1.0: only a disk that is really full."""
+    retention_ms: int = _STORE_DEFAULTS.retention_ms
+    """CommitLog segments whose newest message is older than this are deleted (72 h, as
+    RocketMQ's fileReservedTime), with their ConsumeQueue and IndexFile entries."""
+    disk_retention_ratio: float = _STORE_DEFAULTS.disk_ratio_max
+    """While the disk of `data_dir` is fuller than this, the oldest segments are deleted
+    whatever their age (RocketMQ's diskMaxUsedSpaceRatio, 0.75)."""
+    retention_check_interval_ms: int = 10_000
+    """How often a node looks for segments to delete."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -111,6 +119,8 @@ class BrokerConfig:
             "flush_interval_ms",
             "checkpoint_interval_ms",
             "state_snapshot_interval_ms",
+            "retention_ms",
+            "retention_check_interval_ms",
             "held_pulls_max",
             "consumer_expire_ms",
             "consumers_max",
@@ -125,6 +135,8 @@ class BrokerConfig:
             raise ConfigError(f"default_queues must be within [1, {QUEUES_MAX}]")
         if not 0.0 < self.disk_refuse_ratio <= 1.0:
             raise ConfigError("disk_refuse_ratio must be within (0, 1]")
+        if not 0.0 < self.disk_retention_ratio <= 1.0:
+            raise ConfigError("disk_retention_ratio must be within (0, 1]")
         if self.heartbeat_ms >= self.election_ms:
             raise ConfigError("heartbeat_ms must be smaller than election_ms")
         if self.tick_ms > self.heartbeat_ms:

@@ -83,6 +83,7 @@ from mq.broker.consumer_groups import MODELS, TOPICS_PER_MEMBER_MAX, ConsumerGro
 from mq.broker.hard_state import decode_hard_state, encode_hard_state
 from mq.broker.raft_codec import RaftCodecError, decode_envelope, encode_envelope
 from mq.broker.raft_log import CommitLogStore
+from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
 from mq.broker.state import BrokerState, SendOutcome, SendRecord
 from mq.fields import NAME_CHARS_MAX, FieldError, get_int, get_list, get_name, get_str
 from mq.protocol import ErrorCode, Flag, Frame, RequestCode
@@ -92,7 +93,7 @@ from raft.config import RandomSource
 from raft.errors import BacklogFullError, NotLeaderError
 from raft.messages import Envelope, HardState
 from raft.node import RaftNode, Role
-from raft.ready import Ready
+from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
 from storage.commit_log import FlushPlan
 from storage.dispatcher import Dispatched
 from storage.entry_log import EntryLog
@@ -298,6 +299,8 @@ class _Stats:
     applied_entries: int = 0
     timeouts: int = 0
     disk_full_errors: int = 0
+    segments_deleted: int = 0
+    snapshots_installed: int = 0
 
 
 class BrokerCore:
@@ -327,6 +330,8 @@ class BrokerCore:
         fs.makedirs(root)
         self._hard_state_path = f"{root}/hardstate"
         self._state_path = f"{root}/state"
+        self._install_path = f"{root}/installing"
+        self._snapshots = SnapshotFiles(fs, f"{root}/snapshots")
         self._outbox: list[Output] = []
         self._stats = _Stats()
         self._state = BrokerState(config.producers_max)
@@ -355,6 +360,8 @@ class BrokerCore:
             message_bytes_max=config.message_bytes_max,
             flush_mode=config.flush,
             flush_interval_ms=config.flush_interval_ms,
+            retention_ms=config.retention_ms,
+            disk_ratio_max=config.disk_retention_ratio,
         )
         self.store = ReplicatedMessageStore(
             fs, f"{root}/store", store_config, on_record=self._on_record
@@ -366,6 +373,14 @@ class BrokerCore:
             durable_on_append=not self._sync_flush,
             before_truncate=self.store.truncate,
         )
+        marker = fs.read_bytes(self._install_path)
+        if marker is not None:
+            # A snapshot install did not finish: do it again (every step is idempotent).
+            self._install_files(self._decode_snapshot(marker, self._install_path), marker, now_ms)
+            fs.remove(self._install_path)
+        self._captured = max(self._snapshots.offsets(), default=0)
+        """The newest segment boundary whose snapshot is on disk."""
+        self._next_retention_ms = now_ms + config.retention_check_interval_ms
         hard_state = decode_hard_state(fs.read_bytes(self._hard_state_path))
         self._hard_state = hard_state
         self._hs_persisted = hard_state
@@ -383,6 +398,7 @@ class BrokerCore:
             config.raft_config(),
             rng if rng is not None else random.Random(),
             applied=applied,
+            snapshot_source=self,
         )
         self._topics_changed = False
 
@@ -429,6 +445,17 @@ class BrokerCore:
             self.fs.read_bytes(self._state_path), self.config.producers_max
         )
         start = self.commit_log.min_offset
+        if start > 0 and (snapshot is None or not start <= snapshot[1] <= dispatched):
+            # Retention deleted the log before `start`: the state there is in the
+            # segment snapshot taken when dispatch passed it.
+            base = self._snapshots.load(start)
+            if base is None:
+                raise StorageError(
+                    f"no state snapshot covers the CommitLog, which begins at {start}"
+                )
+            snapshot = BrokerState.decode(base.state, self.config.producers_max)
+            if snapshot is None:
+                raise StorageError(f"the segment snapshot at {start} holds a damaged state")
         if snapshot is not None and snapshot[1] <= dispatched:
             self._state, start = snapshot
         elif snapshot is not None:
@@ -458,15 +485,47 @@ class BrokerCore:
         # What an interrupted call queued before the disk filled is part of this call's
         # answer: a send's result lists every message of its entry.
         out, self._dispatch_partial = self._dispatch_partial, []
+        segment_bytes = self.commit_log.segment_bytes
         try:
-            dispatcher.dispatch(
-                end, resuming=dispatcher.dispatched_offset < self._resume_until, out=out
-            )
+            while True:
+                at = dispatcher.dispatched_offset
+                if at > self._captured and at % segment_bytes == 0:
+                    self._capture(at)
+                upto = min(end, at - at % segment_bytes + segment_bytes)
+                dispatcher.dispatch(upto, resuming=at < self._resume_until, out=out)
+                if upto >= end:
+                    break
         except DiskFullError:
             self._dispatch_partial = out
             raise
         self._ops_by_offset.clear()
         return out
+
+    def _capture(self, offset: int) -> None:
+        """Dispatch stands exactly at the segment boundary `offset`: save the state
+        there, the Raft snapshot retention will need once the segments before it go.
+        Raises DiskFullError (nothing saved) when there is no room; dispatch then waits
+        here, as for any file it cannot create."""
+        index = self._index_at(offset)
+        term = self.entry_log.term_at(index)
+        assert term is not None
+        queues = {}
+        for queue in self.store.queues:
+            # Units past the boundary may be there already (dispatched before a crash).
+            lo, hi = queue.min_offset, queue.max_offset
+            while lo < hi:
+                mid = (lo + hi) // 2
+                unit = queue.get(mid)
+                assert unit is not None
+                if unit.commit_offset < offset:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo:
+                queues[(queue.topic, queue.queue_id)] = lo
+        snapshot = SegmentSnapshot(offset, index, term, queues, self._state.encode(offset))
+        self._snapshots.write(offset, snapshot.encode())
+        self._captured = offset
 
     def _replay(self, start: int, end: int) -> None:
         """Re-apply the commands in [start, end) to the state, dispatching nothing."""
@@ -649,6 +708,9 @@ class BrokerCore:
             self._next_disk_check_ms = now_ms + DISK_USAGE_CHECK_EVERY_MS
             self._check_disk_usage()
         self._expire(now_ms)
+        if now_ms >= self._next_retention_ms:
+            self._next_retention_ms = now_ms + self.config.retention_check_interval_ms
+            self._retain(now_ms)
         for group in sorted(self._consumers.expire(now_ms)):
             self._notify_group(group)
         self._check_role()
@@ -676,7 +738,8 @@ class BrokerCore:
         rd = self.raft.ready()
         if rd is None:
             return self._timed_work(now_ms)
-        assert rd.snapshot is None, "the broker never compacts, so it never gets a snapshot"
+        if rd.snapshot is not None:
+            self._install(rd.snapshot, now_ms)
         group = self.config.group
         for env in rd.messages:
             self._outbox.append(PeerMessage(env.dst, encode_envelope(group, env)))
@@ -963,6 +1026,96 @@ class BrokerCore:
         waiters = self._flush_waiters
         while waiters and waiters[0][0] <= flushed:
             self._outbox.append(waiters.popleft()[1])
+
+    # ------------------------------------------------------------------ retention
+
+    def _retain(self, now_ms: int) -> None:
+        """Delete the CommitLog segments retention lets go, oldest first, compacting the
+        Raft log with them: a follower that still needs their entries gets the snapshot
+        taken where the first kept segment begins.
+
+        A segment goes only once a durable checkpoint is past it (recovery never
+        re-dispatches from a deleted segment) and its end's snapshot is on disk."""
+        if self._in_flight or self._held_work is not None or self._applied < self._committed:
+            return
+        store = self.store
+        wall = now_ms + self.wall_offset_ms
+        while store.first_segment_expired(wall):
+            end = store.commit_log.segments()[1][0]
+            if end > min(store.checkpointed_dispatched, self.commit_log.flushed_offset):
+                return
+            snapshot = self._snapshots.load(end)
+            if snapshot is None:
+                _log.warning("retention_without_snapshot", offset=end)
+                return
+            self.raft.compact(snapshot.index)  # durable before the entries' bytes go
+            store.delete_first_segment()
+            self._snapshots.delete_below(end)
+            self._stats.segments_deleted += 1
+            _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
+
+    def snapshot(self) -> tuple[SnapshotMeta, bytes]:
+        """raft's SnapshotSource: the snapshot where the CommitLog (the Raft log) begins."""
+        start = self.commit_log.min_offset
+        data = self._snapshots.read(start)
+        snapshot = self._decode_snapshot(data, f"segment snapshot {start}")
+        return SnapshotMeta(snapshot.index, snapshot.term), data or b""
+
+    @staticmethod
+    def _decode_snapshot(data: bytes | None, what: str) -> SegmentSnapshot:
+        snapshot = SegmentSnapshot.decode(data)
+        if snapshot is None:
+            raise StorageError(f"{what}: missing or damaged snapshot")
+        return snapshot
+
+    def _install(self, received: ReceivedSnapshot, now_ms: int) -> None:
+        """Replace this node's store and state with the leader's snapshot, durably, before
+        the log reset Raft made in memory is synced (raft/ready.py, step 3).
+
+        The marker written first holds the snapshot: a crash part way through redoes
+        the install on the next start. A full disk here is fatal to the process (the
+        log on disk is still the old one, so a restart asks the leader again)."""
+        data = received.data
+        snapshot = self._decode_snapshot(data, "snapshot received from the leader")
+        assert (snapshot.index, snapshot.term) == (
+            received.meta.last_index,
+            received.meta.last_term,
+        )
+        self.release_held_pulls()
+        for index in list(self._pending):
+            self._fail_pending(index, *self._not_leader_error())
+        self.fs.write_atomic(self._install_path, data)
+        self._install_files(snapshot, data, now_ms)
+        self.fs.remove(self._install_path)
+        self._applied = self._committed = snapshot.index
+        self._ops_by_offset.clear()
+        self._dispatch_partial = []
+        self._applied_ops.clear()
+        self._resume_until = 0
+        self._checkpointed = (snapshot.offset, self._hard_state.commit)
+        self._topics_changed = True
+        self._stats.snapshots_installed += 1
+        _log.info(
+            "snapshot_installed",
+            index=snapshot.index,
+            term=snapshot.term,
+            offset=snapshot.offset,
+            queues=len(snapshot.queues),
+        )
+
+    def _install_files(self, snapshot: SegmentSnapshot, data: bytes, now_ms: int) -> None:
+        """The on-disk part of an install; running it again after a crash is harmless."""
+        state = BrokerState.decode(snapshot.state, self.config.producers_max)
+        if state is None:
+            raise StorageError(f"the snapshot at {snapshot.offset} holds a damaged state")
+        self.store.reset(snapshot.offset, snapshot.queues, now_ms + self.wall_offset_ms)
+        self.entry_log.install(snapshot.index, snapshot.term, snapshot.offset)
+        self.log.installed()
+        self._snapshots.write(snapshot.offset, data)
+        self._snapshots.delete_except(snapshot.offset)
+        self.fs.write_atomic(self._state_path, snapshot.state)
+        self._state = state[0]
+        self._captured = snapshot.offset
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -1590,6 +1743,8 @@ class BrokerCore:
             "applied_index": self.applied_index,
             "commit_offset": self.store.dispatcher.dispatched_offset,
             "max_offset": self.commit_log.max_offset,
+            "min_offset": self.commit_log.min_offset,
+            "first_index": self.log.first_index(),
             "pid": self.pid,
             "disk_full": sorted(self._disk_full),
         }
@@ -1605,6 +1760,8 @@ class BrokerCore:
             "deferred_dropped": stats.deferred_dropped,
             "bad_raft_frames": stats.bad_raft_frames,
             "disk_full_errors": stats.disk_full_errors,
+            "segments_deleted": stats.segments_deleted,
+            "snapshots_installed": stats.snapshots_installed,
             "pending": len(self._pending),
             "held_pulls": self._held_count,
             "consumers": len(self._consumers),

@@ -103,6 +103,12 @@ class CommitLogStore:
         self._cache_first += drop
 
     def reset(self, index: int, term: int) -> None:
-        self.entry_log.reset(index, term)
+        # In memory only: the broker installs the snapshot (store, then the log's files)
+        # before the next sync, and a crash before that reopens the log as it was.
+        self.entry_log.forget(index, term)
+        self.installed()
+
+    def installed(self) -> None:
+        """The entry log was reset underneath (a snapshot install): drop the cache."""
         self._cache.clear()
-        self._cache_first = index + 1
+        self._cache_first = self.entry_log.last_index() + 1

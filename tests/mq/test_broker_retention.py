@@ -1,0 +1,254 @@
+"""Retention on a broker group: old CommitLog segments go, the Raft log is compacted
+with them, and a follower that needs what was deleted installs the snapshot taken
+where the kept log begins, then catches up with the same messages at the same offsets.
+
+Each node runs on its own SimFileSystem; time is the cluster's virtual `now_ms`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mq.broker.core import BrokerCore
+from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
+from mq.protocol import RequestCode, request
+from storage.files import SimFileSystem
+from tests.mq.broker_cluster import CoreCluster, send_request
+from tests.mq.test_broker_core import bodies_of
+
+SEGMENT = 256 << 10
+BIG = 60_000
+"""Four sends of this size fill a test segment."""
+RETENTION_MS = 2_000
+
+
+def retention_cluster(**overrides: Any) -> CoreCluster:
+    settings: dict[str, Any] = {
+        "retention_ms": RETENTION_MS,
+        "retention_check_interval_ms": 100,
+        "checkpoint_interval_ms": 50,
+    }
+    settings.update(overrides)
+    return CoreCluster(**settings)
+
+
+def send_big(cluster: CoreCluster, leader: int, count: int, prefix: str) -> list[int]:
+    """`count` sends of one BIG message each, every one acknowledged; their queue offsets."""
+    offsets = []
+    for i in range(count):
+        body = f"{prefix}{i:06d}".encode() + bytes(BIG)
+        response = cluster.request(leader, send_request("orders", [body], prefix=f"{prefix}{i}"))
+        assert response.ok, response.remark
+        offsets.append(response.fields["queue_offset"])
+    return offsets
+
+
+def readable(cluster: CoreCluster, node: int, topic: str = "orders") -> dict[int, bytes]:
+    """Queue offset -> body prefix of every message `node` serves from queue 0."""
+    out: dict[int, bytes] = {}
+    core = cluster.cores[node]
+    offset = core.store.min_offset(topic, 0)
+    while True:
+        response = cluster.pull(node, topic, 0, offset, max_count=64)
+        if response.fields["status"] != "FOUND":
+            return out
+        first = response.fields["next_offset"] - len(bodies_of(response))
+        for i, body in enumerate(bodies_of(response)):
+            out[first + i] = body[:16]
+        offset = response.fields["next_offset"]
+
+
+def snapshots(cluster: CoreCluster, node: int) -> dict[int, SegmentSnapshot]:
+    files = SnapshotFiles(cluster.fss[node], f"/n{node}/snapshots")
+    out = {}
+    for offset in files.offsets():
+        snapshot = files.load(offset)
+        assert snapshot is not None
+        out[offset] = snapshot
+    return out
+
+
+def test_a_snapshot_is_taken_where_each_segment_begins() -> None:
+    cluster = CoreCluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 10, "a")
+    cluster.settle()
+    for node in cluster.ids:
+        taken = snapshots(cluster, node)
+        assert sorted(taken) == [SEGMENT, 2 * SEGMENT], node
+        core = cluster.cores[node]
+        for offset, snapshot in taken.items():
+            # The queue offset of the first message at or past the boundary, the Raft
+            # entry just before it, and the state there.
+            units = core.store.get_messages("orders", 0, 0, 64).messages
+            before = [q for q, frame in units if _commit_offset(core, q) < offset]
+            assert snapshot.queues == {("orders", 0): len(before)}
+            assert core.entry_log.end_of(snapshot.index) <= offset
+            assert core.entry_log.end_of(snapshot.index + 1) > offset
+            assert snapshot.term == core.entry_log.term_at(snapshot.index)
+        assert taken[SEGMENT].state  # the topic table at least
+
+
+def _commit_offset(core: BrokerCore, queue_offset: int) -> int:
+    queue = core.store.queues.get("orders", 0)
+    assert queue is not None
+    unit = queue.get(queue_offset)
+    assert unit is not None
+    return unit.commit_offset
+
+
+def test_retention_deletes_old_segments_everywhere_and_keeps_the_rest() -> None:
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 10, "old")
+    cluster.tick(RETENTION_MS // 10 + 30)  # the first segments expire
+    fresh = send_big(cluster, leader, 2, "new")
+    cluster.settle(20)
+    views = {node: readable(cluster, node) for node in cluster.ids}
+    for node, core in cluster.cores.items():
+        assert core.stats()["segments_deleted"] == 2, node
+        assert core.commit_log.min_offset == 2 * SEGMENT
+        assert core.raft.status()["first_index"] > 1
+        assert views[node] == views[leader], "replicas serve the same messages"
+    assert min(views[leader]) > 0, "the oldest messages are gone"
+    assert set(fresh) <= set(views[leader])
+    assert views[leader][fresh[-1]].startswith(b"new000001")
+    # A pull below what is kept says so, with where the queue now begins.
+    response = cluster.pull(leader, "orders", 0, 0)
+    assert response.fields["status"] == "OFFSET_ILLEGAL"
+    assert response.fields["next_offset"] == min(views[leader])
+
+
+def test_nothing_is_deleted_before_it_expires() -> None:
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 10, "a")
+    cluster.tick(RETENTION_MS // 20)
+    for core in cluster.cores.values():
+        assert core.stats()["segments_deleted"] == 0
+        assert core.commit_log.min_offset == 0
+
+
+def lag_behind_retention(cluster: CoreCluster) -> tuple[int, int]:
+    """A follower cut off while the others write and delete what it would need next."""
+    leader = cluster.elect()
+    send_big(cluster, leader, 2, "a")
+    commit = request(
+        RequestCode.UPDATE_CONSUMER_OFFSET,
+        {"group": "readers", "offsets": [["orders", 0, 1, 0]]},
+    )
+    assert cluster.request(leader, commit).ok
+    cluster.settle()
+    behind = cluster.followers()[0]
+    cluster.isolate(behind)
+    send_big(cluster, leader, 12, "b")
+    cluster.tick(RETENTION_MS // 10 + 30)
+    assert cluster.cores[leader].commit_log.min_offset > 0, "the leader deleted nothing"
+    return leader, behind
+
+
+def test_a_follower_behind_deleted_segments_installs_the_snapshot_and_catches_up() -> None:
+    cluster = retention_cluster()
+    leader, behind = lag_behind_retention(cluster)
+    cluster.heal()
+    cluster.settle(30)
+    core = cluster.cores[behind]
+    assert core.stats()["snapshots_installed"] == 1
+    assert core.commit_log.min_offset == cluster.cores[leader].commit_log.min_offset
+    after = send_big(cluster, leader, 3, "c")
+    cluster.settle(20)
+    views = {node: readable(cluster, node) for node in cluster.ids}
+    assert views[behind] == views[leader], "the same messages at the same queue offsets"
+    assert set(after) <= set(views[behind])
+    # The replicated state came with the snapshot: topics and consumer offsets.
+    assert "orders" in core.topics
+    query = request(
+        RequestCode.QUERY_CONSUMER_OFFSET, {"group": "readers", "topic": "orders", "queue_id": 0}
+    )
+    assert cluster.request(behind, query).fields["offsets"] == [[0, 1]]
+    # Its log matches the leader's byte for byte from where both begin.
+    lead = cluster.cores[leader].commit_log
+    log = core.commit_log
+    assert log.min_offset == lead.min_offset and log.max_offset == lead.max_offset
+    assert bytes(log.read(log.min_offset, log.max_offset - log.min_offset)) == bytes(
+        lead.read(lead.min_offset, lead.max_offset - lead.min_offset)
+    )
+
+
+def test_an_installed_follower_survives_a_crash_and_can_lead() -> None:
+    cluster = retention_cluster()
+    leader, behind = lag_behind_retention(cluster)
+    cluster.heal()
+    cluster.settle(30)
+    assert cluster.cores[behind].stats()["snapshots_installed"] == 1
+    cluster.crash(behind)
+    cluster.start(behind)
+    cluster.settle(10)
+    expected = readable(cluster, leader)
+    assert readable(cluster, behind) == expected
+    cluster.stop(leader)
+    new_leader = cluster.elect()
+    after = send_big(cluster, new_leader, 1, "d")
+    assert after == [max(expected) + 1], "queue offsets go on where they were"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_crash_in_the_middle_of_an_install_redoes_it_on_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = retention_cluster()
+    leader, behind = lag_behind_retention(cluster)
+    real_write = SnapshotFiles.write
+    victim = cluster.fss[behind]
+
+    def write(self: SnapshotFiles, offset: int, data: bytes) -> None:
+        if self._fs is victim and victim.exists(f"/n{behind}/installing"):
+            raise Interrupted  # the store and the log are reset, the rest is not
+        real_write(self, offset, data)
+
+    monkeypatch.setattr(SnapshotFiles, "write", write)
+    cluster.heal()
+    with pytest.raises(Interrupted):
+        cluster.settle(30)
+    monkeypatch.setattr(SnapshotFiles, "write", real_write)
+    cluster.crash(behind)
+    core = cluster.start(behind)
+    assert not victim.exists(f"/n{behind}/installing")
+    assert core.commit_log.min_offset == cluster.cores[leader].commit_log.min_offset
+    cluster.settle(30)
+    send_big(cluster, leader, 1, "e")
+    cluster.settle(10)
+    assert readable(cluster, behind) == readable(cluster, leader)
+
+
+def test_a_node_whose_disk_was_replaced_rejoins_from_the_snapshot() -> None:
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 12, "a")
+    cluster.tick(RETENTION_MS // 10 + 30)
+    wiped = cluster.followers()[0]
+    cluster.crash(wiped)
+    cluster.fss[wiped] = SimFileSystem(cluster.fss[wiped]._rng)
+    cluster.start(wiped)
+    cluster.settle(30)
+    assert cluster.cores[wiped].stats()["snapshots_installed"] == 1
+    send_big(cluster, leader, 1, "b")
+    cluster.settle(10)
+    assert readable(cluster, wiped) == readable(cluster, leader)
+
+
+def test_a_restart_rebuilds_the_state_from_the_segment_snapshot() -> None:
+    # Without its state file, a node whose log was compacted rebuilds its topics and
+    # offsets from the snapshot where its log begins, not from an empty state.
+    cluster = retention_cluster(state_snapshot_interval_ms=3_600_000)
+    leader, _behind = lag_behind_retention(cluster)
+    node = leader
+    cluster.stop(node)
+    cluster.fss[node].remove(f"/n{node}/state")
+    core = cluster.start(node)
+    assert "orders" in core.topics
+    assert core._state.committed_offsets("readers", "orders") == {0: 1}
