@@ -157,7 +157,19 @@ class MessageStore:
         """Does the CommitLog hold, at the unit's offset and size, a message of that queue
         with that tag hash? Every field is compared: a crash can tear a 20-byte unit
         anywhere, e.g. after the offset and size but before the tag hash, and a unit with a
-        wrong tag hash would make tag-filtered pulls skip its message for good."""
+        wrong tag hash would make tag-filtered pulls skip its message for good.
+
+        A unit whose message lies wholly below the CommitLog's min offset (retention
+        deleted its segment) matches without a look: it cannot be checked, and dropping
+        it would move the queue's max offset back, so offsets already handed out would be
+        handed out again (re-dispatch cannot rebuild it, its frame is gone). Keeping it
+        cannot keep a torn unit that should not exist: a unit is commit_offset u64 |
+        size u32 | tag u64, written over zeros, so a write torn inside the commit offset
+        leaves size 0, which is no unit at all; one torn later has the whole, true commit
+        offset of a message that was dispatched, and a wrong size or tag hash below the
+        min offset is never used (such units are never served)."""
+        if unit.commit_offset + unit.size <= self.commit_log.min_offset:
+            return True
         try:
             head = decode_message_header(
                 self._frame(unit.commit_offset, unit.size), verify_crc=False
