@@ -12,7 +12,7 @@ import random
 import pytest
 
 from storage.checkpoint import Checkpoint
-from storage.files import Buffer, Segment, SimFileSystem
+from storage.files import Buffer, RealFileSystem, Segment, SimFileSystem
 from storage.message_store import GetStatus, MessageStore, StoreConfig
 from storage.record import MessageRecord
 
@@ -239,6 +239,20 @@ def test_reset_is_durable_when_it_returns(commit_offset, how):
         assert bounds(again) == expected_bounds(commit_offset)
         assert again.recovery.redispatched == 0
         check_appends_continue_where_the_leader_would(again, commit_offset)
+
+
+def test_reset_on_real_files_reopens_at_the_same_offsets(tmp_path):
+    fs = RealFileSystem()
+    store = MessageStore(fs, str(tmp_path), CONFIG)
+    store.put_messages([rec(i, "t", i % 2) for i in range(30)])
+    store.put_messages([rec(i, "u") for i in range(30, 40)])
+    store.dispatch()
+    store.reset(4 * SEGMENT, QUEUE_NEXT, now_ms=7_000)
+    store.close(now_ms=8_000)
+    again = MessageStore(fs, str(tmp_path), CONFIG)
+    assert bounds(again) == expected_bounds(4 * SEGMENT)
+    check_appends_continue_where_the_leader_would(again, 4 * SEGMENT)
+    again.close(now_ms=9_000)
 
 
 def test_a_crash_after_appends_that_follow_a_reset_keeps_the_queue_offsets():
