@@ -750,6 +750,41 @@ class CommitLog:
         assert self._min <= self._flushed <= self._max
         return True
 
+    def reset(self, offset: int) -> None:
+        """Drop every segment and go on, empty, at `offset`, durably.
+
+        For a replica that installs a snapshot instead of the log before it: it must
+        hold no frame, yet its next frame must land at the same physical offset as on
+        the leader (`offset` is the leader's min offset), or the replicas' logs (and
+        every offset derived from them) would differ. `offset` must be a multiple of
+        segment_bytes: segment starts and the dispatcher's segment ends are computed
+        from absolute offsets. The new segment is created (and synced) empty, so the
+        log reopens with min_offset == max_offset == `offset`. Segments are deleted
+        oldest first, as by retention: a crash part way leaves a contiguous log that
+        opens (and a new empty one if all were gone), and calling `reset` again finishes
+        the job. The write limit stays as it is: it only bounds bytes ever written, and
+        the new segment holds none. No FlushPlan may be in flight.
+        """
+        if self._closed:
+            raise StorageError(f"{self._dir}: commit log is closed")
+        if offset < 0 or offset % self._segment_bytes:
+            raise ValueError(
+                f"reset to {offset}: not a non-negative multiple of segment_bytes "
+                f"{self._segment_bytes}"
+            )
+        while self._slots:
+            slot = self._slots[0]
+            slot.segment.close()
+            self._fs.remove(self._path(slot.start))
+            self._dirty.discard(slot.start)
+            self._slots.pop(0)
+        # Coherent from here on: appends would create the segment at `offset` themselves.
+        self._min = self._max = self._flushed = offset
+        self._recovered = True
+        segment = self._fs.open_segment(self._path(offset), self._segment_bytes)
+        self._slots.append(_Slot(offset, segment, high_water=0, last_frame=None))
+        segment.sync()
+
     def last_frame_in_segment(self, start: int) -> tuple[int, memoryview] | None:
         """(offset, view) of the last non-blank frame of the segment at `start`, or None.
 

@@ -12,6 +12,7 @@ File layout (little-endian), under ``<root>/<topic>/<queue_id>/``::
                     always a multiple of units_per_segment
     unit (20 B)   = commit_offset u64 | size u32 | tag_hash u64
     size == 0     = "no unit here" (a fresh segment is all zeros)
+    blank unit    = (0, 0xFFFFFFFF, 0): a queue offset that holds no message; see ``reset``
 
 Contracts:
 
@@ -29,9 +30,16 @@ Contracts:
   recipe is: open, ``recover(commitlog_max, unit_matches)``, then
   ``truncate_to_commit_offset(resume)`` and re-dispatch from ``resume``; because queue
   offsets are assigned in commit order, re-dispatch rebuilds byte-identical units.
-* ``min_offset`` after opening is the first unit on disk; retention state is not
-  persisted here, so the store re-applies ``delete_before_commit_offset`` with the
-  CommitLog's min offset after opening.
+* ``min_offset`` after opening is the first unit on disk past any blanks; retention
+  state is not persisted here, so the store re-applies ``delete_before_commit_offset``
+  with the CommitLog's min offset after opening.
+* Blank units exist only as a prefix of the first segment (if at all), written by
+  ``reset`` so that a queue can start at a queue offset other than 0 and still reopen
+  there. They are never served (``min_offset`` is always past them), count as older
+  than any message (commit offset "below 0" for the binary searches), end at commit
+  offset 0 for the commit-order check, and are never dropped as torn. ``put`` refuses
+  size 0xFFFFFFFF, so a real unit, whole or torn (a torn write leaves a prefix of the
+  unit followed by the zeros it was written over), never reads as a blank.
 * Truncation is rare (recovery only) and synced when it returns. It is not atomic
   across a crash, but every intermediate state is a contiguous prefix whose only
   possibly damaged unit is the last, which ``recover(..., unit_matches)`` drops; and
@@ -46,7 +54,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import pairwise
 from typing import NamedTuple
@@ -62,6 +70,9 @@ TOPIC_BYTES_MAX = 255
 _UNIT = struct.Struct("<QIQ")
 assert _UNIT.size == UNIT_BYTES
 _ZERO_UNIT = bytes(UNIT_BYTES)
+BLANK_SIZE = 0xFFFF_FFFF
+"""The size field of a blank unit. No real unit has it (``put`` refuses it), so the size
+alone tells a blank."""
 # A unit seen as five u32 words: the size field is word 2.
 _UNIT_WORDS = UNIT_BYTES // 4
 _SIZE_WORD = 2
@@ -77,6 +88,12 @@ class Unit(NamedTuple):
     commit_offset: int
     size: int
     tag_hash: int
+
+
+BLANK_UNIT = Unit(0, BLANK_SIZE, 0)
+"""RocketMQ's pre-blank (commitLogOffset 0, size Integer.MAX_VALUE, tags 0): a queue
+offset before the queue's first message, written by ``ConsumeQueue.reset``."""
+_BLANK_BYTES = _UNIT.pack(*BLANK_UNIT)
 
 
 # Builds a Unit from an unpacked tuple without the Python-level frame of Unit._make:
@@ -105,6 +122,21 @@ def validate_topic(topic: str) -> None:
         or len(topic.encode("utf-8")) > TOPIC_BYTES_MAX
     ):
         raise ValueError(f"invalid topic name {topic!r}")
+
+
+def validate_queue(topic: str, queue_id: int) -> None:
+    """Reject a (topic, queue id) that has no ConsumeQueue directory of its own."""
+    validate_topic(topic)
+    if not 0 <= queue_id <= QUEUE_ID_MAX:
+        raise ValueError(f"queue id {queue_id} outside [0, {QUEUE_ID_MAX}]")
+
+
+def validate_queue_next(queue_next: Mapping[tuple[str, int], int]) -> None:
+    """Check a ``ConsumeQueueSet.reset`` argument whole, before anything is deleted."""
+    for (topic, queue_id), next_offset in queue_next.items():
+        validate_queue(topic, queue_id)
+        if next_offset < 0:
+            raise ValueError(f"{topic}/{queue_id}: next queue offset {next_offset} < 0")
 
 
 def _first_zero_size(data: memoryview | bytes, unit_count: int) -> int:
@@ -144,9 +176,7 @@ class ConsumeQueue:
         queue_id: int,
         units_per_segment: int = UNITS_PER_SEGMENT_DEFAULT,
     ) -> None:
-        validate_topic(topic)
-        if not 0 <= queue_id <= QUEUE_ID_MAX:
-            raise ValueError(f"queue id {queue_id} outside [0, {QUEUE_ID_MAX}]")
+        validate_queue(topic, queue_id)
         if units_per_segment < 1:
             raise ValueError(f"units_per_segment must be positive, got {units_per_segment}")
         self._fs = fs
@@ -210,7 +240,7 @@ class ConsumeQueue:
         assert queue_offset == self._max, (
             f"{self.directory}: put at {queue_offset}, expected {self._max}"
         )
-        assert size > 0, "a unit of size 0 would read back as 'no unit'"
+        assert 0 < size < BLANK_SIZE, "size 0 reads back as 'no unit', 0xFFFFFFFF as a blank"
         assert commit_offset >= self._commit_end, "units of one queue must follow commit order"
         if queue_offset == self._tail_end:
             self._roll()
@@ -245,7 +275,7 @@ class ConsumeQueue:
             commit_end = self._commit_end
             pos = 0
             for commit_offset, size, tag_hash in units[done : done + count]:
-                assert size > 0, "a unit of size 0 would read back as 'no unit'"
+                assert 0 < size < BLANK_SIZE, "size 0 is 'no unit', 0xFFFFFFFF a blank"
                 assert commit_offset >= commit_end, "units of one queue must follow commit order"
                 _UNIT.pack_into(chunk, pos, commit_offset, size, tag_hash)
                 commit_end = commit_offset + size
@@ -325,13 +355,19 @@ class ConsumeQueue:
         return result
 
     def last_unit(self) -> Unit | None:
-        """The newest unit on disk, even if retention moved ``min_offset`` past it.
+        """The newest unit on disk, even if retention moved ``min_offset`` past it; None
+        if there is none or only blanks (they are a prefix, so the newest tells).
 
-        The dispatcher uses it to tell how far this queue got in the CommitLog.
+        The dispatcher uses it to tell how far this queue got in the CommitLog, the
+        commit-order check to tell where the next unit may start: a blank says nothing
+        of the CommitLog, so it must not count as a message there (at commit offset 0
+        it would make a resuming dispatch skip the message at 0; its size would put
+        its end 4 GiB out).
         """
         if self._max == self._first_base:
             return None
-        return self._read_unit(self._max - 1)
+        unit = self._read_unit(self._max - 1)
+        return None if unit.size == BLANK_SIZE else unit
 
     def offset_for_timestamp(self, ts_ms: int, store_time_of: StoreTimeOf) -> int:
         """The first queue offset whose message was stored at or after ``ts_ms``.
@@ -345,6 +381,9 @@ class ConsumeQueue:
         while lo < hi:
             mid = (lo + hi) // 2
             unit = self._read_unit(mid)
+            if unit.size == BLANK_SIZE:  # older than any message (min_offset is past them)
+                lo = mid + 1
+                continue
             stored_ms = store_time_of(unit.commit_offset, unit.size)
             if stored_ms is None or stored_ms < ts_ms:
                 lo = mid + 1
@@ -353,15 +392,27 @@ class ConsumeQueue:
         return lo
 
     def _first_at_or_after_commit_offset(self, commit_offset: int, lo: int) -> int:
-        """The first queue offset in [lo, max_offset) whose unit starts at or past it."""
+        """The first queue offset in [lo, max_offset) whose unit starts at or past it.
+
+        Blanks count as starting below any commit offset, 0 included: they come before
+        every message of the queue, so the search stays a search over sorted keys, and
+        neither retention nor truncation ever lands ``min_offset`` on one.
+        """
         hi = self._max
         while lo < hi:
             mid = (lo + hi) // 2
-            if self._read_unit(mid).commit_offset < commit_offset:
+            unit = self._read_unit(mid)
+            if unit.size == BLANK_SIZE or unit.commit_offset < commit_offset:
                 lo = mid + 1
             else:
                 hi = mid
         return lo
+
+    def _past_blanks(self) -> int:
+        """The first queue offset on disk that is not a blank (one read when none is)."""
+        if self._max == self._first_base or self._read_unit(self._first_base).size != BLANK_SIZE:
+            return self._first_base
+        return self._first_at_or_after_commit_offset(0, self._first_base)
 
     # ------------------------------------------------------------------ durability
 
@@ -417,7 +468,7 @@ class ConsumeQueue:
         end = self._physical_end()
         self._max = end
         self._cut_after(end)
-        self._min = min(self._first_base, self._max)
+        self._min = self._past_blanks()
         self._flushed = self._max
         self._after_tail_change()
 
@@ -483,11 +534,15 @@ class ConsumeQueue:
         ``commit_max_offset`` (the CommitLog's valid end after its own recovery) or,
         when given, ``unit_matches(queue_offset, unit)`` says the CommitLog holds a
         different message there. The latter is what catches a torn last unit whose
-        commit offset landed but whose size or tag hash did not.
+        commit offset landed but whose size or tag hash did not. The scan stops at a
+        blank: no torn unit reads as one (see the module docstring), and it has no
+        message for the CommitLog to confirm.
         """
         end = self._max
         while end > self._first_base:
             unit = self._read_unit(end - 1)
+            if unit.size == BLANK_SIZE:
+                break
             if unit.commit_offset + unit.size <= commit_max_offset and (
                 unit_matches is None or unit_matches(end - 1, unit)
             ):
@@ -521,6 +576,48 @@ class ConsumeQueue:
         if self._flushed == self._max:
             self._dirty = False
 
+    def reset(self, next_offset: int) -> None:
+        """Drop every unit and make ``next_offset`` the next queue offset, durably.
+
+        For a replica that installs a snapshot: it holds none of the leader's messages
+        but must number each queue's next message as the leader does, or one queue
+        offset would name different messages on different replicas. Opening derives
+        the bounds from the files alone, so the start is written as RocketMQ's
+        fillPreBlank does: blank units for [base, next_offset) in the segment whose
+        ``base`` holds ``next_offset`` (just that segment, empty, when ``next_offset``
+        is a multiple of ``units_per_segment``; no file at all for 0), synced. The
+        queue then reopens with max_offset ``next_offset`` and min_offset past the
+        blanks.
+
+        Segments are deleted oldest first, so a crash part way leaves files that open
+        (maybe with a torn blank that passes for a unit, whose message would be at
+        commit offset 0); calling ``reset`` again with the same offset repairs it all.
+        """
+        if next_offset < 0:
+            raise ValueError(f"{self.directory}: next queue offset {next_offset} < 0")
+        while self._segments:
+            ref = self._segments[0]
+            ref.segment.close()
+            self._fs.remove(ref.segment.path)
+            self._segments.pop(0)
+        # Until the segment is written: an empty queue whose first put would roll at base.
+        base = next_offset - next_offset % self._units
+        self._first_base = self._min = self._max = self._flushed = base
+        self._dirty = False
+        self._after_tail_change()
+        if next_offset == 0:
+            return
+        self._fs.makedirs(self.directory)
+        segment = self._fs.open_segment(
+            f"{self.directory}/{segment_name(base)}", self._segment_bytes
+        )
+        self._segments.append(_SegmentRef(base, segment))
+        if next_offset > base:
+            segment.write(0, _BLANK_BYTES * (next_offset - base))
+        segment.sync()
+        self._min = self._max = self._flushed = next_offset
+        self._after_tail_change()
+
     # ------------------------------------------------------------------ retention
 
     def delete_before_commit_offset(self, commit_min_offset: int) -> int:
@@ -536,7 +633,7 @@ class ConsumeQueue:
         while len(self._segments) > 1:
             ref = self._segments[0]
             last = Unit._make(_UNIT.unpack_from(ref.segment.read(last_pos, UNIT_BYTES)))
-            if last.commit_offset >= commit_min_offset:
+            if last.commit_offset >= commit_min_offset and last.size != BLANK_SIZE:
                 break
             self._segments.pop(0)
             ref.segment.close()
@@ -610,12 +707,27 @@ class ConsumeQueueSet:
         for queue in self._queues.values():
             queue.truncate_to_commit_offset(commit_offset)
 
+    def reset(self, queue_next: Mapping[tuple[str, int], int]) -> None:
+        """``ConsumeQueue.reset`` every queue: to ``queue_next[(topic, queue_id)]``, to 0
+        if absent. Queues first named here are created unless they start at 0.
+
+        Directories are never removed, so a queue that was on disk stays in the set (and
+        reopens) as an empty one. Checks every argument before it deletes anything.
+        """
+        validate_queue_next(queue_next)
+        for key, queue in list(self._queues.items()):
+            queue.reset(queue_next.get(key, 0))
+        for (topic, queue_id), next_offset in queue_next.items():
+            if next_offset > 0 and (topic, queue_id) not in self._queues:
+                self.get_or_create(topic, queue_id).reset(next_offset)
+
     def delete_before_commit_offset(self, commit_min_offset: int) -> int:
         """Apply CommitLog retention to every queue; returns segments deleted."""
         return sum(q.delete_before_commit_offset(commit_min_offset) for q in self._queues.values())
 
     def max_commit_end(self) -> int:
-        """Where the newest unit of any queue ends in the CommitLog (0 if none)."""
+        """Where the newest unit of any queue ends in the CommitLog (0 if none; a queue
+        holding only blanks has none, see ``ConsumeQueue.last_unit``)."""
         ends = [u.commit_offset + u.size for q in self._queues.values() if (u := q.last_unit())]
         return max(ends, default=0)
 

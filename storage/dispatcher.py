@@ -128,6 +128,13 @@ class Dispatcher:
         self._interrupted = False
         return out
 
+    def reset(self, offset: int) -> None:
+        """Go on from `offset` after the store was reset there: nothing below it will
+        ever be dispatched, and nothing at or past it was, so there is nothing to resume
+        (an interrupted call's resuming mode ends here)."""
+        self.dispatched_offset = offset
+        self._resuming = self._interrupted = False
+
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         skipping = False
         for pos, magic, inner in inner_frames(frame):

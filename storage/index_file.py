@@ -600,6 +600,19 @@ class IndexService:
             self._drop_empty_tail()
         self._last_commit_offset = self._files[-1].end_commit_offset if self._files else -1
 
+    def clear(self) -> None:
+        """Delete every index file, durably: a store reset drops every message.
+
+        A file is forgotten only once it is deleted, so after an error part way (a
+        crash leaves files that open) calling ``clear`` again finishes the job.
+        """
+        while self._files:
+            self._files[-1].close()
+            self._fs.remove(f"{self.directory}/{file_name(self._names[-1])}")
+            self._files.pop()
+            self._names.pop()
+        self._last_commit_offset = -1
+
     def delete_before_commit_offset(self, commit_min_offset: int) -> int:
         """Apply CommitLog retention: delete whole files whose newest entry is below
         ``commit_min_offset``, never the newest file. Returns files deleted."""

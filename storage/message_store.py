@@ -11,6 +11,8 @@ keeps them consistent across crashes:
   torn or corrupt tail; then it drops ConsumeQueue units and index entries that
   point past the CommitLog, and re-dispatches what they miss.
 * `delete_expired` removes whole old segments by age or disk pressure.
+* `reset` empties the store for a replica that installs a snapshot, keeping the
+  leader's CommitLog offset and queue offsets for what comes next.
 
 The store never reads a clock: every time is a `now_ms` argument.
 """
@@ -18,13 +20,19 @@ The store never reads a clock: every time is a `now_ms` argument.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from storage.checkpoint import Checkpoint
 from storage.commit_log import CommitLog
-from storage.consume_queue import ConsumeQueue, ConsumeQueueSet, Unit
+from storage.consume_queue import (
+    BLANK_SIZE,
+    ConsumeQueue,
+    ConsumeQueueSet,
+    Unit,
+    validate_queue_next,
+)
 from storage.dispatcher import Dispatched, Dispatcher, RecordHook
 from storage.entry_log import inner_frames
 from storage.errors import CorruptRecordError, OffsetOutOfRangeError
@@ -157,7 +165,19 @@ class MessageStore:
         """Does the CommitLog hold, at the unit's offset and size, a message of that queue
         with that tag hash? Every field is compared: a crash can tear a 20-byte unit
         anywhere, e.g. after the offset and size but before the tag hash, and a unit with a
-        wrong tag hash would make tag-filtered pulls skip its message for good."""
+        wrong tag hash would make tag-filtered pulls skip its message for good.
+
+        A unit whose message lies wholly below the CommitLog's min offset (retention
+        deleted its segment) matches without a look: it cannot be checked, and dropping
+        it would move the queue's max offset back, so offsets already handed out would be
+        handed out again (re-dispatch cannot rebuild it, its frame is gone). Keeping it
+        cannot keep a torn unit that should not exist: a unit is commit_offset u64 |
+        size u32 | tag u64, written over zeros, so a write torn inside the commit offset
+        leaves size 0, which is no unit at all; one torn later has the whole, true commit
+        offset of a message that was dispatched, and a wrong size or tag hash below the
+        min offset is never used (such units are never served)."""
+        if unit.commit_offset + unit.size <= self.commit_log.min_offset:
+            return True
         try:
             head = decode_message_header(
                 self._frame(unit.commit_offset, unit.size), verify_crc=False
@@ -202,6 +222,39 @@ class MessageStore:
         if cp.commitlog_flushed > offset:
             self._store_checkpoint(Checkpoint(offset, min(cp.dispatched, offset), cp.written_ms))
         self.commit_log.truncate(offset)  # durable when it returns
+
+    def reset(
+        self, commit_offset: int, queue_next: Mapping[tuple[str, int], int], now_ms: int
+    ) -> None:
+        """Drop every message and go on as a store whose CommitLog starts at `commit_offset`
+        and whose queue (topic, queue_id) assigns `queue_next[(topic, queue_id)]` next (0
+        for queues not named), durably.
+
+        For a replica that installs a Raft snapshot because the leader's retention
+        deleted the log it lacks: it must then append at the leader's physical offsets
+        (`commit_offset`, the leader's CommitLog min offset, a multiple of
+        segment_bytes) and number messages as the leader does, or the replicas would
+        build different logs and ConsumeQueues from the same entries. Reads below a
+        queue's start answer OFFSET_TOO_SMALL, as after retention.
+
+        Arguments are checked before anything is deleted. The CommitLog goes first, so
+        a reopen part way has no message left to dispatch into a half-reset queue; then
+        the index, the queues, and the checkpoint last. Every step is durable when it
+        returns, so after `reset` returned a reopen (clean or not) finds this state.
+        A crash part way leaves a mix of old and new files that opens; the caller must
+        then call `reset` again with the same arguments (it keeps a marker until `reset`
+        returned), which ends in exactly the state an uninterrupted call leaves. So does
+        calling it again on the same store after an error part way (a full disk). The
+        CommitLog, queue set, index and dispatcher stay the same objects, so whoever
+        holds them sees the reset. No CommitLog FlushPlan may be in flight.
+        """
+        validate_queue_next(queue_next)
+        self.commit_log.reset(commit_offset)  # checks commit_offset before it deletes anything
+        self._segment_last_store_ms.clear()
+        self.index.clear()
+        self.queues.reset(queue_next)
+        self.dispatcher.reset(commit_offset)
+        self._store_checkpoint(Checkpoint(commit_offset, commit_offset, now_ms))
 
     def dispatch(self, upto: int | None = None) -> list[Dispatched]:
         """Make frames below `upto` (default: everything appended) visible to readers."""
@@ -293,8 +346,8 @@ class MessageStore:
                 break
             current = next_offset
             next_offset += 1
-            if unit.commit_offset < log_min:
-                continue  # its segment was deleted by retention
+            if unit.commit_offset < log_min or unit.size == BLANK_SIZE:
+                continue  # its segment was deleted by retention, or no message (a blank)
             if tag_hashes is not None and unit.tag_hash not in tag_hashes:
                 continue
             try:

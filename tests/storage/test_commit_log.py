@@ -587,6 +587,74 @@ def test_retention_deletes_old_segments_but_never_the_last():
     assert frames_of(log) == [(2 * SEG, frame(200, 2))]
 
 
+def test_reset_drops_every_segment_and_the_log_reopens_empty_at_the_new_offset(fs_dir):
+    fs, d = fs_dir
+    log = CommitLog(fs, d, segment_bytes=SEG)
+    log.append([frame(200, i) for i in range(3)])
+    log.delete_first_segment()
+    log.reset(5 * SEG)
+    assert segment_files(fs, d) == [f"{5 * SEG:020d}"]
+    assert (log.min_offset, log.max_offset, log.flushed_offset) == (5 * SEG,) * 3
+    assert log.segments() == [(5 * SEG, 5 * SEG)] and frames_of(log) == []
+    log.close()
+    for from_offset in (0, 5 * SEG):  # the store passes at most the last segment start
+        again = CommitLog(fs, d, segment_bytes=SEG)
+        assert (again.min_offset, again.max_offset) == (5 * SEG, 5 * SEG)
+        report = again.recover(from_offset)
+        assert (report.valid_until, report.truncated) == (5 * SEG, False)
+        assert (again.min_offset, again.max_offset) == (5 * SEG, 5 * SEG)
+        again.close()
+    again = reopen(fs, directory=d)
+    assert again.append([frame(200, 1), frame(100, 2)]) == [5 * SEG, 6 * SEG]
+    again.flush()
+    again.close()
+    assert frames_of(reopen(fs, directory=d)) == [
+        (5 * SEG, frame(200, 1)),
+        (6 * SEG, frame(100, 2)),
+    ]
+
+
+def test_reset_into_the_old_log_keeps_none_of_its_frames():
+    fs = sim()
+    log = CommitLog(fs, D, segment_bytes=SEG)
+    log.append([frame(200, i) for i in range(4)])
+    log.flush()
+    log.reset(SEG)
+    fs.crash()
+    again = reopen(fs, SEG)
+    assert (again.min_offset, again.max_offset) == (SEG, SEG) and frames_of(again) == []
+    assert raw(fs, SEG) == bytes(SEG)
+
+
+def test_reset_refuses_an_offset_that_is_no_segment_start_and_changes_nothing():
+    fs = sim()
+    log = CommitLog(fs, D, segment_bytes=SEG)
+    log.append([frame(50)])
+    for bad in (SEG + 8, -SEG):
+        with pytest.raises(ValueError):
+            log.reset(bad)
+    assert frames_of(log) == [(0, frame(50))]
+    log.reset(0)
+    assert (log.min_offset, log.max_offset) == (0, 0) and raw(fs, 0) == bytes(SEG)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_appends_after_a_reset_past_the_write_limit_recover_from_a_torn_crash(seed):
+    fs = sim(seed=seed)
+    log = CommitLog(fs, D, segment_bytes=SEG, write_reserve_bytes=SEG)
+    log.append([frame(100, 1)])
+    log.reset(8 * SEG)  # past the durable write limit (SEG + 100)
+    log.append([frame(60, 2)])
+    log.flush()
+    log.append([frame(60, 3), frame(60, 4)])
+    fs.crash()
+    again = reopen(fs, 8 * SEG)
+    got = frames_of(again)
+    assert got[0] == (8 * SEG, frame(60, 2))
+    assert got == [(8 * SEG + 60 * i, frame(60, 2 + i)) for i in range(len(got))]
+    assert again.max_offset == 8 * SEG + 60 * len(got)
+
+
 def test_last_frame_in_segment_is_known_after_append_and_after_reopen():
     fs = sim()
     log = CommitLog(fs, D, segment_bytes=SEG)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.consume_queue import (
+    BLANK_SIZE,
+    BLANK_UNIT,
     UNIT_BYTES,
     ConsumeQueue,
     ConsumeQueueError,
@@ -398,6 +401,148 @@ def test_retention_is_reapplied_after_reopen():
     assert again.min_offset == 4  # the first unit on disk
     again.delete_before_commit_offset(unit_at(6).commit_offset)
     assert again.min_offset == 6
+
+
+# ---------------------------------------------------------------- reset and blank units
+
+
+def unpack_units(data: bytes) -> list[Unit]:
+    return [Unit._make(u) for u in struct.iter_unpack("<QIQ", data)]
+
+
+def units_on_disk(fs: SimFileSystem, base: int) -> list[Unit]:
+    """Every unit slot of the segment at ``base``, read from the file (blanks included)."""
+    segment = fs.open_segment(f"{ROOT}/TopicA/3/{segment_name(base)}", UNITS * UNIT_BYTES)
+    return unpack_units(bytes(segment.read(0, UNITS * UNIT_BYTES)))
+
+
+@pytest.mark.parametrize("reopen", ["close", "crash"])
+def test_reset_writes_blanks_before_the_next_offset_and_the_queue_reopens_there(reopen):
+    fs = sim_fs()
+    queue = open_queue(fs)
+    fill(queue, 11)
+    queue.reset(6)
+    assert fs.listdir(f"{ROOT}/TopicA/3") == [segment_name(4)]
+    assert units_on_disk(fs, 4) == [BLANK_UNIT, BLANK_UNIT, (0, 0, 0), (0, 0, 0)]
+    assert (queue.min_offset, queue.max_offset, queue.flushed_offset) == (6, 6, 6)
+    assert queue.get(5) is None and queue.get_range(4, 10) == [] and queue.last_unit() is None
+    if reopen == "close":
+        queue.close()
+    else:
+        fs.crash()  # reset synced: nothing to tear
+    again = open_queue(fs)
+    assert (again.min_offset, again.max_offset) == (6, 6)
+    assert again.get_range(0, 100) == [] and again.last_unit() is None
+    fill(again, 3)
+    assert again.get_range(6, 100) == [unit_at(i) for i in range(6, 9)]
+    assert again.get_range(5, 100) == [], "below min_offset: nothing, blanks least of all"
+    again.flush()
+    assert open_queue(fs).get_range(6, 100) == [unit_at(i) for i in range(6, 9)]
+
+
+def test_reset_to_a_segment_start_leaves_that_segment_empty_and_to_zero_no_file():
+    fs = sim_fs()
+    queue = open_queue(fs)
+    fill(queue, 5)
+    queue.reset(8)
+    assert fs.listdir(f"{ROOT}/TopicA/3") == [segment_name(8)]
+    assert units_on_disk(fs, 8) == [(0, 0, 0)] * UNITS
+    assert (open_queue(fs).min_offset, open_queue(fs).max_offset) == (8, 8)
+    fill(queue, 1)
+    assert queue.get(8) == unit_at(8)
+    queue.reset(0)
+    assert fs.listdir(f"{ROOT}/TopicA/3") == []
+    assert (queue.min_offset, queue.max_offset) == (0, 0)
+    fill(queue, 2)
+    assert open_queue(fs).get_range(0, 10) == [unit_at(0), unit_at(1)]
+    with pytest.raises(ValueError):
+        queue.reset(-1)
+
+
+def test_blanks_are_never_dropped_by_recovery():
+    # Not even when the CommitLog is empty and confirms nothing: a blank is no message.
+    fs = sim_fs()
+    queue = open_queue(fs)
+    queue.reset(7)
+    again = open_queue(fs)
+    again.recover(0, lambda q, u: False)
+    assert (again.min_offset, again.max_offset) == (7, 7)
+    # Behind real units, recovery drops those it must and stops at the blanks.
+    fill(again, 3)
+    again.recover(0, lambda q, u: False)
+    assert again.max_offset == 7
+
+
+def test_a_blank_ends_at_commit_offset_zero_and_is_no_last_unit():
+    # The commit-order check, the dispatcher's resume check and max_commit_end all read
+    # last_unit; a blank's (0, 4 GiB) would refuse a message at commit offset 0..4 GiB,
+    # make the dispatcher skip the message at 0, and push the resume point 4 GiB out.
+    fs = sim_fs()
+    queues = ConsumeQueueSet(fs, ROOT, units_per_segment=UNITS)
+    queue = queues.get_or_create("TopicA", 3)
+    queue.reset(6)
+    assert queue.last_unit() is None and queues.max_commit_end() == 0
+    queue.put(6, 0, 10, 0)
+    assert queue.last_unit() == Unit(0, 10, 0) and queues.max_commit_end() == 10
+
+
+def test_blanks_count_as_older_than_every_message_for_retention_truncation_and_time():
+    fs = sim_fs()
+    queue = open_queue(fs)
+    queue.reset(6)
+    for i, commit_offset in enumerate([0, 100, 200, 300]):  # a log that starts at 0 again
+        queue.put(6 + i, commit_offset, 100, 0)
+    queue.flush()
+    again = open_queue(fs)
+    assert (again.min_offset, again.max_offset) == (6, 10)
+
+    def store_time_of(commit_offset: int, size: int) -> int | None:
+        assert size != BLANK_SIZE, "a blank was taken for a message"
+        return commit_offset
+
+    assert again.offset_for_timestamp(0, store_time_of) == 6
+    assert again.offset_for_timestamp(150, store_time_of) == 8
+    assert again.delete_before_commit_offset(0) == 0 and again.min_offset == 6
+    again.truncate_to_commit_offset(0)
+    assert (again.min_offset, again.max_offset) == (6, 6), "units go, blanks stay"
+    assert units_on_disk(fs, 4)[:2] == [BLANK_UNIT, BLANK_UNIT]
+    assert (open_queue(fs).min_offset, open_queue(fs).max_offset) == (6, 6)
+    for i, commit_offset in enumerate([0, 100, 200, 300]):
+        again.put(6 + i, commit_offset, 100, 0)
+    assert again.delete_before_commit_offset(150) == 1  # segment 4: blanks, then 0 and 100
+    assert (again.min_offset, again.max_offset) == (8, 10)
+
+
+def test_put_refuses_the_blank_size_so_no_unit_whole_or_torn_reads_as_a_blank():
+    queue = open_queue(sim_fs())
+    with pytest.raises(AssertionError):
+        queue.put(0, 0, BLANK_SIZE, 0)
+    with pytest.raises(AssertionError):
+        queue.put_many(0, [(0, BLANK_SIZE, 0)])
+    # A torn write keeps a prefix of the unit and the zeros it was written over: the
+    # size field is either cut (then it is not all 0xFF) or whole (then it is real).
+    for real in [Unit(0, BLANK_SIZE - 1, 0), Unit(2**64 - 1, 0xFFFF_FF00, 2**64 - 1)]:
+        packed = b"".join(v.to_bytes(n, "little") for v, n in zip(real, (8, 4, 8), strict=True))
+        for cut in range(UNIT_BYTES + 1):
+            torn = unpack_units(packed[:cut] + bytes(UNIT_BYTES - cut))[0]
+            assert torn.size != BLANK_SIZE
+
+
+def test_set_reset_empties_queues_not_named_and_creates_the_named_ones():
+    fs = sim_fs()
+    queues = ConsumeQueueSet(fs, ROOT, units_per_segment=UNITS)
+    for topic, queue_id in [("A", 0), ("A", 1)]:
+        fill(queues.get_or_create(topic, queue_id), 6)
+    with pytest.raises(ValueError):
+        queues.reset({("A", 0): 3, ("B", 70_000): 1})
+    with pytest.raises(ValueError):
+        queues.reset({("A", 0): 3, ("B", 0): -1})
+    assert queues.get("A", 0).max_offset == 6, "a bad argument deletes nothing"
+    queues.reset({("A", 0): 3, ("B", 2): 9, ("C", 0): 0})
+    bounds = {(q.topic, q.queue_id): (q.min_offset, q.max_offset) for q in queues}
+    assert bounds == {("A", 0): (3, 3), ("A", 1): (0, 0), ("B", 2): (9, 9)}
+    again = ConsumeQueueSet(fs, ROOT, units_per_segment=UNITS)
+    assert {(q.topic, q.queue_id): (q.min_offset, q.max_offset) for q in again} == bounds
 
 
 # ---------------------------------------------------------------- the set

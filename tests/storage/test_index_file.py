@@ -200,6 +200,29 @@ def test_truncate_deletes_whole_files_beyond_and_can_empty_the_index():
     assert query(index, "T#k") == [0]
 
 
+def test_clear_deletes_every_file_and_a_failed_delete_can_be_retried(monkeypatch):
+    fs = sim_fs()
+    index = service(fs, entries=4)
+    for i in range(10):
+        index.put("T#k", 100 * i, T0 + i)
+
+    def failing_remove(path: str) -> None:
+        raise OSError("EIO")
+
+    monkeypatch.setattr(fs, "remove", failing_remove)
+    with pytest.raises(OSError):
+        index.clear()
+    monkeypatch.undo()
+    assert len(fs.listdir(DIR)) == 3
+    index.clear()
+    assert fs.listdir(DIR) == [] and index.files() == []
+    assert index.last_commit_offset is None
+    index.put("T#k", 50_000, T0)
+    assert query(index, "T#k") == [50_000]
+    index.flush()
+    assert query(service(fs, entries=4), "T#k") == [50_000]
+
+
 # ---------------------------------------------------------------- recovery
 
 

@@ -235,3 +235,35 @@ def test_a_truncation_the_full_disk_refuses_leaves_the_log_as_it_was():
     assert [MessageRecord.decode(f).msg_id for _, f in got.messages] == [
         rec(i).msg_id for i in range(3)
     ]
+
+
+def _retained_past_queue_t() -> tuple[SimFileSystem, MessageStore]:
+    """Queue t/0 got ten messages, then u/0 enough to fill several more segments; retention
+    then deleted every segment but the active one, so all of t/0's units point below the
+    CommitLog's min offset (its newest ones in a CQ segment that is still on disk)."""
+    fs, store = sim_store()
+    store.put_messages([rec(i, topic="t") for i in range(10)])
+    store.put_messages([rec(i, topic="u") for i in range(10, 90)])
+    store.dispatch()
+    assert store.delete_expired(now_ms=10**6) > 0
+    assert store.queues.get("t", 0).last_unit().commit_offset < store.commit_log.min_offset
+    assert (store.min_offset("t", 0), store.max_offset("t", 0)) == (10, 10)
+    return fs, store
+
+
+@pytest.mark.parametrize("how", ["close", "crash"])
+def test_reopening_after_retention_keeps_the_max_offset_of_a_queue_whose_log_is_gone(how):
+    # Found reading the code: recovery took units pointing into deleted segments for torn
+    # ones and cut them, so the queue's max offset went back and offsets 8 and 9 were
+    # handed out a second time.
+    fs, store = _retained_past_queue_t()
+    if how == "close":
+        store.close(now_ms=10**6)
+    else:
+        store.flush(now_ms=10**6)
+        fs.crash()
+    again = MessageStore(fs, "/s", SMALL)
+    assert (again.min_offset("t", 0), again.max_offset("t", 0)) == (10, 10)
+    assert again.get_messages("t", 0, 9).status is GetStatus.OFFSET_TOO_SMALL
+    again.put_messages([rec(100, topic="t")])
+    assert [d.queue_offset for d in again.dispatch()] == [10]
