@@ -421,7 +421,7 @@ class MessageStore:
     def delete_expired(self, now_ms: int) -> int:
         """Delete whole CommitLog segments older than the retention time, or the oldest
         ones while the disk is fuller than `disk_ratio_max`; never the active segment
-        nor one not yet dispatched. Returns how many segments were deleted."""
+        nor one a checkpoint does not cover. Returns how many segments were deleted."""
         deleted = 0
         while self.first_segment_expired(now_ms):
             self.delete_first_segment()
@@ -430,13 +430,15 @@ class MessageStore:
 
     def first_segment_expired(self, now_ms: int) -> bool:
         """Whether retention may delete the oldest segment now: it is not the active one,
-        it is wholly dispatched, and it is older than the retention time or the disk is
+        a checkpoint covers it, and it is older than the retention time or the disk is
         fuller than `disk_ratio_max`."""
         segments = self.commit_log.segments()
         if len(segments) <= 1:
             return False
         start, end = segments[0]
-        if end > self.dispatcher.dispatched_offset:
+        # Dispatched is not enough: ConsumeQueue units not yet synced could be lost in a
+        # crash, and re-dispatch cannot rebuild them from a deleted segment.
+        if end > min(self.dispatcher.dispatched_offset, self._checkpoint.dispatched):
             return False
         if now_ms - self._last_store_ms(start) >= self.config.retention_ms:
             return True
@@ -450,12 +452,6 @@ class MessageStore:
             self._segment_last_store_ms.pop(start, None)
             self.queues.delete_before_commit_offset(cl.min_offset)
             self.index.delete_before_commit_offset(cl.min_offset)
-
-    @property
-    def checkpointed_dispatched(self) -> int:
-        """The dispatched offset of the last checkpoint: recovery never re-dispatches
-        below it."""
-        return self._checkpoint.dispatched
 
     def _last_store_ms(self, segment_start: int) -> int:
         cached = self._segment_last_store_ms.get(segment_start)

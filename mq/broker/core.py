@@ -1034,16 +1034,14 @@ class BrokerCore:
         Raft log with them: a follower that still needs their entries gets the snapshot
         taken where the first kept segment begins.
 
-        A segment goes only once a durable checkpoint is past it (recovery never
-        re-dispatches from a deleted segment) and its end's snapshot is on disk."""
+        A segment goes only once a checkpoint is past it (the store's rule: recovery
+        never re-dispatches from a deleted segment) and its end's snapshot is on disk."""
         if self._in_flight or self._held_work is not None or self._applied < self._committed:
             return
         store = self.store
         wall = now_ms + self.wall_offset_ms
         while store.first_segment_expired(wall):
             end = store.commit_log.segments()[1][0]
-            if end > min(store.checkpointed_dispatched, self.commit_log.flushed_offset):
-                return
             snapshot = self._snapshots.load(end)
             if snapshot is None:
                 _log.warning("retention_without_snapshot", offset=end)

@@ -277,6 +277,7 @@ def test_retention_after_a_reset_and_a_reopen_keeps_the_queue_offsets():
     store.put_messages([rec(300 + i, "t", 0) for i in range(3)])
     store.put_messages([rec(400 + i, "u", 0) for i in range(60)])
     store.dispatch()
+    store.flush(now_ms=0)
     assert store.delete_expired(now_ms=10**9) > 0
     assert (store.min_offset("t", 0), store.max_offset("t", 0)) == (16, 16)
     store.close(now_ms=10**9)
