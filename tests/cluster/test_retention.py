@@ -5,6 +5,7 @@ messages as the rest of the group."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mq.client import Message
 from mq.client.blocking import BlockingProducer
@@ -60,6 +61,8 @@ def test_a_node_down_while_the_leader_deletes_segments_catches_up_from_a_snapsho
         )
 
     wait_until(caught_up, f"{down} to install the snapshot and catch up")
+    log = Path(cluster.proc(down).log).read_text()
+    assert "snapshot_installed" in log, "it caught up from the log, not from a snapshot"
     send_sequentially(cluster.namesrv, "kept", 5)
 
     def agree() -> bool:

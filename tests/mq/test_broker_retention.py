@@ -144,6 +144,10 @@ def lag_behind_retention(cluster: CoreCluster) -> tuple[int, int]:
     send_big(cluster, leader, 12, "b")
     cluster.tick(RETENTION_MS // 10 + 30)
     assert cluster.cores[leader].commit_log.min_offset > 0, "the leader deleted nothing"
+    # More segments the leader keeps: the snapshot to send is the one where its log
+    # begins, not the newest.
+    send_big(cluster, leader, 6, "k")
+    assert len(cluster.cores[leader].commit_log.segments()) >= 2
     return leader, behind
 
 
