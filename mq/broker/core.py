@@ -381,6 +381,7 @@ class BrokerCore:
         self._captured = max(self._snapshots.offsets(), default=0)
         """The newest segment boundary whose snapshot is on disk."""
         self._next_retention_ms = now_ms + config.retention_check_interval_ms
+        self._warned_no_snapshot: set[int] = set()
         hard_state = decode_hard_state(fs.read_bytes(self._hard_state_path))
         self._hard_state = hard_state
         self._hs_persisted = hard_state
@@ -709,8 +710,10 @@ class BrokerCore:
             self._check_disk_usage()
         self._expire(now_ms)
         if now_ms >= self._next_retention_ms:
-            self._next_retention_ms = now_ms + self.config.retention_check_interval_ms
-            self._retain(now_ms)
+            again = self._retain(now_ms)
+            self._next_retention_ms = now_ms + (
+                0 if again else self.config.retention_check_interval_ms
+            )
         for group in sorted(self._consumers.expire(now_ms)):
             self._notify_group(group)
         self._check_role()
@@ -1029,28 +1032,36 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ retention
 
-    def _retain(self, now_ms: int) -> None:
-        """Delete the CommitLog segments retention lets go, oldest first, compacting the
-        Raft log with them: a follower that still needs their entries gets the snapshot
-        taken where the first kept segment begins.
+    def _retain(self, now_ms: int) -> bool:
+        """Delete the oldest CommitLog segment if retention lets it go, compacting the
+        Raft log with it: a follower that still needs its entries gets the snapshot
+        taken where the next segment begins. True if one was deleted or the check must
+        wait for a Work in flight (then the next tick looks again).
 
         A segment goes only once a checkpoint is past it (the store's rule: recovery
-        never re-dispatches from a deleted segment) and its end's snapshot is on disk."""
-        if self._in_flight or self._held_work is not None or self._applied < self._committed:
-            return
+        never re-dispatches from a deleted segment) and its end's snapshot is on disk.
+        One segment a tick: a node back from a long stop has many to delete, and each
+        deletion syncs files while requests wait."""
+        if self._in_flight or self._held_work is not None:
+            return True
         store = self.store
-        wall = now_ms + self.wall_offset_ms
-        while store.first_segment_expired(wall):
-            end = store.commit_log.segments()[1][0]
-            snapshot = self._snapshots.load(end)
-            if snapshot is None:
+        if self._applied < self._committed or not store.first_segment_expired(
+            now_ms + self.wall_offset_ms
+        ):
+            return False
+        end = store.commit_log.segments()[1][0]
+        snapshot = self._snapshots.load(end)
+        if snapshot is None:
+            if end not in self._warned_no_snapshot:
+                self._warned_no_snapshot.add(end)
                 _log.warning("retention_without_snapshot", offset=end)
-                return
-            self.raft.compact(snapshot.index)  # durable before the entries' bytes go
-            store.delete_first_segment()
-            self._snapshots.delete_below(end)
-            self._stats.segments_deleted += 1
-            _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
+            return False
+        self.raft.compact(snapshot.index)  # durable before the entries' bytes go
+        store.delete_first_segment()
+        self._snapshots.delete_below(end)
+        self._stats.segments_deleted += 1
+        _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
+        return True
 
     def snapshot(self) -> tuple[SnapshotMeta, bytes]:
         """raft's SnapshotSource: the snapshot where the CommitLog (the Raft log) begins."""
