@@ -454,18 +454,24 @@ class MessageStore:
             self.index.delete_before_commit_offset(cl.min_offset)
 
     def _last_store_ms(self, segment_start: int) -> int:
+        """Store time of the newest message in a segment that is no longer written (0
+        if it holds none), cached. Every frame is read: the last one may hold no message
+        (a replicated command, a Raft no-op), and store times need not grow along the
+        log (each is the clock of the leader that stored it; a new leader's may be
+        behind its predecessor's), so the last message is not always the newest."""
         cached = self._segment_last_store_ms.get(segment_start)
         if cached is None:
             cached = 0
-            last = self.commit_log.last_frame_in_segment(segment_start)
-            if last is not None:
-                cached = _last_store_ms(last[1])
+            end = segment_start + self.commit_log.segment_bytes
+            for _offset, frame in self.commit_log.iter_frames(segment_start, end, verify_crc=False):
+                cached = max(cached, _newest_store_ms(frame))
             self._segment_last_store_ms[segment_start] = cached
         return cached
 
 
-def _last_store_ms(frame: memoryview) -> int:
-    """Store time of the newest message in a frame (a message, or an entry of frames)."""
+def _newest_store_ms(frame: memoryview) -> int:
+    """Store time of the newest message in a frame (a message, or an entry of frames);
+    0 if it holds none."""
     magic = int.from_bytes(frame[4:8], "little")
     if magic == MAGIC_MESSAGE:
         return decode_message_header(frame, verify_crc=False).store_timestamp_ms
@@ -473,5 +479,6 @@ def _last_store_ms(frame: memoryview) -> int:
     if magic == MAGIC_ENTRY:
         for _pos, inner_magic, inner in inner_frames(frame):
             if inner_magic == MAGIC_MESSAGE:
-                newest = decode_message_header(inner, verify_crc=False).store_timestamp_ms
+                stored = decode_message_header(inner, verify_crc=False).store_timestamp_ms
+                newest = max(newest, stored)
     return newest

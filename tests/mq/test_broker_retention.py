@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from mq.broker.commands import MAGIC_COMMAND
 from mq.broker.core import BrokerCore
 from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
 from mq.protocol import RequestCode, request
+from storage.entry_log import inner_frames
 from storage.files import SimFileSystem
 from tests.mq.broker_cluster import CoreCluster, send_request
 from tests.mq.test_broker_core import bodies_of
@@ -127,6 +129,34 @@ def test_nothing_is_deleted_before_it_expires() -> None:
     for core in cluster.cores.values():
         assert core.stats()["segments_deleted"] == 0
         assert core.commit_log.min_offset == 0
+
+
+def test_a_segment_ending_in_an_entry_without_messages_waits_for_its_messages_to_expire() -> None:
+    # Found by `mq sim broker` (the retention checker): a segment's age was the store
+    # time of the messages in its last frame, 0 for an entry that holds none (an offset
+    # commit, a Raft no-op), so such a segment went as soon as a checkpoint covered it,
+    # with messages stored a moment before.
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 4, "a")
+    commit = request(
+        RequestCode.UPDATE_CONSUMER_OFFSET,
+        {"group": "readers", "offsets": [["orders", 0, 1, 0]]},
+    )
+    assert cluster.request(leader, commit).ok
+    send_big(cluster, leader, 1, "b")  # does not fit after it: the next segment
+    cluster.tick(RETENTION_MS // 20)
+    for node, core in cluster.cores.items():
+        log = core.commit_log
+        assert len(log.segments()) == 2, node
+        last = log.last_frame_in_segment(0)
+        assert last is not None
+        magics = [magic for _pos, magic, _inner in inner_frames(last[1])]
+        assert magics == [MAGIC_COMMAND], "the first segment ends in the offset commit"
+        assert log.min_offset == 0 and core.stats()["segments_deleted"] == 0, node
+    cluster.tick(RETENTION_MS // 10)
+    for core in cluster.cores.values():
+        assert core.commit_log.min_offset == SEGMENT, "deleted once its messages expired"
 
 
 def lag_behind_retention(cluster: CoreCluster) -> tuple[int, int]:

@@ -178,6 +178,21 @@ def test_retention_deletes_expired_segments_never_the_active_one_and_min_offsets
     assert store.get_messages("t", 0, low).status is GetStatus.FOUND
 
 
+def test_retention_ages_a_segment_by_its_newest_message_not_its_last():
+    # Store times need not grow along the log: each is the clock of the leader that
+    # stored the message, and a new leader's clock may be behind. A segment goes once
+    # its newest message expires, so no message goes before it is retention_ms old.
+    _, store = sim_store()
+    for i in range(60):
+        store.put_messages([replace(rec(i), store_timestamp_ms=10_000 - i * 10)])
+    store.dispatch()
+    store.flush(now_ms=0)
+    assert len(store.commit_log.segments()) > 1
+    # The first segment's newest message was stored at 10_000, its last one earlier.
+    assert store.delete_expired(now_ms=10_000 + SMALL.retention_ms - 1) == 0
+    assert store.delete_expired(now_ms=10_000 + SMALL.retention_ms) > 0
+
+
 def test_retention_waits_for_a_checkpoint_past_the_segment():
     # Units not yet synced could be lost in a crash, and once their segment is deleted
     # re-dispatch cannot rebuild them: the queue's offsets would go backwards.
