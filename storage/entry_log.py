@@ -257,17 +257,20 @@ class EntryLog:
         return self._durable
 
     def compact(self, index: int, term: int) -> None:
-        """Forget entries up to `index`; their bytes stay until retention deletes segments."""
+        """Forget entries up to `index`; their bytes stay until retention deletes segments.
+
+        The new start is written first: if that fails (a full disk raises DiskFullError)
+        the log is unchanged, in memory as on disk."""
         if index <= self._base_index:
             return
         drop = min(index, self.last_index()) - self._base_index
         start = self._ends[drop - 1] if drop else self._log.max_offset
+        self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
         del self._offsets[:drop]
         del self._ends[:drop]
         del self._terms[:drop]
         self._base_index, self._base_term = index, term
         self._base_end = start
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
 
     def reset(self, index: int, term: int) -> None:
         """Drop every entry; the log continues after a snapshot ending at (index, term).

@@ -1056,7 +1056,15 @@ class BrokerCore:
                 self._warned_no_snapshot.add(end)
                 _log.warning("retention_without_snapshot", offset=end)
             return False
-        self.raft.compact(snapshot.index)  # durable before the entries' bytes go
+        try:
+            self.raft.compact(snapshot.index)  # durable before the entries' bytes go
+        except DiskFullError as exc:
+            # Where the log begins could not be written (the log is unchanged): the
+            # segment stays until the next check finds room.
+            self._note_disk_full("retention", exc)
+            return False
+        if self._disk_full:
+            self._note_disk_full("retention", None)
         store.delete_first_segment()
         self._snapshots.delete_below(end)
         self._stats.segments_deleted += 1

@@ -159,6 +159,31 @@ def test_a_segment_ending_in_an_entry_without_messages_waits_for_its_messages_to
         assert core.commit_log.min_offset == SEGMENT, "deleted once its messages expired"
 
 
+def test_a_full_disk_holds_retention_back_until_there_is_room() -> None:
+    # Deleting a segment first writes where the Raft log now begins; on a full disk
+    # that write fails, and the tick used to raise DiskFullError out of the core.
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 10, "a")
+    cluster.settle()
+    full = cluster.followers()[0]
+    fs = cluster.fss[full]
+    fs.capacity_bytes = fs.used_bytes()
+    cluster.tick(RETENTION_MS // 10 + 30)
+    core = cluster.cores[full]
+    assert core.commit_log.min_offset == 0 and core.log.first_index() == 1
+    assert "retention" in core.status()["disk_full"]
+    assert cluster.cores[leader].commit_log.min_offset > 0, "the others went on"
+    fs.capacity_bytes = None
+    cluster.tick(30)
+    assert core.commit_log.min_offset == cluster.cores[leader].commit_log.min_offset
+    assert "retention" not in core.status()["disk_full"]
+    cluster.crash(full)
+    cluster.start(full)
+    cluster.settle(10)
+    assert readable(cluster, full) == readable(cluster, leader)
+
+
 def lag_behind_retention(cluster: CoreCluster) -> tuple[int, int]:
     """A follower cut off while the others write and delete what it would need next."""
     leader = cluster.elect()

@@ -8,6 +8,7 @@ import pytest
 
 from storage.commit_log import CommitLog
 from storage.entry_log import EntryLog, EntryLogError, StoredEntry
+from storage.errors import DiskFullError
 from storage.files import SimFileSystem
 
 
@@ -86,3 +87,21 @@ def test_compaction_and_reset_persist_the_snapshot_boundary():
     again.sync()
     third = open_log(fs)
     assert (third.first_index(), third.last_index()) == (101, 102)
+
+
+def test_a_compaction_the_disk_has_no_room_for_changes_nothing():
+    # Retention compacts the log before it deletes a segment; on a full disk the new
+    # start cannot be written, and the log must stay as it was (it used to forget the
+    # entries in memory first, while the file still named the old start).
+    fs = SimFileSystem(random.Random(6))
+    log = open_log(fs)
+    log.append(entries(1, 30, term=2))
+    log.sync()
+    fs.capacity_bytes = fs.used_bytes()
+    with pytest.raises(DiskFullError):
+        log.compact(12, 2)
+    assert (log.first_index(), log.last_index(), log.term_at(12)) == (1, 30, 2)
+    assert [e.index for e in log.entries(1, 31, 1 << 20)] == list(range(1, 31))
+    fs.capacity_bytes = None
+    log.compact(12, 2)
+    assert open_log(fs).first_index() == 13
