@@ -19,6 +19,15 @@ A crash drops the core object (no `close`), crashes the file system, and a resta
 constructs a fresh `BrokerCore` on the same file system: CommitLog recovery, the
 ConsumeQueue rebuild and the replicated-state replay all run for real.
 
+Retention runs in the core's tick and a snapshot install in `ready()`; the host tells
+the checkers the moment either moves where the node's log begins (`on_log_start`),
+and wraps the core's `snapshot()` (what Raft sends a follower that needs compacted
+entries) so the checkers see what each leader sent, and a plant may change it. A full
+disk during an install raises DiskFullError out of `ready()`, which the broker
+documents as fatal to the process: the host crashes it and restarts it later, as the
+fault schedule's crashes do (so does a start that cannot finish an interrupted install
+for want of space).
+
 Each host has its own clock: `now_ms` runs at the rate of its ticks, so clock drift
 (`set_tick`) changes both how often the Raft core ticks and how fast its request
 deadlines expire. A paused process buffers its input (up to `INBOX_MAX`) and its clock
@@ -32,6 +41,7 @@ hands the envelopes to the shared network model of sim/network.py.
 from __future__ import annotations
 
 import random
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,8 +51,10 @@ from mq.broker.raft_codec import decode_envelope
 from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
 from raft.node import RaftNode, Role
+from raft.ready import SnapshotMeta
 from sim.events import NS_PER_MS
 from sim.process import TICK_NS, SimProcess
+from storage.errors import DiskFullError
 from storage.files import SimFileSystem
 
 if TYPE_CHECKING:
@@ -52,6 +64,10 @@ CLOCK_START_MS = 1_000_000
 
 # (client name, reply id, encoded request frame) of a request on its way to a node
 ClientRequest = tuple[str, int, bytes]
+# What a core's `snapshot()` returns: Raft's meta and the SegmentSnapshot's bytes.
+SnapshotOut = tuple[SnapshotMeta, bytes]
+# How long a process that died of a full disk (during a snapshot install) stays down.
+DISK_FULL_RESTART_NS = (100 * NS_PER_MS, 1000 * NS_PER_MS)
 
 
 class BrokerHost(SimProcess[ClientRequest]):
@@ -80,6 +96,22 @@ class BrokerHost(SimProcess[ClientRequest]):
         self.request_filter: Callable[[BrokerHost, Frame, int], Frame | None] | None = None
         self.request_rewrite: Callable[[BrokerHost, Frame], Frame] | None = None
         self.skip_fsync = False
+        # Called when where the node's log begins moves: "retention" (a tick deleted
+        # segments) or "install" (a snapshot was installed); and with every snapshot
+        # the core hands Raft to send (after `snapshot_plant`, which may change it).
+        self.on_log_start: Callable[[BrokerHost, str], None] = lambda host, cause: None
+        self.on_snapshot_sent: Callable[[BrokerHost, SnapshotOut], None] = lambda h, s: None
+        self.snapshot_plant: Callable[[BrokerHost, SnapshotOut], SnapshotOut] | None = None
+        # Over every life of the process: segments retention deleted, snapshots
+        # installed (an install a restart finished counts once), deaths of a full disk
+        # during an install (or a start that could not finish one).
+        self.segments_deleted = 0
+        self.snapshots_installed = 0
+        self.disk_full_exits = 0
+        # Whether the last start finished a snapshot install a crash had interrupted.
+        self.installed_at_boot = False
+        self._log_view: tuple[int, int] = (0, 0)
+        self._core_counts: tuple[int, int] = (0, 0)
 
     # -- the clock
 
@@ -113,12 +145,31 @@ class BrokerHost(SimProcess[ClientRequest]):
     # -- life cycle (the rest is SimProcess's)
 
     def _boot(self) -> None:
-        self.core = BrokerCore(
-            self.config,
-            self.fs,
-            self.now_ms(),
-            rng=random.Random(self._rng.getrandbits(64)),
-        )
+        installing = self.fs.exists(f"{self.config.data_dir.rstrip('/')}/installing")
+        try:
+            core = BrokerCore(
+                self.config,
+                self.fs,
+                self.now_ms(),
+                rng=random.Random(self._rng.getrandbits(64)),
+            )
+        except DiskFullError as exc:
+            if not _in_install(exc):
+                raise
+            # Finishing an interrupted install needs room the disk does not have: the
+            # process exits again, and is started again later.
+            self.disk_full_exits += 1
+            self.fs.crash()
+            self.trace.emit(f"n{self.id} start failed: {exc}")
+            self._restart_later()
+            return
+        self.core = core
+        self.installed_at_boot = installing
+        if installing:
+            self.snapshots_installed += 1
+        self._wrap_snapshot(core)
+        self._log_view = self._view_log(core)
+        self._core_counts = (0, 0)
         self.up = True
         self.paused = False
         self._in_flight = None
@@ -131,6 +182,60 @@ class BrokerHost(SimProcess[ClientRequest]):
             f"dispatched={self.core.store.dispatcher.dispatched_offset}"
         )
         self.cluster.on_start(self)
+
+    def _wrap_snapshot(self, core: BrokerCore) -> None:
+        """Raft asks the core (its SnapshotSource) for the snapshot to send: route that
+        through the plant, if any, and tell the checkers what went out."""
+        real = core.snapshot
+
+        def snapshot() -> SnapshotOut:
+            out = real()
+            if self.snapshot_plant is not None:
+                out = self.snapshot_plant(self, out)
+            self.on_snapshot_sent(self, out)
+            return out
+
+        core.snapshot = snapshot  # type: ignore[method-assign]
+
+    @staticmethod
+    def _view_log(core: BrokerCore) -> tuple[int, int]:
+        return core.commit_log.min_offset, core.log.first_index()
+
+    def _watch_log(self, core: BrokerCore) -> None:
+        """After a call that may delete segments or install a snapshot: if where the
+        log begins moved, count what did it and tell the checkers."""
+        view = self._view_log(core)
+        if view == self._log_view:
+            return
+        self._log_view = view
+        stats = core.stats()
+        counts = (stats["segments_deleted"], stats["snapshots_installed"])
+        deleted = counts[0] - self._core_counts[0]
+        installed = counts[1] - self._core_counts[1]
+        self._core_counts = counts
+        self.segments_deleted += deleted
+        self.snapshots_installed += installed
+        cause = "install" if installed else "retention"
+        self.trace.emit(
+            f"n{self.id} log begins at {view[0]} (index {view[1]}): "
+            + ("snapshot installed" if installed else f"{deleted} segments deleted")
+        )
+        self.on_log_start(self, cause)
+
+    def _restart_later(self) -> None:
+        """The process died by itself (not a fault): start it again after a while, as
+        a supervisor would (the fault schedule's restart; the heal starts it anyway)."""
+        faults = self.cluster.faults
+        downtime = self._rng.randrange(*DISK_FULL_RESTART_NS)
+        if faults is not None:
+            faults.crash(self, "", downtime)  # type: ignore[arg-type]  # a SimProcess
+        else:
+            token = self.crashes
+            self.loop.after(downtime, self._restart_if, token)
+
+    def _restart_if(self, token: int) -> None:
+        if not self.up and self.crashes == token:
+            self.start()
 
     def _crashed(self, reason: str) -> None:
         self.core = None
@@ -157,7 +262,9 @@ class BrokerHost(SimProcess[ClientRequest]):
         core = self.core
         assert core is not None
         core.tick(self.now_ms())
-        self._pump()
+        self._watch_log(core)
+        if self.up and self.core is core:
+            self._pump()
 
     def receive(self, env: Envelope) -> None:
         if not self.up:
@@ -237,7 +344,20 @@ class BrokerHost(SimProcess[ClientRequest]):
             self._observe()
             if self._in_flight is not None or not self.up or self.epoch != epoch:
                 return
-            work = core.ready(self.now_ms())
+            try:
+                work = core.ready(self.now_ms())
+            except DiskFullError as exc:
+                if not _in_install(exc):
+                    raise
+                # A full disk during a snapshot install: fatal to the process (the log
+                # on disk is the old one; a restart asks the leader again).
+                self.disk_full_exits += 1
+                self.crash(f"disk full during a snapshot install: {exc}")
+                self._restart_later()
+                return
+            self._watch_log(core)
+            if not self.up or self.epoch != epoch:
+                return
             self._route()
             if work is None:
                 self._observe()
@@ -300,3 +420,14 @@ class BrokerHost(SimProcess[ClientRequest]):
             self.on_commit(self)
             if raft.role is Role.LEADER:
                 self._leader_committed(raft.term)
+
+
+_INSTALL_CODE = (BrokerCore._install.__code__, BrokerCore._install_files.__code__)
+
+
+def _in_install(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside a snapshot install (the one place a full disk is
+    documented as fatal to the process); anywhere else it is a failure of the run."""
+    return any(
+        frame.f_code in _INSTALL_CODE for frame, _line in traceback.walk_tb(exc.__traceback__)
+    )
