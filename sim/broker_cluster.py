@@ -32,6 +32,11 @@ from sim.trace import Trace
 from sim.world import World
 
 GROUP = "g1"
+# The workload stores 2-5 KB a second under faults: an 8 KiB segment fills in a few
+# seconds, so retention (whole segments only) deletes a dozen in a 20 s run.
+SEGMENT_BYTES = 8 << 10
+RETENTION_MS = 3000
+RETENTION_CHECK_MS = 100
 
 
 def node_address(node_id: int) -> str:
@@ -44,13 +49,19 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
     frequent checkpoints and state snapshots (so recovery replays from them), and Raft
     timeouts of 100 ms with 10 ms ticks, as `mq sim raft` uses. `disk_refuse_ratio` is
     1.0: a leader whose disk fills must meet the full disk itself (refused segments,
-    interrupted dispatch), not refuse sends a second ahead of it (unit-tested apart)."""
+    interrupted dispatch), not refuse sends a second ahead of it (unit-tested apart).
+
+    Retention is on: a segment goes once its newest message is `RETENTION_MS` old
+    (checked every `RETENTION_CHECK_MS`), so a node deletes several in a run, and a
+    follower away for a few seconds needs a snapshot to catch up. `disk_retention_ratio`
+    is 1.0, so a full disk never turns into deletion by disk pressure: retention is by
+    age alone, which the `retention` checker verifies message by message."""
     peers = {n: node_address(n) for n in node_ids}
     base: dict[str, Any] = {
         "cluster": "sim",
         "group": GROUP,
         "peers": peers,
-        "segment_bytes": 32 << 10,
+        "segment_bytes": SEGMENT_BYTES,
         "cq_units_per_segment": 64,
         "index_slots": 64,
         "index_entries_max": 512,
@@ -62,6 +73,9 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
         "state_snapshot_interval_ms": 1000,
         "default_queues": 4,
         "disk_refuse_ratio": 1.0,
+        "retention_ms": RETENTION_MS,
+        "retention_check_interval_ms": RETENTION_CHECK_MS,
+        "disk_retention_ratio": 1.0,
     }
     base.update(overrides)
     return {

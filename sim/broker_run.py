@@ -91,14 +91,11 @@ def run_broker(
         f"producers={cfg.producers} consumers={cfg.consumers} queues={cfg.queues} "
         f"think={cfg.think_ms}ms"
     )
-    checkers = QueueCheckers(node_ids, TOPIC)
+    configs = broker_configs(node_ids, default_queues=cfg.queues)
+    checkers = QueueCheckers(node_ids, TOPIC, retention_ms=configs[node_ids[0]].retention_ms)
     checkers.final_tags = FINAL_TAGS
-    cluster = BrokerCluster(
-        loop,
-        trace,
-        random.Random(root.getrandbits(64)),
-        broker_configs(node_ids, default_queues=cfg.queues),
-    )
+    cluster = BrokerCluster(loop, trace, random.Random(root.getrandbits(64)), configs)
+    checkers.hosts = cluster.hosts
     faults = FaultSchedule(
         cluster,  # type: ignore[arg-type]
         random.Random(root.getrandbits(64)),
@@ -123,7 +120,7 @@ def run_broker(
     membership = MembershipChecker(cluster)
 
     def on_host_start(host: BrokerHost) -> None:
-        checkers.on_restart(host)
+        checkers.on_restart(host, installed=host.installed_at_boot)
         membership.on_restart(host)
 
     def final_check() -> None:
@@ -139,6 +136,8 @@ def run_broker(
     cluster.on_response = lambda host, frame: checkers.catch_up(host)
     for host in cluster.hosts.values():
         host.on_commit = checkers.catch_up
+        host.on_log_start = checkers.on_log_start
+        host.on_snapshot_sent = lambda h, out: checkers.on_snapshot_sent(h, out[0])
     verdict = run_phases(
         loop,
         trace,
@@ -168,6 +167,12 @@ def run_broker(
         "resets_acked": workload.admin.acked,
         "consumer_requeries": sum(c.requeries for c in workload.consumers),
         "scans": checkers.scans,
+        "segments_deleted": sum(h.segments_deleted for h in cluster.hosts.values()),
+        "snapshots_installed": sum(h.snapshots_installed for h in cluster.hosts.values()),
+        "disk_full_exits": sum(h.disk_full_exits for h in cluster.hosts.values()),
+        "messages_expired": checkers.expired,
+        "messages_lost_to_installs": checkers.lost_to_installs,
+        "consumer_skips": sum(c.skips for c in workload.consumers),
         **world_stats(cluster, faults, liveness),
     }
     return RunResult.of(seed, verdict, loop, trace, time.perf_counter() - wall_start, stats)

@@ -20,7 +20,9 @@ the checkers. Positions are committed through the broker every 300 ms
 consumer restarts: it forgets everything and resumes from the offsets QUERY_CONSUMER_OFFSET
 returns (from the leader it knows, a third of the time from any node: followers may
 lag). Messages after those offsets are served again and must be the same messages; a
-queried offset must be one the group committed.
+queried offset must be one the group committed. A pull below a queue's min offset
+(retention deleted it) answers OFFSET_ILLEGAL with the min offset: the consumer goes on
+from there, as a RocketMQ consumer does.
 """
 
 from __future__ import annotations
@@ -266,6 +268,7 @@ class Consumer:
         self._leader = rng.choice(cluster.node_ids)
         self._gen = 0
         self.served = 0
+        self.skips = 0
         self.restarts = 0
         self.commits_acked = 0
         self.stopped = False
@@ -497,6 +500,18 @@ class Consumer:
             delay = self._rng.randrange(1, 20) * NS_PER_MS
         elif status == "NO_NEW_MSG":
             delay = self._rng.randrange(20, 100) * NS_PER_MS
+        elif status == "OFFSET_ILLEGAL" and frame.fields.get("min_offset", 0) > offset:
+            # Retention deleted what we would read next: go on from the queue's start,
+            # as a RocketMQ consumer does (checked: the node did delete up to there).
+            host = self._cluster.hosts[node]
+            self._checkers.on_offset_illegal(self.name, host, q, offset, frame)
+            if self.position[q] == offset:
+                self.position[q] = frame.fields["next_offset"]
+                self.skips += 1
+                self._trace.emit(
+                    f"{self.name} q{q}@{offset} gone on n{node}, from {self.position[q]}"
+                )
+            delay = NS_PER_MS
         else:
             # OFFSET_ILLEGAL from a node behind us, or an error: try elsewhere soon.
             delay = self._rng.randrange(10, 50) * NS_PER_MS

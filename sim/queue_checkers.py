@@ -30,11 +30,37 @@ compared with it the moment it is made:
 * the committed Raft prefixes of all nodes: the same term at every index
   (`log_matching`), and a message id stored twice (`no_duplicate`).
 
-At the end, after the heal, every node's ConsumeQueues must be unit-for-unit identical
-and equal to the model, read back through PULL_MESSAGE, unfiltered and filtered by tag,
-and every node must answer the committed consumer offsets (`replicas_identical`; a
-missing acknowledged message is reported as `acked_durable`, a missing delivered one
-as `committed_only`).
+Retention deletes old CommitLog segments on each node, and with them the Raft entries
+(the log is compacted) and the ConsumeQueue units below the queue's new min offset; a
+follower that needs deleted entries installs the leader's snapshot instead. So a node
+holds a *suffix* of each queue, from its min offset; what is below is gone by design,
+but only for a reason (`retention`), checked the moment the host reports that where
+the node's log begins moved (sim/broker_host.py `on_log_start`):
+
+* deleted by the node's retention: each message that left must be `retention_ms` old
+  by the node's clock (its store timestamp, the leader's clock when it was stored,
+  against the node's `now_ms` plus its wall offset);
+* left with a snapshot install: the node's queues must then continue exactly where
+  the model says they do after the snapshot's Raft index (`queue_order`: an install
+  never shifts or reuses an offset), the snapshot's (index, term) must be committed
+  (`log_matching`), and each message the node lost must have been deleted already by
+  the leader that sent the snapshot when it sent it (the host reports every snapshot
+  a core hands Raft, and the sender's queue min offsets then).
+
+A min offset that moves at any other time (a restart that did not finish an install,
+a scan that finds it moved) is a `retention` violation too, as is an OFFSET_ILLEGAL
+answer that claims a queue begins past what the node was seen deleting.
+
+The model reads committed entries from the node whose commit index moved; an entry a
+node compacted is read from any node that has committed and still holds it, and if
+none does, that is a violation (`log_matching`), never skipped.
+
+At the end, after the heal, every node must serve exactly the model from its min
+offset on, read back through PULL_MESSAGE (following OFFSET_ILLEGAL to the min offset),
+unfiltered and filtered by tag; every node must hold the same ConsumeQueue units from
+the highest min offset on, up to the same end; and every node must answer the
+committed consumer offsets (`replicas_identical`; a missing acknowledged message is
+reported as `acked_durable`, a missing delivered one as `committed_only`).
 
 Why a model and not "compare the nodes with each other": replicas that agree can still
 all be wrong (a retry stored twice everywhere, an entry dispatched before commit on
@@ -48,6 +74,7 @@ index moves, and compared term by term with the model's.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,6 +89,7 @@ from mq.broker.commands import (
 )
 from mq.protocol import Frame, RequestCode, request
 from raft.messages import EntryKind
+from raft.ready import SnapshotMeta
 from sim.checkers import Violation
 from storage.record import FRAME_HEADER_BYTES, MAGIC_MESSAGE, decode_message_header, tag_hash
 
@@ -77,6 +105,8 @@ QUEUE_CHECKERS: dict[str, str] = {
     "replicas_identical": "after the heal, every node holds the same ConsumeQueues",
     "no_duplicate": "a message of an idempotent producer is stored at most once",
     "log_matching": "all nodes hold the same entry terms at every committed index",
+    "retention": "a message leaves a node only once retention_ms old by its clock, or "
+    "with a snapshot from a leader that had deleted it",
     "offset_generation": "after a reset of generation G is acknowledged, commits of an "
     "older generation are stale and a node that applied it answers queries with >= G",
     "group_membership": "a node notifies only its group's members; after the heal and a "
@@ -112,6 +142,10 @@ class QueueModel:
 
     terms: list[int] = field(default_factory=lambda: [0])  # terms[i] = term of entry i
     queues: dict[QueueKey, list[str]] = field(default_factory=dict)
+    # Per queue offset: the store timestamp of its message (the leader's clock) and
+    # the Raft index of the entry that holds it.
+    stamps: dict[QueueKey, list[int]] = field(default_factory=dict)
+    indexes: dict[QueueKey, list[int]] = field(default_factory=dict)
     where: dict[str, tuple[QueueKey, int]] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)  # msg id -> its tags
     # Consumer offsets: (group, topic, queue) -> committed offset, and every offset
@@ -128,6 +162,10 @@ class QueueModel:
     @property
     def committed(self) -> int:
         return len(self.terms) - 1
+
+    def length_at(self, key: QueueKey, index: int) -> int:
+        """How many messages of the queue entries up to `index` hold."""
+        return bisect_right(self.indexes.get(key, []), index)
 
     def apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
         assert index == len(self.terms)
@@ -167,6 +205,8 @@ class QueueModel:
                 self.where[head.msg_id] = (key, len(queue))
                 self.tags[head.msg_id] = head.tags
                 queue.append(head.msg_id)
+                self.stamps.setdefault(key, []).append(head.store_timestamp_ms)
+                self.indexes.setdefault(key, []).append(index)
 
     def _apply_offsets(self, index: int, command: OffsetCommand | ResetCommand) -> None:
         group = command.group
@@ -188,11 +228,34 @@ class QueueModel:
             self.offset_history.setdefault((group, topic, queue_id), set()).add(offset)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A snapshot a node handed Raft to send, and where that node's queues began then."""
+
+    sender: int
+    at_ms: int
+    log_min: int
+    queue_mins: dict[QueueKey, int]
+
+
 class QueueCheckers:
-    def __init__(self, node_ids: tuple[int, ...], topic: str) -> None:
+    def __init__(
+        self, node_ids: tuple[int, ...], topic: str, retention_ms: int | None = None
+    ) -> None:
         self.node_ids = node_ids
         self.topic = topic
+        self.retention_ms = retention_ms
         self.model = QueueModel()
+        self.hosts: dict[int, BrokerHost] = {}
+        """Every node, for reading entries another node compacted (set by the run)."""
+        # (node, queue) -> the queue's min offset on the node, as last checked: below
+        # it, the node's messages are gone, each for a reason that was checked.
+        self._floor: dict[tuple[int, QueueKey], int] = {}
+        # (sender, snapshot index, term) -> the first time it was sent
+        self._sent: dict[tuple[int, int, int], _Sent] = {}
+        self.expired = 0
+        self.lost_to_installs = 0
+        self.installs_checked = 0
         # Per node: the committed index up to which its log terms were compared.
         self._verified: dict[int, int] = {n: 0 for n in node_ids}
         self.delivered: dict[tuple[QueueKey, int], _Delivered] = {}
@@ -224,17 +287,17 @@ class QueueCheckers:
         model = self.model
         log = core.log
         if commit > model.committed:
-            for entry in log.entries(model.committed + 1, commit + 1, 1 << 62):
-                model.apply(entry.index, entry.term, entry.kind, entry.data)
-            if model.committed < commit:
+            if log.last_index() < commit:
                 raise Violation(
                     "log_matching",
                     f"n{host.id} has commit index {commit} but its log ends at {log.last_index()}",
                 )
+            self._extend(host, commit)
         verified = self._verified[host.id]
         if commit > verified:
             terms = model.terms
-            for index in range(max(verified + 1, log.first_index()), commit + 1):
+            # From the entry the log begins after (a compacted or installed snapshot's).
+            for index in range(max(verified + 1, log.first_index() - 1), commit + 1):
                 term = log.term_at(index)
                 if term != terms[index]:
                     raise Violation(
@@ -244,14 +307,188 @@ class QueueCheckers:
                     )
             self._verified[host.id] = commit
 
-    def on_restart(self, host: BrokerHost) -> None:
+    def _extend(self, host: BrokerHost, commit: int) -> None:
+        """Apply the committed entries up to `commit` to the model, each read from a
+        node that has committed it and still holds it (`host` first): retention may
+        have compacted it away on some. If no node holds the next one any more, the
+        model can no longer know what was committed there."""
+        model = self.model
+        others = [self.hosts[n] for n in self.node_ids if n != host.id and n in self.hosts]
+        while model.committed < commit:
+            lo = model.committed + 1
+            source = None
+            for candidate in (host, *others):
+                core = candidate.core
+                if core is None:
+                    continue
+                log = core.log
+                if core.raft.commit_index >= lo and log.first_index() <= lo <= log.last_index():
+                    source = core
+                    break
+            if source is None:
+                raise Violation(
+                    "log_matching",
+                    f"n{host.id} committed entries up to {commit}, but no node holds entry "
+                    f"{lo} any more: it was compacted everywhere before it could be read",
+                )
+            hi = min(commit, source.raft.commit_index, source.log.last_index())
+            for entry in source.log.entries(lo, hi + 1, 1 << 62):
+                model.apply(entry.index, entry.term, entry.kind, entry.data)
+
+    def on_restart(self, host: BrokerHost, installed: bool = False) -> None:
         """A restarted node: re-verify its whole committed prefix and its ConsumeQueues
-        (recovery rebuilt them from a CommitLog that may have lost a torn tail)."""
+        (recovery rebuilt them from a CommitLog that may have lost a torn tail). If it
+        finished an interrupted snapshot install on the way up (`installed`), that is
+        checked as an install; else its queues must begin where they did."""
         self._verified[host.id] = 0
         for key in self.model.queues:
             self._scanned.pop((host.id, key), None)
         self.catch_up(host)
+        self.on_log_start(host, "install" if installed else "restart")
         self.scan(host)
+
+    # -- retention and snapshot installs
+
+    def on_snapshot_sent(self, host: BrokerHost, meta: SnapshotMeta) -> None:
+        """`host`'s core handed Raft a snapshot to send: remember where its queues began
+        (only the first time: they only move forward)."""
+        core = host.core
+        assert core is not None
+        key = (host.id, meta.last_index, meta.last_term)
+        if key in self._sent:
+            return
+        mins = {(q.topic, q.queue_id): q.min_offset for q in core.store.queues}
+        self._sent[key] = _Sent(host.id, host.now_ms(), core.commit_log.min_offset, mins)
+
+    def on_log_start(self, host: BrokerHost, cause: str) -> None:
+        """Where `host`'s log begins moved (or may have, on a restart), because of
+        `cause`: "retention", "install", "restart" (nothing may move then) or "scan"
+        (nothing may have moved unseen)."""
+        core = host.core
+        assert core is not None
+        self.catch_up(host)
+        sent: _Sent | None = None
+        index = core.log.first_index() - 1
+        if cause == "install":
+            sent = self._check_install(host, index)
+        now = host.now_ms() + core.wall_offset_ms
+        model = self.model
+        for key, model_queue in sorted(model.queues.items()):
+            queue = core.store.queues.get(*key)
+            begins = 0 if queue is None else queue.min_offset
+            floor = self._floor.get((host.id, key), 0)
+            if begins <= floor:
+                continue
+            where = f"n{host.id}'s ConsumeQueue {key[0]}/{key[1]}"
+            if begins > len(model_queue):
+                raise Violation(
+                    "committed_only",
+                    f"{where} begins at {begins}, only {len(model_queue)} messages are committed",
+                )
+            if sent is not None:
+                held = sent.queue_mins.get(key, 0)
+                if begins > held:
+                    raise Violation(
+                        "retention",
+                        f"{where} begins at {begins} after installing n{sent.sender}'s snapshot "
+                        f"at entry {index} (commit offset {core.commit_log.min_offset}), so "
+                        f"{model_queue[max(floor, held)]} at {max(floor, held)} is gone from it, "
+                        f"but n{sent.sender} still held {key[0]}/{key[1]} from {held} (its "
+                        f"CommitLog from {sent.log_min}) when it sent the snapshot",
+                    )
+                self.lost_to_installs += begins - floor
+            elif cause == "retention":
+                self._check_expired(host, where, key, floor, begins, now)
+            else:
+                raise Violation(
+                    "retention",
+                    f"{where} begins at {begins}, it began at {floor} (found on {cause}, "
+                    f"neither retention nor a snapshot install moved it)",
+                )
+            self._floor[(host.id, key)] = begins
+
+    def _check_install(self, host: BrokerHost, index: int) -> _Sent:
+        """`host` installed the snapshot of entry `index`: a committed entry, sent by a
+        leader, after which every queue continues exactly where the model says."""
+        core = host.core
+        assert core is not None
+        self.installs_checked += 1
+        model = self.model
+        term = core.log.term_at(index)
+        if index > model.committed:
+            raise Violation(
+                "committed_only",
+                f"n{host.id} installed a snapshot of entry {index}, only {model.committed} "
+                f"entries are committed",
+            )
+        if term != model.terms[index]:
+            raise Violation(
+                "log_matching",
+                f"n{host.id} installed a snapshot of entry {index} term {term}, but entry "
+                f"{index} was committed with term {model.terms[index]}",
+            )
+        for key in sorted(model.queues):
+            queue = core.store.queues.get(*key)
+            begins, ends = (0, 0) if queue is None else (queue.min_offset, queue.max_offset)
+            want = model.length_at(key, index)
+            if begins != want or ends != want:
+                raise Violation(
+                    "queue_order",
+                    f"n{host.id} installed the snapshot of entry {index}: its ConsumeQueue "
+                    f"{key[0]}/{key[1]} continues at {ends} (begins at {begins}), but entries "
+                    f"up to {index} hold {want} messages of it",
+                )
+        leader = core.raft.leader_id
+        sent = self._sent.get((leader, index, term)) if leader is not None else None
+        if sent is None:
+            # The chunks came from a leader that is no longer known as such: any node
+            # that sent this snapshot.
+            sent = next(
+                (v for (_n, i, t), v in sorted(self._sent.items()) if (i, t) == (index, term)),
+                None,
+            )
+        if sent is None:
+            raise Violation(
+                "retention",
+                f"n{host.id} installed a snapshot of entry {index} term {term} no node sent",
+            )
+        return sent
+
+    def _check_expired(
+        self, host: BrokerHost, where: str, key: QueueKey, floor: int, begins: int, now: int
+    ) -> None:
+        """Retention on `host` deleted offsets [floor, begins) of a queue at `now` (the
+        node's clock): each message must be retention_ms old by then."""
+        retention = self.retention_ms
+        stamps = self.model.stamps[key]
+        for at in range(floor, begins):
+            age = now - stamps[at]
+            if retention is None or age < retention:
+                raise Violation(
+                    "retention",
+                    f"{where} now begins at {begins}: retention deleted "
+                    f"{self.model.queues[key][at]} at {at}, stored at {stamps[at]}, when it "
+                    f"was {age} ms old by the node's clock (now {now}), retention_ms is "
+                    f"{retention}",
+                )
+        self.expired += begins - floor
+
+    def on_offset_illegal(
+        self, consumer: str, host: BrokerHost, queue_id: int, offset: int, response: Frame
+    ) -> None:
+        """An OFFSET_ILLEGAL pull answer: a queue that begins past `offset` must have been
+        seen deleting up to where the answer says it begins."""
+        begins = response.fields.get("min_offset")
+        if not isinstance(begins, int) or begins <= offset:
+            return
+        key = (self.topic, queue_id)
+        floor = self._floor.get((host.id, key), 0)
+        if begins > floor:
+            raise Violation(
+                "retention",
+                f"n{host.id} told {consumer} that {key[0]}/{key[1]} begins at {begins} "
+                f"(asked for {offset}), but it was only seen deleting up to {floor}",
+            )
 
     # -- observations
 
@@ -496,7 +733,9 @@ class QueueCheckers:
     # -- ConsumeQueue scans
 
     def scan(self, host: BrokerHost) -> None:
-        """Compare `host`'s ConsumeQueues with the model: a prefix of it.
+        """Compare `host`'s ConsumeQueues with the model: from each queue's min offset
+        (below it, retention or an install removed them: checked when it happened, so
+        a min offset that moved unseen fails here), a prefix of the model.
 
         Incremental while the node is up (a unit is never rewritten, so only units
         past those already compared are read; a queue that got shorter fails); a
@@ -505,7 +744,7 @@ class QueueCheckers:
         if core is None:
             return
         self.scans += 1
-        self.catch_up(host)
+        self.on_log_start(host, "scan")
         for key, model_queue in sorted(self.model.queues.items()):
             where = f"n{host.id}'s ConsumeQueue {key[0]}/{key[1]}"
             checked = self._scanned.get((host.id, key), 0)
@@ -521,7 +760,8 @@ class QueueCheckers:
                     "committed_only",
                     f"{where} holds {end} messages, only {len(model_queue)} are committed",
                 )
-            for at, msg_id in enumerate(self.queue_ids(host, *key, start=checked), checked):
+            start = checked if queue is None else max(checked, queue.min_offset)
+            for at, msg_id in enumerate(self.queue_ids(host, *key, start=start), start):
                 if msg_id != model_queue[at]:
                     raise Violation(
                         "queue_order",
@@ -548,53 +788,77 @@ class QueueCheckers:
     # -- the end
 
     def check_final(self, hosts: list[BrokerHost]) -> None:
-        """After the heal: every node serves exactly the model through PULL_MESSAGE,
-        then every node holds the same ConsumeQueue units (commit offset, size, tag
-        hash). The first comparison runs on every node before the second, so a lost
-        message is reported as such, not as a replica difference."""
+        """After the heal: every node serves exactly the model from its min offset on
+        through PULL_MESSAGE, then every node holds the same ConsumeQueue units (commit
+        offset, size, tag hash) from the highest min offset on, up to the same end. The
+        first comparison runs on every node before the second, so a lost message is
+        reported as such, not as a replica difference."""
         for host in hosts:
             self.catch_up(host)
+            self.on_log_start(host, "the final check")
         for host in hosts:
             for key, model_queue in sorted(self.model.queues.items()):
-                self._compare_final(host, key, model_queue, self._pull_all(host, key))
+                first, served = self._pull_all(host, key)
+                self._compare_final(host, key, model_queue, first, served)
                 if self.final_tags:
                     self._pull_filtered(host, key, self.final_tags)
         for host in hosts:
             self._compare_offsets(host)
         for key in sorted(self.model.queues):
-            first: tuple[int, list[tuple[int, int, int]]] | None = None
-            for host in hosts:
-                got = self._units(host, key)
-                if first is None:
-                    first = (host.id, got)
-                    continue
-                for at, (a, b) in enumerate(zip(first[1], got, strict=True)):
-                    if a == b:
-                        continue
+            units = {host.id: self._units(host, key) for host in hosts}
+            begins = max(lo for lo, _ in units.values())
+            ref: tuple[int, int, list[tuple[int, int, int]]] | None = None
+            for node, (lo, got) in units.items():
+                end, held = lo + len(got), got[begins - lo :]
+                if ref is None:
+                    ref = (node, end, held)
+                elif end != ref[1]:
                     raise Violation(
                         "replicas_identical",
-                        f"ConsumeQueue {key[0]}/{key[1]} unit {at} (commit offset, size, tag "
-                        f"hash) is {a} on n{first[0]} and {b} on n{host.id}",
+                        f"ConsumeQueue {key[0]}/{key[1]} ends at {end} on n{node} and at "
+                        f"{ref[1]} on n{ref[0]}",
                     )
+                else:
+                    for at, (a, b) in enumerate(zip(ref[2], held, strict=True), begins):
+                        if a != b:
+                            raise Violation(
+                                "replicas_identical",
+                                f"ConsumeQueue {key[0]}/{key[1]} unit {at} (commit offset, "
+                                f"size, tag hash) is {a} on n{ref[0]} and {b} on n{node}",
+                            )
 
     @staticmethod
-    def _units(host: BrokerHost, key: QueueKey) -> list[tuple[int, int, int]]:
+    def _units(host: BrokerHost, key: QueueKey) -> tuple[int, list[tuple[int, int, int]]]:
+        """The queue's min offset on `host`, and its units from there."""
         core = host.core
         assert core is not None
         queue = core.store.queues.get(*key)
         if queue is None:
-            return []
-        return [
+            return 0, []
+        lo = queue.min_offset
+        return lo, [
             (u.commit_offset, u.size, u.tag_hash)
-            for u in queue.get_range(queue.min_offset, queue.max_offset)
+            for u in queue.get_range(lo, queue.max_offset - lo)
         ]
 
     def _compare_final(
-        self, host: BrokerHost, key: QueueKey, model_queue: list[str], served: list[str]
+        self,
+        host: BrokerHost,
+        key: QueueKey,
+        model_queue: list[str],
+        first: int,
+        served: list[str],
     ) -> None:
-        for at in range(max(len(model_queue), len(served))):
+        floor = self._floor.get((host.id, key), 0)
+        if first != floor:
+            raise Violation(
+                "retention",
+                f"n{host.id} serves {key[0]}/{key[1]} from {first}, but its min offset was "
+                f"last seen at {floor}",
+            )
+        for at in range(first, max(len(model_queue), first + len(served))):
             want = model_queue[at] if at < len(model_queue) else None
-            got = served[at] if at < len(served) else None
+            got = served[at - first] if at - first < len(served) else None
             if want == got:
                 continue
             where = f"n{host.id} serves {got or 'nothing'} at {key[0]}/{key[1]}@{at}"
@@ -635,7 +899,8 @@ class QueueCheckers:
 
     def _pull_filtered(self, host: BrokerHost, key: QueueKey, tags: frozenset[str]) -> None:
         """Read a queue from a node as a consumer subscribed to `tags` would, from the
-        start: every committed message with one of the tags must be served."""
+        start (moved to the min offset by OFFSET_ILLEGAL): every committed message with
+        one of the tags must be served."""
         core = host.core
         assert core is not None
         hashes = sorted(tag_hash(t) for t in tags)
@@ -653,17 +918,23 @@ class QueueCheckers:
             )
             response = core.handle(frame, 0, host.now_ms())
             assert response is not None
-            if response.fields.get("status") not in ("FOUND", "NO_MATCHED_MSG"):
+            status = response.fields.get("status")
+            if status == "OFFSET_ILLEGAL" and response.fields.get("min_offset", 0) > offset:
+                self.on_offset_illegal("a final filtered read", host, key[1], offset, response)
+                offset = response.fields["next_offset"]
+                continue
+            if status not in ("FOUND", "NO_MATCHED_MSG"):
                 break
             self.on_pull("a final filtered read", host, key[1], offset, response, tags)
             offset = response.fields["next_offset"]
 
-    @staticmethod
-    def _pull_all(host: BrokerHost, key: QueueKey) -> list[str]:
+    def _pull_all(self, host: BrokerHost, key: QueueKey) -> tuple[int, list[str]]:
+        """The queue offset a node serves a queue from (OFFSET_ILLEGAL moves a read at 0
+        there), and the message ids it serves from there."""
         core = host.core
         assert core is not None
         ids: list[str] = []
-        offset = 0
+        offset = first = 0
         for _ in range(1 << 20):
             frame = request(
                 RequestCode.PULL_MESSAGE,
@@ -671,9 +942,18 @@ class QueueCheckers:
             )
             response = core.handle(frame, 0, host.now_ms())
             assert response is not None
-            if response.fields.get("status") != "FOUND":
+            status = response.fields.get("status")
+            if (
+                status == "OFFSET_ILLEGAL"
+                and not ids
+                and response.fields.get("min_offset", 0) > offset
+            ):
+                self.on_offset_illegal("a final read", host, key[1], offset, response)
+                offset = first = response.fields["next_offset"]
+                continue
+            if status != "FOUND":
                 break
             for msg in message_frames(response.body):
                 ids.append(decode_message_header(msg, verify_crc=True).msg_id)
             offset = response.fields["next_offset"]
-        return ids
+        return first, ids
