@@ -102,6 +102,7 @@ def run_broker(
         cfg.faults,
         mean_gap_ns=int(cfg.mean_fault_gap_ms * NS_PER_MS),
     )
+    faults.full_room_max = 2 * configs[node_ids[0]].segment_bytes
     workload = BrokerWorkload(
         cluster,
         checkers,

@@ -26,10 +26,16 @@ The kinds (the `--faults` names):
   then resumes with the stale view it had (a GC pause, SIGSTOP, a VM migration).
 * drift: a node's clock runs at 0.5x-2x speed (its ticks come that much faster or
   slower) for 1-10 s.
-* full (broker simulation only): a node's disk fills (the leader half the time): no new
-  CommitLog segment, ConsumeQueue or index file fits, for 0.2-3 s; a quarter of the
-  time not even a small file (hard state, checkpoint, state snapshot). The node must
-  refuse, drop or postpone what does not fit, and lose nothing.
+* full (broker simulation only): a node's disk fills (the leader half the time) but for
+  less than two CommitLog segments: often no new segment, ConsumeQueue or index file
+  fits, for 0.2-3 s; a quarter of the time not even a small file (hard state,
+  checkpoint, state snapshot). The node must refuse, drop or postpone what does not
+  fit, and lose nothing.
+* lag (broker simulation only): a follower falls far behind: it is down (crashed) or
+  cut off alone for 3-6 s, longer than the brokers' retention keeps the entries it
+  needs next, so it catches up through a snapshot install; a third of the time its
+  disk is full (under 1 KiB left: room for a hard state, often not for a snapshot) from
+  then until 0.2-1.5 s after it is back, so the install (or a start) may die of it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ FAULTS: dict[str, str] = {
 
 BROKER_FAULTS: dict[str, str] = FAULTS | {
     "full": "a node's disk fills: no new segment or file fits, for 0.2-3 s",
+    "lag": "a follower is down or cut off for 3-6 s: it catches up by a snapshot",
 }
 """The faults of `mq sim broker`: its nodes have real stores on simulated disks."""
 
@@ -72,6 +79,7 @@ WEIGHTS: dict[str, int] = {
     "pause": 3,
     "drift": 1,
     "full": 2,
+    "lag": 2,
 }
 
 
@@ -119,6 +127,9 @@ class FaultSchedule:
         self._knob_tokens: dict[str, int] = {}
         self._partition_token = 0
         self.counts: dict[str, int] = {name: 0 for name in BROKER_FAULTS}
+        # The most room a `full` disk leaves: two CommitLog segments' worth (the broker
+        # run sets it from its segment size), so half the time not even one fits.
+        self.full_room_max = 64 * 1024
         cluster.faults = self
 
     # -- schedule
@@ -396,7 +407,7 @@ class FaultSchedule:
             return
         # A quarter of the time not a byte: hard state, checkpoint and state snapshot
         # writes fail too; else room for small files, not for new segments.
-        room = 0 if self._rng.random() < 0.25 else self._rng.randrange(0, 64 * 1024)
+        room = 0 if self._rng.random() < 0.25 else self._rng.randrange(0, self.full_room_max)
         if not host.fill_disk(room):
             return
         self._trace.emit(f"FAULT n{host.id} disk full ({room} bytes left)")
@@ -408,6 +419,48 @@ class FaultSchedule:
                 self._trace.emit(f"FAULT n{host.id} disk has room again")
 
         self._later(self._duration(200 * NS_PER_MS, 3 * NS_PER_S), end)
+
+    def _lag(self) -> None:
+        """A follower is away long enough that the leader's retention deletes the
+        entries it needs next (the brokers' retention_ms is a few seconds): down or cut
+        off alone for 3-6 s. A third of the time its disk is full (or nearly) from then
+        until 0.2-1.5 s after it is back, which a snapshot install meets: the process
+        dies of it (sim/broker_host.py) and is started again."""
+        leader = self.cluster.leader()
+        live = [h for h in self.cluster.live_hosts() if not h.paused and h is not leader]
+        if not live:
+            return
+        rng = self._rng
+        host = rng.choice(live)
+        away = self._duration(3 * NS_PER_S, 6 * NS_PER_S)
+        if rng.random() < 0.5:
+            self._trace.emit(f"FAULT n{host.id} falls behind: down")
+            self.crash(host, "crash for long", away)
+        else:
+            self._trace.emit(f"FAULT n{host.id} falls behind: cut off")
+            self._net.symmetric([host.id])
+            self._partition_token += 1
+            token = self._partition_token
+
+            def heal(_: Any) -> None:
+                if self._partition_token == token:
+                    self._net.heal()
+
+            self._later(away, heal)
+        if rng.random() < 1 / 3:
+            # Full from now on (no matter if another fault brings it back early) until
+            # a while after it is back.
+            room = rng.randrange(0, 1024)
+            if host.fill_disk(room):
+                self._trace.emit(f"FAULT n{host.id} disk full ({room} bytes left)")
+                fills = host.disk_fills
+
+                def end(_: Any) -> None:
+                    if host.disk_fills == fills:
+                        host.free_disk()
+                        self._trace.emit(f"FAULT n{host.id} disk has room again")
+
+                self._later(away + self._duration(200 * NS_PER_MS, 1500 * NS_PER_MS), end)
 
     # -- the end of the run
 

@@ -106,7 +106,7 @@ def test_full_disks_with_crashes_pass_and_the_fault_happens() -> None:
 def test_raft_simulation_has_no_full_disk_fault() -> None:
     with pytest.raises(ValueError, match="unknown faults"):
         parse_faults("full")
-    assert parse_faults("all", BROKER_FAULTS) == (*FAULTS, "full")
+    assert parse_faults("all", BROKER_FAULTS) == (*FAULTS, "full", "lag")
 
 
 def _mq(*argv: str) -> subprocess.CompletedProcess[str]:
