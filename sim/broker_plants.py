@@ -2,8 +2,10 @@
 
 The broker core is not touched: every plant lives on the simulator's side of the
 core's API, in the host that drives it (a request filter that answers some requests
-itself, an fsync that is skipped) or in the workload (a producer that retries under a
-fresh seq, a consumer that reorders what it was served). Each models a bug a real
+itself, an fsync that is skipped, the snapshot Raft is handed to send, which the host
+gets by wrapping the core's `snapshot()`: Raft calls it through
+`snapshot_source=core`) or in the workload (a producer that retries under a fresh seq,
+a consumer that reorders what it was served). Each models a bug a real
 broker or client could have; tests/sim/test_broker_plants.py asserts each is caught
 within a seed budget.
 """
@@ -14,14 +16,16 @@ import dataclasses
 import random
 from typing import TYPE_CHECKING
 
+from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
 from mq.protocol import Frame, RequestCode, request
+from raft.ready import SnapshotMeta
 from sim.queue_checkers import message_frames
 from storage.entry_log import inner_frames
 from storage.record import MAGIC_MESSAGE, decode_message_header
 
 if TYPE_CHECKING:
     from sim.broker_cluster import BrokerCluster
-    from sim.broker_host import BrokerHost
+    from sim.broker_host import BrokerHost, SnapshotOut
 
 PLANTS: dict[str, str] = {
     "pull_uncommitted": "a node serves pulls past its ConsumeQueue from the uncommitted "
@@ -40,6 +44,11 @@ PLANTS: dict[str, str] = {
     "generation they first read, and the leader applies such commits anyway",
     "unregister_ignored": "a node acknowledges UNREGISTER_CLIENT without removing the "
     "member, so a cleanly stopped consumer stays listed (and notified) until it expires",
+    "snapshot_from_later_segment": "a leader sends a follower that needs compacted entries "
+    "the newest segment snapshot it has on disk instead of the one where its CommitLog "
+    "begins, so the follower silently lacks the messages in between",
+    "snapshot_queue_offsets_off": "the next queue offset of one queue in the snapshots "
+    "leaders send is one too many",
 }
 
 WORKLOAD_PLANTS = frozenset({"fresh_seq_retry", "swap_served"})
@@ -64,8 +73,43 @@ def install(plant: str | None, cluster: BrokerCluster, rng: random.Random) -> No
             host.request_filter = _unregister_ignored
         elif plant == "fsync_lies":
             host.skip_fsync = True
+        elif plant == "snapshot_from_later_segment":
+            host.snapshot_plant = _newest_snapshot
+        elif plant == "snapshot_queue_offsets_off":
+            host.snapshot_plant = _queue_offset_off
         else:
             raise ValueError(f"unknown plant {plant!r}")
+
+
+def _newest_snapshot(host: BrokerHost, sent: SnapshotOut) -> SnapshotOut:
+    """The newest segment snapshot on the node's disk instead of the one where its log
+    begins: the design mistake of taking "the latest state" for a Raft snapshot. Raft
+    accepts it (it covers the compacted entries and is committed: the newest one the
+    node's commit index covers, since after a restart snapshots taken before the crash
+    may lie past the commit index it came back with), and the follower replicates from
+    after it, never getting the messages between the two."""
+    core = host.core
+    assert core is not None
+    files = SnapshotFiles(host.fs, f"{host.config.data_dir.rstrip('/')}/snapshots")
+    for offset in sorted(files.offsets(), reverse=True):
+        data = files.read(offset)
+        snapshot = SegmentSnapshot.decode(data)
+        if data is not None and snapshot is not None and snapshot.index <= core.raft.commit_index:
+            return SnapshotMeta(snapshot.index, snapshot.term), data
+    return sent
+
+
+def _queue_offset_off(host: BrokerHost, sent: SnapshotOut) -> SnapshotOut:
+    """One queue's next offset is one too many (the first queue named): the follower
+    numbers that queue's messages one past where every other node does."""
+    meta, data = sent
+    snapshot = SegmentSnapshot.decode(data)
+    if snapshot is None or not snapshot.queues:
+        return sent
+    queues = dict(snapshot.queues)
+    key = min(queues)
+    queues[key] += 1
+    return meta, dataclasses.replace(snapshot, queues=queues).encode()
 
 
 def _pull_uncommitted(host: BrokerHost, frame: Frame, now_ms: int) -> Frame | None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from sim import broker_plants
+from sim.broker_host import BrokerHost, SnapshotOut
 from sim.broker_plants import PLANTS
 from sim.broker_run import BrokerSimConfig, run_broker
 
@@ -15,11 +17,18 @@ BUDGETS: dict[str, tuple[int, set[str]]] = {
     "pull_uncommitted": (5, {"committed_only", "queue_order"}),
     "ack_unstored": (5, {"acked_durable"}),
     "offset_ack_unstored": (5, {"acked_durable"}),
-    "fsync_lies": (40, {"acked_durable", "log_matching", "committed_only", "queue_order"}),
+    "fsync_lies": (
+        40,
+        {"acked_durable", "log_matching", "committed_only", "queue_order", "liveness"},
+    ),
     "fresh_seq_retry": (5, {"no_duplicate"}),
     "swap_served": (5, {"queue_order"}),
     "unregister_ignored": (3, {"group_membership"}),
     "stale_generation_applied": (5, {"offset_generation"}),
+    # A follower must need a snapshot (the `lag` fault), and for the first plant the
+    # leader must hold a segment snapshot past where its log begins.
+    "snapshot_from_later_segment": (5, {"retention"}),
+    "snapshot_queue_offsets_off": (5, {"queue_order"}),
 }
 
 # A disk that lies breaks what the Raft core assumes of its storage, so the core's own
@@ -45,3 +54,29 @@ def test_the_plant_is_caught_within_its_budget(plant: str) -> None:
         assert result.checker in checkers, f"seed {seed}: {result.checker}: {result.message}"
         return
     pytest.fail(f"{plant} not caught in seeds 0-{budget - 1}")
+
+
+@pytest.mark.parametrize(
+    ("plant", "function"),
+    [
+        ("snapshot_from_later_segment", "_newest_snapshot"),
+        ("snapshot_queue_offsets_off", "_queue_offset_off"),
+    ],
+)
+def test_a_snapshot_plant_that_changes_nothing_is_not_caught(
+    plant: str, function: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What catches a snapshot plant is what it changes, not the wrapping of the core's
+    `snapshot()`: with the plant's function sending what the core gave, the first seed
+    the plant is caught on passes (and installs a snapshot)."""
+
+    def unchanged(host: BrokerHost, sent: SnapshotOut) -> SnapshotOut:
+        return sent
+
+    budget, _checkers = BUDGETS[plant]
+    cfg = BrokerSimConfig(duration_s=10.0, plant=plant)
+    first = next(seed for seed in range(budget) if not run_broker(seed, cfg).ok)
+    monkeypatch.setattr(broker_plants, function, unchanged)
+    result = run_broker(first, cfg)
+    assert result.ok, f"{result.checker}: {result.message}"
+    assert result.stats["snapshots_installed"] > 0
