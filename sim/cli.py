@@ -26,6 +26,7 @@ from sim.faults import BROKER_FAULTS, FAULTS, parse_faults
 from sim.liveness import LIVENESS_BOUND_S
 from sim.queue_checkers import QUEUE_CHECKERS
 from sim.report import Simulation, plural, run_one, run_seeds
+from sim.result import RunResult
 from sim.run import SimConfig, run
 from sim.run_config import RunConfig
 
@@ -324,8 +325,39 @@ def _describe_broker(s: dict[str, Any]) -> str:
         f"up to term {s['max_term']}, "
         f"{plural(s['committed_entries'], 'entry', 'entries')} committed, "
         f"{s['batches_acked']} batches acked ({s['send_attempts']} attempts), "
-        f"{s['messages_committed']} messages stored, {s['messages_served']} served"
+        f"{s['messages_committed']} messages stored, {s['messages_served']} served, "
+        f"{plural(s['segments_deleted'], 'segment')} deleted, "
+        f"{plural(s['snapshots_installed'], 'snapshot')} installed"
     )
+
+
+def _summarize_broker(results: list[RunResult]) -> tuple[dict[str, Any], str]:
+    """How much retention and snapshot installs the seeds exercised."""
+    stats = [r.stats for r in results if r.stats]
+
+    def total(key: str) -> int:
+        return sum(s.get(key, 0) for s in stats)
+
+    def seeds(key: str) -> int:
+        return sum(1 for s in stats if s.get(key, 0) > 0)
+
+    extra = {
+        "segments_deleted": total("segments_deleted"),
+        "seeds_with_deletions": seeds("segments_deleted"),
+        "snapshots_installed": total("snapshots_installed"),
+        "seeds_with_installs": seeds("snapshots_installed"),
+        "disk_full_exits": total("disk_full_exits"),
+        "seeds_with_disk_full_exits": seeds("disk_full_exits"),
+    }
+    text = (
+        f"retention: {plural(extra['segments_deleted'], 'segment')} deleted on "
+        f"{extra['seeds_with_deletions']} seeds, "
+        f"{plural(extra['snapshots_installed'], 'snapshot')} installed on "
+        f"{extra['seeds_with_installs']} seeds, "
+        f"{extra['disk_full_exits']} processes died of a full disk in an install on "
+        f"{extra['seeds_with_disk_full_exits']} seeds"
+    )
+    return extra, text
 
 
 BROKER: Simulation[BrokerSimConfig] = Simulation(
@@ -333,4 +365,5 @@ BROKER: Simulation[BrokerSimConfig] = Simulation(
     replay=broker_replay_command,
     describe=_describe_broker,
     settled="a send acked and dispatched everywhere",
+    summarize=_summarize_broker,
 )

@@ -39,6 +39,9 @@ class Simulation(Generic[C]):
     describe: Callable[[dict[str, Any]], str]
     # What the liveness probe did once settled ("new proposal applied everywhere").
     settled: str
+    # Totals over many seeds for the summary (JSON fields and a line of text), e.g. how
+    # many seeds exercised a feature; None adds nothing.
+    summarize: Callable[[list[RunResult]], tuple[dict[str, Any], str]] | None = None
 
 
 def run_one(sim: Simulation[C], args: argparse.Namespace, cfg: C) -> int:
@@ -98,6 +101,8 @@ def run_seeds(sim: Simulation[C], args: argparse.Namespace, cfg: C) -> int:
     progress = sys.stderr if sys.stderr.isatty() else None
     summary = run_many(seeds, cfg, sim.run, progress=progress)
     results: list[RunResult] = summary.pop("_results")
+    extra, extra_text = sim.summarize(results) if sim.summarize is not None else ({}, "")
+    summary.update(extra)
     failed = [r for r in results if not r.ok]
     if args.trace and failed:
         with open(args.trace, "w", encoding="utf-8") as f:
@@ -110,6 +115,8 @@ def run_seeds(sim: Simulation[C], args: argparse.Namespace, cfg: C) -> int:
             f"{summary['sim_seconds']:.0f} s simulated in {summary['wall_seconds']:.1f} s "
             f"({summary['sim_speed']:.0f}x), {summary['events_per_s']:.0f} events/s"
         )
+        if extra_text:
+            print(extra_text)
         for r in failed:
             first = (r.message or "").splitlines()[0] if r.message else ""
             print(f"seed {r.seed}: {r.checker}: {first}")

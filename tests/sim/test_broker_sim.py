@@ -75,14 +75,16 @@ def test_a_sweep_of_seeds_under_every_fault_passes() -> None:
     drift. Every acknowledgement, pull and ConsumeQueue is checked against the model."""
     cfg = BrokerSimConfig(duration_s=8.0)
     failures = {}
-    crashes = 0
+    crashes = deleted = 0
     for seed in range(100, 110):
         result = run_broker(seed, cfg)
         crashes += result.stats["crashes"]
+        deleted += result.stats["segments_deleted"]
         if not result.ok:
             failures[seed] = f"{result.checker}: {result.message}"
     assert not failures, failures
     assert crashes > 20  # the faults did happen
+    assert deleted > 50  # and retention deleted segments on every node
 
 
 def test_full_disks_with_crashes_pass_and_the_fault_happens() -> None:
@@ -101,6 +103,20 @@ def test_full_disks_with_crashes_pass_and_the_fault_happens() -> None:
             failures[seed] = f"{result.checker}: {result.message}"
     assert not failures, failures
     assert fills > 15
+
+
+def test_retention_and_snapshot_installs_pass_also_when_a_full_disk_kills_the_install() -> None:
+    """Seed 31: every node deletes segments by age; a follower cut off for a few seconds
+    (the `lag` fault) comes back with a full disk, its snapshot install dies of it four
+    times (the process is restarted each time), then it installs once there is room.
+    Every message that left a node is checked to have expired or to have been deleted by
+    the leader that sent the snapshot."""
+    result = run_broker(31, BrokerSimConfig())
+    assert result.ok, f"{result.checker}: {result.message}"
+    s = result.stats
+    assert s["segments_deleted"] > 0 and s["messages_expired"] > 0
+    assert s["snapshots_installed"] >= 1 and s["disk_full_exits"] >= 1
+    assert s["faults"]["lag"] >= 1
 
 
 def test_raft_simulation_has_no_full_disk_fault() -> None:
@@ -123,6 +139,7 @@ def test_the_cli_summarizes_many_seeds_and_refuses_bad_arguments() -> None:
     many = _mq("--seeds", "2", "--start", "100", "--duration", "2")
     assert many.returncode == 0, many.stdout + many.stderr
     assert many.stdout.startswith("2 seeds, 0 failed;")
+    assert "\nretention: " in many.stdout and "snapshots installed on" in many.stdout
     assert _mq("--faults", "bogus").returncode == 2
     plants = _mq("--list-plants")
     assert plants.returncode == 0 and "pull_uncommitted" in plants.stdout
