@@ -224,11 +224,12 @@ _BROKER_DEFAULT = BrokerSimConfig()
 
 _BROKER_DESCRIPTION = f"""\
 Run three real broker cores (mq/broker/core.py: Raft on the CommitLog, ConsumeQueues,
-recovery), each over its own simulated disk (storage/files.py SimFileSystem: unsynced
-writes lost on a crash, the first one torn), under the faults of `mq sim raft` and a full disk, with
-idempotent producers and a consumer group pulling from every node. Queue checkers
-compare every acknowledgement, every pull and every node's ConsumeQueues with a model
-of the committed log. The same seed replays the same run (compare the trace hashes).
+recovery, retention), each over its own simulated disk (storage/files.py SimFileSystem:
+unsynced writes lost on a crash, the first one torn), under the faults of `mq sim raft`,
+a full disk and a follower far behind (segments are deleted after 3 s, so it installs
+a snapshot), with idempotent producers and a consumer group pulling from every node.
+Queue checkers compare every acknowledgement, every pull and every node's ConsumeQueues
+with a model of the committed log, and check every message a node deleted. The same seed replays the same run (compare the trace hashes).
 After --duration seconds of virtual time every fault heals; within {LIVENESS_BOUND_S:g} s
 a send must be acknowledged and dispatched on every node, and every node must then
 serve exactly the committed history.
