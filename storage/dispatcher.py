@@ -76,6 +76,10 @@ class Dispatcher:
         self.dispatched_offset = dispatched_offset
         self._resuming = False
         self._interrupted = False
+        self.newest_store_ms = 0
+        """Store time of the newest message dispatched since the owner last set this
+        (the broker: since the last segment boundary), so retention knows a segment's
+        age without reading it again."""
         self._topics: dict[bytes, tuple[str, int]] = {}
         self._tag_hashes: dict[bytes, int] = {}
 
@@ -134,6 +138,7 @@ class Dispatcher:
         (an interrupted call's resuming mode ends here)."""
         self.dispatched_offset = offset
         self._resuming = self._interrupted = False
+        self.newest_store_ms = 0
 
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         skipping = False
@@ -151,6 +156,8 @@ class Dispatcher:
         queue_id, store_ms, msg_id, msg_id_raw, topic_raw, tags_raw, keys_raw = dispatch_fields(
             frame
         )
+        if store_ms > self.newest_store_ms:
+            self.newest_store_ms = store_ms
         topic_info = self._topics.get(topic_raw)
         if topic_info is None:
             topic_info = self._learn_topic(topic_raw)

@@ -417,6 +417,9 @@ def dispatch_fields(frame: memoryview) -> tuple[int, int, str, memoryview, bytes
 
 
 _STORE_TIMESTAMP_OFFSET = _FIXED_OFFSET + 16  # after queue_id u32, flag u32, born u64
+STORE_TIMESTAMP_OFFSET = _STORE_TIMESTAMP_OFFSET
+"""Where a message frame holds its store time (u64): read in place by scans that need
+nothing else of the header."""
 _U64 = struct.Struct("<Q")
 
 

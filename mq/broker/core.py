@@ -382,6 +382,7 @@ class BrokerCore:
         """The newest segment boundary whose snapshot is on disk."""
         self._next_retention_ms = now_ms + config.retention_check_interval_ms
         self._warned_no_snapshot: set[int] = set()
+        self._boundary_cache: SegmentSnapshot | None = None
         hard_state = decode_hard_state(fs.read_bytes(self._hard_state_path))
         self._hard_state = hard_state
         self._hs_persisted = hard_state
@@ -466,6 +467,15 @@ class BrokerCore:
         self._replay(max(start, self.commit_log.min_offset), dispatched)
         # Units a crash left in the ConsumeQueues past the checkpoint are skipped, not
         # added twice, by dispatching in resuming mode until past the last of them.
+        # What dispatch noted of the current segment's messages before the restart is
+        # gone: read it back (one segment at most), so the snapshot at the segment's end
+        # says how old the segment is.
+        segment_bytes = self.commit_log.segment_bytes
+        first = dispatched - dispatched % segment_bytes
+        if first == dispatched and dispatched > self._captured:
+            first -= segment_bytes  # the boundary here is still to be captured
+        first = max(first, self.commit_log.min_offset)
+        dispatcher.newest_store_ms = self.store.newest_store_ms(first, dispatched)
         self._resume_until = self.store.queues.max_commit_end()
         log = self.entry_log
         commit = min(hard_state.commit, log.last_index())
@@ -524,9 +534,13 @@ class BrokerCore:
                     hi = mid
             if lo:
                 queues[(queue.topic, queue.queue_id)] = lo
-        snapshot = SegmentSnapshot(offset, index, term, queues, self._state.encode(offset))
+        dispatcher = self.store.dispatcher
+        snapshot = SegmentSnapshot(
+            offset, index, term, queues, self._state.encode(offset), dispatcher.newest_store_ms
+        )
         self._snapshots.write(offset, snapshot.encode())
         self._captured = offset
+        dispatcher.newest_store_ms = 0  # the next segment's messages from here
 
     def _replay(self, start: int, end: int) -> None:
         """Re-apply the commands in [start, end) to the state, dispatching nothing."""
@@ -1045,16 +1059,15 @@ class BrokerCore:
         if self._in_flight or self._held_work is not None:
             return True
         store = self.store
-        if self._applied < self._committed or not store.first_segment_expired(
-            now_ms + self.wall_offset_ms
-        ):
+        segments = store.commit_log.segments()
+        if self._applied < self._committed or len(segments) < 2:
             return False
-        end = store.commit_log.segments()[1][0]
-        snapshot = self._snapshots.load(end)
+        end = segments[1][0]
+        snapshot = self._boundary(end)
         if snapshot is None:
-            if end not in self._warned_no_snapshot:
-                self._warned_no_snapshot.add(end)
-                _log.warning("retention_without_snapshot", offset=end)
+            return False
+        # The segment's age is its newest message's, noted when dispatch left it.
+        if not store.first_segment_expired(now_ms + self.wall_offset_ms, snapshot.newest_ms):
             return False
         try:
             self.raft.compact(snapshot.index)  # durable before the entries' bytes go
@@ -1070,6 +1083,20 @@ class BrokerCore:
         self._stats.segments_deleted += 1
         _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
         return True
+
+    def _boundary(self, offset: int) -> SegmentSnapshot | None:
+        """The snapshot at segment boundary `offset`, kept in memory between checks."""
+        cached = self._boundary_cache
+        if cached is not None and cached.offset == offset:
+            return cached
+        snapshot = self._snapshots.load(offset)
+        if snapshot is None:
+            if offset not in self._warned_no_snapshot:
+                self._warned_no_snapshot.add(offset)
+                _log.warning("retention_without_snapshot", offset=offset)
+            return None
+        self._boundary_cache = snapshot
+        return snapshot
 
     def snapshot(self) -> tuple[SnapshotMeta, bytes]:
         """raft's SnapshotSource: the snapshot where the CommitLog (the Raft log) begins."""

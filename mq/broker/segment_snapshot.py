@@ -48,6 +48,10 @@ class SegmentSnapshot:
     """The next queue offset of every queue that has one (absent: 0)."""
     state: bytes
     """`BrokerState.encode(offset)`."""
+    newest_ms: int
+    """Store time of the newest message in the segment that ends here (0 if none): the
+    age retention goes by, noted as dispatch passed those messages, so that deciding
+    needs no read of a segment that may be a GiB."""
 
     def encode(self) -> bytes:
         payload: dict[str, Any] = {
@@ -57,6 +61,7 @@ class SegmentSnapshot:
             "term": self.term,
             "queues": [[topic, queue_id, n] for (topic, queue_id), n in self.queues.items()],
             "state": self.state,
+            "newest_ms": self.newest_ms,
         }
         body = cbor2.dumps(payload)
         return _CRC.pack(zlib.crc32(body)) + body
@@ -81,6 +86,7 @@ class SegmentSnapshot:
                 int(payload["term"]),
                 queues,
                 bytes(payload["state"]),
+                int(payload["newest_ms"]),
             )
         except Exception:
             return None

@@ -313,3 +313,26 @@ def test_a_restart_rebuilds_the_state_from_the_segment_snapshot() -> None:
     core = cluster.start(node)
     assert "orders" in core.topics
     assert core._state.committed_offsets("readers", "orders") == {0: 1}
+
+
+def test_a_segments_age_survives_a_restart_before_its_end() -> None:
+    # Dispatch notes the newest store time of a segment as it goes; a node restarted
+    # before it reached the segment's end must still know it (read back on open), or
+    # the segment would look as old as the messages after the restart, or older.
+    cluster = CoreCluster(checkpoint_interval_ms=10)  # nothing is dispatched again
+    leader = cluster.elect()
+    send_big(cluster, leader, 2, "a")
+    cluster.tick(100)
+    send_big(cluster, leader, 2, "b")  # the segment's last and newest messages
+    cluster.settle()
+    restarted = cluster.followers()[0]
+    cluster.crash(restarted)
+    cluster.start(restarted)
+    cluster.tick(100)
+    send_big(cluster, leader, 1, "c")  # the next segment's first
+    cluster.settle()
+    assert len(cluster.cores[leader].commit_log.segments()) == 2
+    expected = snapshots(cluster, leader)[SEGMENT].newest_ms
+    assert expected > 1_000
+    for node in cluster.ids:
+        assert snapshots(cluster, node)[SEGMENT].newest_ms == expected, node
