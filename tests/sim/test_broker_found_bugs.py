@@ -13,7 +13,8 @@ filler, so the node's next entry landed at the next segment's start while the ot
 placed it at the old tail.
 
 The seeds name runs of today's simulator: a change to its random streams (another
-workload) moves them, and then these tests prove less, not nothing."""
+workload) moves them, and then these tests prove less, not nothing. Retention and the
+`lag` fault (branch sim-retention) moved them again."""
 
 from __future__ import annotations
 
