@@ -23,7 +23,7 @@ Retention runs in the core's tick and a snapshot install in `ready()`; the host 
 the checkers the moment either moves where the node's log begins (`on_log_start`),
 and wraps the core's `snapshot()` (what Raft sends a follower that needs compacted
 entries) so the checkers see what each leader sent, and a plant may change it. A full
-disk during an install raises DiskFullError out of `ready()`, which the broker
+disk during an install raises InstallDiskFullError out of `ready()`, which the broker
 documents as fatal to the process: the host crashes it and restarts it later, as the
 fault schedule's crashes do (so does a start that cannot finish an interrupted install
 for want of space).
@@ -41,12 +41,11 @@ hands the envelopes to the shared network model of sim/network.py.
 from __future__ import annotations
 
 import random
-import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mq.broker.config import BrokerConfig
-from mq.broker.core import BrokerCore, Notify, PeerMessage, Reply, Work
+from mq.broker.core import BrokerCore, InstallDiskFullError, Notify, PeerMessage, Reply, Work
 from mq.broker.raft_codec import decode_envelope
 from mq.protocol import Frame, decode_frame
 from raft.messages import Envelope, VoteResponse
@@ -54,7 +53,6 @@ from raft.node import RaftNode, Role
 from raft.ready import SnapshotMeta
 from sim.events import NS_PER_MS
 from sim.process import TICK_NS, SimProcess
-from storage.errors import DiskFullError
 from storage.files import SimFileSystem
 
 if TYPE_CHECKING:
@@ -153,9 +151,7 @@ class BrokerHost(SimProcess[ClientRequest]):
                 self.now_ms(),
                 rng=random.Random(self._rng.getrandbits(64)),
             )
-        except DiskFullError as exc:
-            if not _in_install(exc):
-                raise
+        except InstallDiskFullError as exc:
             # Finishing an interrupted install needs room the disk does not have: the
             # process exits again, and is started again later.
             self.disk_full_exits += 1
@@ -346,9 +342,7 @@ class BrokerHost(SimProcess[ClientRequest]):
                 return
             try:
                 work = core.ready(self.now_ms())
-            except DiskFullError as exc:
-                if not _in_install(exc):
-                    raise
+            except InstallDiskFullError as exc:
                 # A full disk during a snapshot install: fatal to the process (the log
                 # on disk is the old one; a restart asks the leader again).
                 self.disk_full_exits += 1
@@ -420,14 +414,3 @@ class BrokerHost(SimProcess[ClientRequest]):
             self.on_commit(self)
             if raft.role is Role.LEADER:
                 self._leader_committed(raft.term)
-
-
-_INSTALL_CODE = (BrokerCore._install.__code__, BrokerCore._install_files.__code__)
-
-
-def _in_install(exc: BaseException) -> bool:
-    """Whether `exc` was raised inside a snapshot install (the one place a full disk is
-    documented as fatal to the process); anywhere else it is a failure of the run."""
-    return any(
-        frame.f_code in _INSTALL_CODE for frame, _line in traceback.walk_tb(exc.__traceback__)
-    )

@@ -280,6 +280,13 @@ class _Applied:
     """The response fields of an offset commit or reset, decided by applying it."""
 
 
+class InstallDiskFullError(DiskFullError):
+    """A snapshot install found no room on the disk. Fatal to the process: Raft already
+    gave up the log in memory, so the node cannot go on; on disk the log is the old one
+    (a restart asks the leader for the snapshot again) or the `installing` marker is
+    there (a start finishes the install once there is room)."""
+
+
 class RequestError(Exception):
     """Refuse a request with `error`; raised inside handlers, answered by `handle`."""
 
@@ -376,7 +383,11 @@ class BrokerCore:
         marker = fs.read_bytes(self._install_path)
         if marker is not None:
             # A snapshot install did not finish: do it again (every step is idempotent).
-            self._install_files(self._decode_snapshot(marker, self._install_path), marker, now_ms)
+            try:
+                snapshot = self._decode_snapshot(marker, self._install_path)
+                self._install_files(snapshot, marker, now_ms)
+            except DiskFullError as exc:
+                raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
             fs.remove(self._install_path)
         self._captured = max(self._snapshots.offsets(), default=0)
         """The newest segment boundary whose snapshot is on disk."""
@@ -1128,9 +1139,12 @@ class BrokerCore:
         self.release_held_pulls()
         for index in list(self._pending):
             self._fail_pending(index, *self._not_leader_error())
-        self.fs.write_atomic(self._install_path, data)
-        self._install_files(snapshot, data, now_ms)
-        self.fs.remove(self._install_path)
+        try:
+            self.fs.write_atomic(self._install_path, data)
+            self._install_files(snapshot, data, now_ms)
+            self.fs.remove(self._install_path)
+        except DiskFullError as exc:
+            raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
         self._applied = self._committed = snapshot.index
         self._ops_by_offset.clear()
         self._dispatch_partial = []
