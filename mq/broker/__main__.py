@@ -13,6 +13,7 @@ import structlog
 import trio
 
 from mq.broker.config import BrokerConfig, ConfigError, load_config
+from mq.broker.core import InstallDiskFullError
 from mq.broker.server import BrokerServer, DataDirLockedError, run_broker
 from mq.logs import LOG_LEVELS, configure_logging
 
@@ -144,10 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level)
     tune_gc()
     failure: BaseException | None = None
+    stopped: BaseException | None = None
     try:
         trio.run(_main, config)
+    except* InstallDiskFullError as group:
+        stopped = group.exceptions[0]
     except* (OSError, DataDirLockedError) as group:  # port taken, data dir in use, ...
         failure = group.exceptions[0]
+    if stopped is not None:
+        _log.error("snapshot_install_disk_full", error=str(stopped))
+        print(
+            f"broker stopped: no room on the disk to install the leader's snapshot "
+            f"({stopped}); free space and start it again",
+            file=sys.stderr,
+        )
+        return 1
     if failure is not None:
         print(f"broker failed to start: {failure}", file=sys.stderr)
         return 1

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
+from mq.broker import __main__ as broker_main
 from mq.broker.__main__ import parse_config
+from mq.broker.core import InstallDiskFullError
 from mq.protocol import RequestCode, request
 from mq.rpc.client import connect
 from tests.mq.broker_cluster import send_request
@@ -119,3 +122,18 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert parsed.peers == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
     assert parsed.election_ms == 100 and parsed.group == "solo"
     assert parsed.raft_config().election_ticks == 10
+
+
+def test_a_full_disk_in_a_snapshot_install_stops_the_broker_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def install_fails(*_args: object) -> None:
+        raise InstallDiskFullError("/data/installing", 4096)
+
+    monkeypatch.setattr(broker_main.trio, "run", install_fails)
+    monkeypatch.setattr(broker_main, "tune_gc", lambda: None)  # not in the test process
+    monkeypatch.setattr(broker_main, "configure_logging", lambda level: None)
+    assert broker_main.main(["--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no room on the disk to install the leader's snapshot" in err
+    assert "failed to start" not in err
