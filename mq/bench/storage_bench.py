@@ -82,7 +82,9 @@ def bench_raw(path: str, batch_bytes: int, total_bytes: int) -> float:
     return written / elapsed / (1 << 20)
 
 
-def bench_append(root: str, count: int) -> tuple[float, float, MessageStore]:
+def bench_append(root: str, count: int) -> tuple[float, float, float, MessageStore]:
+    """Append and dispatch `count` messages in batches; returns msgs/s and MiB/s of the
+    whole loop, the share of its time spent dispatching, and the store."""
     store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.ASYNC))
     body = os.urandom(MESSAGE_BYTES)
     batches = [_records(BATCH, body, 0, i * BATCH) for i in range(count // BATCH)]
@@ -90,9 +92,12 @@ def bench_append(root: str, count: int) -> tuple[float, float, MessageStore]:
     cl = store.commit_log
     start = time.perf_counter()
     last_flush = 0
+    dispatch_s = 0.0
     for batch in batches:
         store.put_messages(batch)
+        begin = time.perf_counter()
         store.dispatch()
+        dispatch_s += time.perf_counter() - begin
         now_ms = int((time.perf_counter() - start) * 1000)
         if policy.due(now_ms, cl.max_offset, cl.flushed_offset, last_flush):
             cl.flush()
@@ -100,7 +105,16 @@ def bench_append(root: str, count: int) -> tuple[float, float, MessageStore]:
     store.flush(0)
     elapsed = time.perf_counter() - start
     msgs = len(batches) * BATCH
-    return msgs / elapsed, msgs * MESSAGE_BYTES / elapsed / (1 << 20), store
+    return msgs / elapsed, msgs * MESSAGE_BYTES / elapsed / (1 << 20), dispatch_s / elapsed, store
+
+
+def bench_age_scan(store: MessageStore) -> float:
+    """MiB/s of reading the newest store time of a whole segment (what retention does
+    for a segment whose age it does not know), over the store's first segment."""
+    end = min(store.config.segment_bytes, store.commit_log.max_offset)
+    start = time.perf_counter()
+    store.newest_store_ms(0, end)
+    return end / (time.perf_counter() - start) / (1 << 20)
 
 
 def bench_fsync(path: str, seconds: float) -> float:
@@ -201,8 +215,11 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
         total = params.total_mib << 20
         count = total // MESSAGE_BYTES
         raw = bench_raw(os.path.join(base, "raw"), BATCH * MESSAGE_BYTES, total)
-        append_msgs, append_mib, store = bench_append(os.path.join(base, "append"), count)
+        append_msgs, append_mib, dispatch_share, store = bench_append(
+            os.path.join(base, "append"), count
+        )
         read_msgs = bench_read(store, 1.0 if quick else 3.0)
+        age_scan = bench_age_scan(store)
         store.close(0)
         fsync = bench_fsync(os.path.join(base, "fsync"), params.fsync_seconds)
         group, per_fsync = bench_group_commit(
@@ -218,6 +235,9 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
         "append_mib_s": round(append_mib, 1),
         "append_msgs_s": round(append_msgs),
         "append_ratio": round(append_mib / raw, 3),
+        "dispatch_share": round(dispatch_share, 3),
+        "age_scan_mib_s": round(age_scan, 1),
+        "age_scan_ratio": round(age_scan / raw, 2),
         "fsync_per_s": round(fsync, 1),
         "group_commit_per_s": round(group, 1),
         "group_commit_msgs_per_fsync": round(per_fsync, 1),
