@@ -389,6 +389,7 @@ class BrokerCore:
             except DiskFullError as exc:
                 raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
             fs.remove(self._install_path)
+        self._finish_retention()
         self._captured = max(self._snapshots.offsets(), default=0)
         """The newest segment boundary whose snapshot is on disk."""
         self._next_retention_ms = now_ms + config.retention_check_interval_ms
@@ -511,8 +512,11 @@ class BrokerCore:
         try:
             while True:
                 at = dispatcher.dispatched_offset
-                if at > self._captured and at % segment_bytes == 0:
-                    self._capture(at)
+                if at % segment_bytes == 0 and at > 0:
+                    if at > self._captured:
+                        self._capture(at)
+                    else:  # captured before a restart: the segment from here is new
+                        dispatcher.newest_store_ms = 0
                 upto = min(end, at - at % segment_bytes + segment_bytes)
                 dispatcher.dispatch(upto, resuming=at < self._resume_until, out=out)
                 if upto >= end:
@@ -938,6 +942,9 @@ class BrokerCore:
             self._applied < self._committed
             and not self._in_flight
             and now_ms >= self._next_apply_retry_ms
+            # Raft forgot the log for a snapshot that `ready()` has yet to install:
+            # nothing of the old log is left to dispatch.
+            and self._committed >= self.log.first_index() - 1
         ):
             self._next_apply_retry_ms = now_ms + DISK_FULL_RETRY_MS
             self._apply(now_ms)
@@ -1071,7 +1078,9 @@ class BrokerCore:
             return True
         store = self.store
         segments = store.commit_log.segments()
-        if self._applied < self._committed or len(segments) < 2:
+        # Not held back by a dispatch that waits for room: deleting is what makes room,
+        # and it touches only segments a checkpoint covers, behind the stopped entry.
+        if len(segments) < 2:
             return False
         end = segments[1][0]
         snapshot = self._boundary(end)
@@ -1094,6 +1103,21 @@ class BrokerCore:
         self._stats.segments_deleted += 1
         _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
         return True
+
+    def _finish_retention(self) -> None:
+        """Retention compacts the Raft log (durably) and then deletes the segment; a
+        crash between the two leaves a log that begins past the CommitLog's first
+        segment. Delete such segments now: the snapshot Raft sends must be the one
+        where the CommitLog begins, and its index must be the log's boundary."""
+        boundary = self.entry_log.first_index() - 1
+        while len(segments := self.commit_log.segments()) >= 2:
+            end = segments[1][0]
+            snapshot = self._snapshots.load(end)
+            if snapshot is None or snapshot.index > boundary:
+                return
+            self.store.delete_first_segment()
+            self._snapshots.delete_below(end)
+            _log.info("segment_deleted", begins=end, first_index=boundary + 1, on_open=True)
 
     def _boundary(self, offset: int) -> SegmentSnapshot | None:
         """The snapshot at segment boundary `offset`, kept in memory between checks."""
@@ -1152,6 +1176,8 @@ class BrokerCore:
         self._resume_until = 0
         self._checkpointed = (snapshot.offset, self._hard_state.commit)
         self._topics_changed = True
+        if self._disk_full:
+            self._note_disk_full("dispatch", None)  # nothing of the old log waits now
         self._stats.snapshots_installed += 1
         _log.info(
             "snapshot_installed",

@@ -6,14 +6,17 @@ Each node runs on its own SimFileSystem; time is the cluster's virtual `now_ms`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from mq.broker.commands import MAGIC_COMMAND
-from mq.broker.core import BrokerCore
+from mq.broker.core import BrokerCore, ReplicatedMessageStore
+from mq.broker.raft_codec import decode_envelope
 from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
-from mq.protocol import RequestCode, request
+from mq.protocol import RequestCode, decode_frame, request
+from raft.messages import SnapshotRequest
 from storage.entry_log import inner_frames
 from storage.files import SimFileSystem
 from tests.mq.broker_cluster import CoreCluster, send_request
@@ -336,3 +339,106 @@ def test_a_segments_age_survives_a_restart_before_its_end() -> None:
     assert expected > 1_000
     for node in cluster.ids:
         assert snapshots(cluster, node)[SEGMENT].newest_ms == expected, node
+
+
+def test_a_crash_between_compaction_and_deletion_is_finished_on_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Retention makes the log's new start durable, then deletes the segment. A node
+    # restarted in between must not serve a snapshot that does not match its log (it
+    # would fail on every election it wins, long before its next retention check).
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 2, "a")
+    cluster.settle()
+    behind, other = cluster.followers()
+    cluster.isolate(behind)
+    send_big(cluster, leader, 12, "b")
+    victim = cluster.cores[leader].store
+    real = ReplicatedMessageStore.delete_first_segment
+
+    def power_cut(self: ReplicatedMessageStore) -> None:
+        if self is victim:
+            raise Interrupted
+        real(self)
+
+    monkeypatch.setattr(ReplicatedMessageStore, "delete_first_segment", power_cut)
+    with pytest.raises(Interrupted):
+        cluster.tick(RETENTION_MS // 10 + 30)
+    monkeypatch.setattr(ReplicatedMessageStore, "delete_first_segment", real)
+    cluster.crash(leader)
+    cluster.configs[leader] = dataclasses.replace(
+        cluster.configs[leader],
+        retention_check_interval_ms=10_000,  # the default
+    )
+    core = cluster.start(leader)
+    assert core.log.first_index() > 1
+    assert core.commit_log.min_offset > 0, "the deletion was finished on open"
+    cluster.stop(other)  # the two left: the restarted node and the lagging one
+    cluster.heal()
+    cluster.settle(60)
+    send_big(cluster, leader, 1, "z")
+    cluster.settle(10)
+    assert cluster.cores[behind].stats()["snapshots_installed"] == 1
+
+
+def test_a_tick_before_the_install_does_not_dispatch_the_forgotten_log() -> None:
+    # Raft forgets the log when the last chunk arrives; `ready()` installs later. The
+    # trio server ticks in another task, so a tick can come in between, here with a
+    # dispatch held back by a full disk that would retry on the forgotten log.
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 2, "a")
+    cluster.settle()
+    behind = cluster.followers()[0]
+    fs = cluster.fss[behind]
+    fs.capacity_bytes = fs.used_bytes() + 10_000  # small files fit, a 20 KB CQ file not
+    assert cluster.request(leader, send_request("other", [b"x"])).ok
+    cluster.settle()
+    core = cluster.cores[behind]
+    assert core._applied < core._committed
+    cluster.isolate(behind)
+    send_big(cluster, leader, 12, "b")
+    cluster.tick(RETENTION_MS // 10 + 30)
+    send_big(cluster, leader, 2, "k")
+    real_deliver = CoreCluster.deliver
+
+    def deliver(self: CoreCluster, src: int, dst: int, data: bytes) -> None:
+        real_deliver(self, src, dst, data)
+        if dst != behind or (src, dst) in self.blocked:
+            return
+        frame = decode_frame(data)
+        if frame.code != RequestCode.RAFT_MESSAGE:
+            return
+        _group, env = decode_envelope(frame)
+        if isinstance(env.msg, SnapshotRequest) and env.msg.done:
+            self.cores[behind].tick(self.now_ms + 1_000)  # the server's tick task
+
+    CoreCluster.deliver = deliver  # type: ignore[method-assign]
+    try:
+        cluster.heal()
+        cluster.settle(30)
+    finally:
+        CoreCluster.deliver = real_deliver  # type: ignore[method-assign]
+    assert cluster.cores[behind].stats()["snapshots_installed"] == 1
+
+
+def test_retention_runs_while_dispatch_waits_for_room() -> None:
+    # A full disk stops dispatch; deleting expired segments is what frees the room.
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 10, "a")
+    cluster.settle()
+    node = cluster.followers()[0]
+    fs = cluster.fss[node]
+    fs.capacity_bytes = fs.used_bytes() + 10_000
+    assert cluster.request(leader, send_request("other", [b"x"])).ok
+    cluster.tick(RETENTION_MS // 10 + 100)
+    core = cluster.cores[node]
+    assert cluster.cores[leader].stats()["segments_deleted"] == 2
+    assert core.stats()["disk_full_errors"] >= 1, "dispatch did wait for room"
+    # Two expired 256 KiB segments went; dispatch needed 20 KiB.
+    assert core.stats()["segments_deleted"] > 0
+    cluster.settle(30)
+    assert "dispatch" not in core.status()["disk_full"]
+    assert readable(cluster, node, "other") == readable(cluster, leader, "other")
