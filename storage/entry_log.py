@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from storage.commit_log import CommitLog
-from storage.errors import CorruptRecordError
+from storage.errors import CorruptRecordError, LogLayoutError
 from storage.files import FileSystem
 from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
 
@@ -35,6 +35,32 @@ _ENTRY_FRAME = struct.Struct("<IIIQQB")  # frame header + entry header
 _ENTRY_FRAME_OVERHEAD = _ENTRY_FRAME.size
 _CRC = struct.Struct("<I")
 _META = struct.Struct("<QQQ")  # base index, base term, commit offset where the log begins
+_META_CRC = struct.Struct("<I")  # CRC32 of the above; files written before it have none
+
+
+def _encode_meta(index: int, term: int, offset: int) -> bytes:
+    body = _META.pack(index, term, offset)
+    return body + _META_CRC.pack(zlib.crc32(body))
+
+
+def _decode_meta(path: str, data: bytes | None) -> tuple[int, int, int] | None:
+    """(base index, base term, start offset), or None if there is no file. A damaged
+    file is an error, not "no compaction": read as base 0, the scan would cut every
+    entry of a compacted log as out of sequence."""
+    if data is None:
+        return None
+    if len(data) == _META.size:  # the format before the CRC
+        index, term, offset = _META.unpack(data)
+        return int(index), int(term), int(offset)
+    if len(data) == _META.size + _META_CRC.size:
+        body = data[: _META.size]
+        if _META_CRC.unpack_from(data, _META.size)[0] == zlib.crc32(body):
+            index, term, offset = _META.unpack(body)
+            return int(index), int(term), int(offset)
+    raise LogLayoutError(
+        f"{path} is damaged ({len(data)} bytes): it says where the Raft log begins, and "
+        f"without it the log cannot be read; restore it or rebuild this node"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +105,9 @@ class EntryLog:
         meta = fs.read_bytes(meta_path)
         self._base_index = self._base_term = 0
         start = commit_log.min_offset
-        if meta is not None and len(meta) == _META.size:
-            base_index, base_term, start = _META.unpack(meta)
-            self._base_index, self._base_term = int(base_index), int(base_term)
+        decoded = _decode_meta(meta_path, meta)
+        if decoded is not None:
+            self._base_index, self._base_term, start = decoded
         self._offsets: array[int] = array("Q")  # commit offset of entry base_index + 1 + i
         self._ends: array[int] = array("Q")  # offset just past it
         self._terms: array[int] = array("Q")
@@ -265,7 +291,7 @@ class EntryLog:
             return
         drop = min(index, self.last_index()) - self._base_index
         start = self._ends[drop - 1] if drop else self._log.max_offset
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, start))
+        self._fs.write_atomic(self._meta_path, _encode_meta(index, term, start))
         del self._offsets[:drop]
         del self._ends[:drop]
         del self._terms[:drop]
@@ -284,7 +310,7 @@ class EntryLog:
         self._clear(index, term)
         self._durable = index
         self._base_end = self._log.max_offset
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, self._base_end))
+        self._fs.write_atomic(self._meta_path, _encode_meta(index, term, self._base_end))
 
     def forget(self, index: int, term: int) -> None:
         """Start after a snapshot ending at (index, term), in memory only: the files are
@@ -301,7 +327,7 @@ class EntryLog:
         self._clear(index, term)
         self._durable = index
         self._base_end = offset
-        self._fs.write_atomic(self._meta_path, _META.pack(index, term, offset))
+        self._fs.write_atomic(self._meta_path, _encode_meta(index, term, offset))
 
     def _clear(self, index: int, term: int) -> None:
         self._offsets = array("Q")

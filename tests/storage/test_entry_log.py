@@ -8,7 +8,7 @@ import pytest
 
 from storage.commit_log import CommitLog
 from storage.entry_log import EntryLog, EntryLogError, StoredEntry
-from storage.errors import DiskFullError
+from storage.errors import DiskFullError, LogLayoutError
 from storage.files import SimFileSystem
 
 
@@ -104,4 +104,21 @@ def test_a_compaction_the_disk_has_no_room_for_changes_nothing():
     assert [e.index for e in log.entries(1, 31, 1 << 20)] == list(range(1, 31))
     fs.capacity_bytes = None
     log.compact(12, 2)
+    assert open_log(fs).first_index() == 13
+
+
+def test_a_damaged_start_is_refused_not_read_as_an_uncompacted_log():
+    # Read as "no compaction", a compacted log's first entry would be out of sequence
+    # and the scan would cut every entry.
+    fs = SimFileSystem(random.Random(9))
+    log = open_log(fs)
+    log.append(entries(1, 30, term=2))
+    log.sync()
+    log.compact(12, 2)
+    meta = fs.read_bytes("/n/raft-meta")
+    assert meta is not None
+    fs.flip_byte("/n/raft-meta", 3)
+    with pytest.raises(LogLayoutError, match="damaged"):
+        open_log(fs)
+    fs.write_atomic("/n/raft-meta", meta[:24])  # the format before the CRC still reads
     assert open_log(fs).first_index() == 13
