@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
+import structlog
 import trio
 
 from mq.logs import LOG_LEVELS, configure_logging
 from mq.nameserver.server import PORT_DEFAULT, SCAN_INTERVAL_MS_DEFAULT, run_nameserver
 from mq.route import BROKER_EXPIRE_MS_DEFAULT
+
+_log = structlog.get_logger("mq.nameserver")
+
+
+async def _serve_until_signalled(args: argparse.Namespace) -> None:
+    """Serve until SIGTERM or SIGINT. Handled here rather than left to KeyboardInterrupt:
+    a process started from a background job or under nohup inherits SIGINT ignored,
+    and `mq cluster down` (like any service manager) stops processes with SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_nameserver(
+                    args.host,
+                    args.port,
+                    expire_ms=args.expire_ms,
+                    scan_interval_ms=args.scan_interval_ms,
+                )
+            )
+            async for signum in signals:
+                _log.info("nameserver_stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     listen_error: OSError | None = None
     try:
-        trio.run(
-            lambda: run_nameserver(
-                args.host,
-                args.port,
-                expire_ms=args.expire_ms,
-                scan_interval_ms=args.scan_interval_ms,
-            )
-        )
+        trio.run(_serve_until_signalled, args)
     except* KeyboardInterrupt:
         pass  # Ctrl-C / SIGINT is how a foreground server is stopped
     except* OSError as group:  # e.g. the port is taken: say so, without a traceback

@@ -198,9 +198,20 @@ async def test_server_keeps_serving_after_garbage() -> None:
         nursery.cancel_scope.cancel()
 
 
-def test_python_m_mq_nameserver_serves_and_logs_json_lines() -> None:
+@pytest.mark.parametrize(
+    ("sig", "ignoring_sigint"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigint", "sigterm", "sigint-from-a-background-job"],
+)
+def test_python_m_mq_nameserver_serves_logs_json_lines_and_stops_on_a_signal(
+    sig: signal.Signals, ignoring_sigint: bool
+) -> None:
+    # A shell starts background jobs with SIGINT ignored, and the process inherits that.
+    argv = [sys.executable, "-m", "mq.nameserver", "--port", "0", "--expire-ms", "5000"]
+    if ignoring_sigint:
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     process = subprocess.Popen(
-        [sys.executable, "-m", "mq.nameserver", "--port", "0", "--expire-ms", "5000"],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -219,7 +230,7 @@ def test_python_m_mq_nameserver_serves_and_logs_json_lines() -> None:
                 assert (await conn.request(request(RequestCode.PING))).ok
 
         anyio.run(ping, backend="asyncio")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
