@@ -95,6 +95,7 @@ from raft.messages import Envelope, HardState
 from raft.node import RaftNode, Role
 from raft.ready import Ready, ReceivedSnapshot, SnapshotMeta
 from storage.commit_log import FlushPlan
+from storage.consume_queue import ConsumeQueue
 from storage.dispatcher import Dispatched
 from storage.entry_log import EntryLog
 from storage.errors import (
@@ -538,17 +539,8 @@ class BrokerCore:
         queues = {}
         for queue in self.store.queues:
             # Units past the boundary may be there already (dispatched before a crash).
-            lo, hi = queue.min_offset, queue.max_offset
-            while lo < hi:
-                mid = (lo + hi) // 2
-                unit = queue.get(mid)
-                assert unit is not None
-                if unit.commit_offset < offset:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo:
-                queues[(queue.topic, queue.queue_id)] = lo
+            if after := _first_unit_at_or_after(queue, offset):
+                queues[(queue.topic, queue.queue_id)] = after
         dispatcher = self.store.dispatcher
         snapshot = SegmentSnapshot(
             offset, index, term, queues, self._state.encode(offset), dispatcher.newest_store_ms
@@ -1044,15 +1036,7 @@ class BrokerCore:
         queue = self.store.queues.get(topic, queue_id)
         if queue is None:
             return -1
-        lo, hi = queue.min_offset, queue.max_offset
-        while lo < hi:
-            mid = (lo + hi) // 2
-            unit = queue.get(mid)
-            assert unit is not None
-            if unit.commit_offset < commit_offset:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = _first_unit_at_or_after(queue, commit_offset)
         unit = queue.get(lo)
         return lo if unit is not None and unit.commit_offset == commit_offset else -1
 
@@ -1868,6 +1852,21 @@ class BrokerCore:
         RequestCode.QUERY_CONSUMER_OFFSET: _handle_query_offset,
         RequestCode.RESET_CONSUMER_OFFSET: _handle_reset_offset,
     }
+
+
+def _first_unit_at_or_after(queue: ConsumeQueue, commit_offset: int) -> int:
+    """The first queue offset the queue serves whose message starts at or past
+    `commit_offset`, or its max offset: a queue's units are in commit order."""
+    lo, hi = queue.min_offset, queue.max_offset
+    while lo < hi:
+        mid = (lo + hi) // 2
+        unit = queue.get(mid)
+        assert unit is not None
+        if unit.commit_offset < commit_offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _send_result(queue_id: int, dispatched: list[Dispatched]) -> dict[str, Any]:

@@ -23,17 +23,13 @@ are also what a leader sends (CRC-checked on install).
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-
+from mq.broker.state import seal, unseal
 from storage.files import FileSystem
 
 _VERSION = 1
-_CRC = struct.Struct("<I")
 _NAME_DIGITS = 20
 
 
@@ -63,20 +59,15 @@ class SegmentSnapshot:
             "state": self.state,
             "newest_ms": self.newest_ms,
         }
-        body = cbor2.dumps(payload)
-        return _CRC.pack(zlib.crc32(body)) + body
+        return seal(payload)
 
     @classmethod
     def decode(cls, data: bytes | None) -> SegmentSnapshot | None:
         """None if absent or damaged."""
-        if data is None or len(data) < _CRC.size:
-            return None
-        (crc,) = _CRC.unpack_from(data)
-        body = data[_CRC.size :]
-        if zlib.crc32(body) != crc:
+        payload = unseal(data)
+        if payload is None:
             return None
         try:
-            payload = cbor2.loads(body)
             if payload["v"] != _VERSION:
                 return None
             queues = {(str(t), int(q)): int(n) for t, q, n in payload["queues"]}

@@ -52,6 +52,26 @@ _SNAPSHOT_VERSIONS_READ = (1, 2)
 _CRC = struct.Struct("<I")
 
 
+def seal(payload: dict[str, Any]) -> bytes:
+    """CBOR `payload` behind its CRC32: the form of the broker's snapshot files."""
+    body = cbor2.dumps(payload)
+    return _CRC.pack(zlib.crc32(body)) + body
+
+
+def unseal(data: bytes | None) -> Any:
+    """What `seal` sealed; None if absent, damaged or not CBOR."""
+    if data is None or len(data) < _CRC.size:
+        return None
+    (crc,) = _CRC.unpack_from(data)
+    body = data[_CRC.size :]
+    if zlib.crc32(body) != crc:
+        return None
+    try:
+        return cbor2.loads(body)
+    except Exception:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class SendRecord:
     """Where an idempotent batch was stored: enough to rebuild its SendResult on demand
@@ -163,20 +183,15 @@ class BrokerState:
             ],
             "generations": [[group, topic, g] for (group, topic), g in self.generations.items()],
         }
-        body = cbor2.dumps(payload)
-        return _CRC.pack(zlib.crc32(body)) + body
+        return seal(payload)
 
     @classmethod
     def decode(cls, data: bytes | None, producers_max: int) -> tuple[BrokerState, int] | None:
         """(state, offset) from `encode`'s bytes; None if absent or damaged."""
-        if data is None or len(data) < _CRC.size:
-            return None
-        (crc,) = _CRC.unpack_from(data)
-        body = data[_CRC.size :]
-        if zlib.crc32(body) != crc:
+        payload = unseal(data)
+        if payload is None:
             return None
         try:
-            payload = cbor2.loads(body)
             if payload["v"] not in _SNAPSHOT_VERSIONS_READ:
                 return None
             state = cls(producers_max)
