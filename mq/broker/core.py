@@ -384,12 +384,8 @@ class BrokerCore:
         marker = fs.read_bytes(self._install_path)
         if marker is not None:
             # A snapshot install did not finish: do it again (every step is idempotent).
-            try:
-                snapshot = self._decode_snapshot(marker, self._install_path)
-                self._install_files(snapshot, marker, now_ms)
-            except DiskFullError as exc:
-                raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
-            fs.remove(self._install_path)
+            snapshot = self._decode_snapshot(marker, self._install_path)
+            self._install_files(snapshot, marker, now_ms, marked=True)
         self._finish_retention()
         self._captured = max(self._snapshots.offsets(), default=0)
         """The newest segment boundary whose snapshot is on disk."""
@@ -1082,11 +1078,16 @@ class BrokerCore:
             return False
         if self._disk_full:
             self._note_disk_full("retention", None)
-        store.delete_first_segment()
+        self._delete_first_segment(end, snapshot.index + 1)
+        return True
+
+    def _delete_first_segment(self, end: int, first_index: int, *, on_open: bool = False) -> None:
+        """The log already begins at `first_index` (durably): let the segment ending at
+        `end` go, with its queue units, index entries and the snapshots before it."""
+        self.store.delete_first_segment()
         self._snapshots.delete_below(end)
         self._stats.segments_deleted += 1
-        _log.info("segment_deleted", begins=end, first_index=snapshot.index + 1)
-        return True
+        _log.info("segment_deleted", begins=end, first_index=first_index, on_open=on_open)
 
     def _finish_retention(self) -> None:
         """Retention compacts the Raft log (durably) and then deletes the segment; a
@@ -1099,9 +1100,7 @@ class BrokerCore:
             snapshot = self._snapshots.load(end)
             if snapshot is None or snapshot.index > boundary:
                 return
-            self.store.delete_first_segment()
-            self._snapshots.delete_below(end)
-            _log.info("segment_deleted", begins=end, first_index=boundary + 1, on_open=True)
+            self._delete_first_segment(end, boundary + 1, on_open=True)
 
     def _boundary(self, offset: int) -> SegmentSnapshot | None:
         """The snapshot at segment boundary `offset`, kept in memory between checks."""
@@ -1147,12 +1146,7 @@ class BrokerCore:
         self.release_held_pulls()
         for index in list(self._pending):
             self._fail_pending(index, *self._not_leader_error())
-        try:
-            self.fs.write_atomic(self._install_path, data)
-            self._install_files(snapshot, data, now_ms)
-            self.fs.remove(self._install_path)
-        except DiskFullError as exc:
-            raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
+        self._install_files(snapshot, data, now_ms, marked=False)
         self._applied = self._committed = snapshot.index
         self._ops_by_offset.clear()
         self._dispatch_partial = []
@@ -1171,17 +1165,27 @@ class BrokerCore:
             queues=len(snapshot.queues),
         )
 
-    def _install_files(self, snapshot: SegmentSnapshot, data: bytes, now_ms: int) -> None:
-        """The on-disk part of an install; running it again after a crash is harmless."""
+    def _install_files(
+        self, snapshot: SegmentSnapshot, data: bytes, now_ms: int, *, marked: bool
+    ) -> None:
+        """The on-disk part of an install, between writing the marker (unless `marked`:
+        a start found it) and removing it; running it again after a crash is harmless.
+        A full disk raises InstallDiskFullError."""
         state = BrokerState.decode(snapshot.state, self.config.producers_max)
         if state is None:
             raise StorageError(f"the snapshot at {snapshot.offset} holds a damaged state")
-        self.store.reset(snapshot.offset, snapshot.queues, now_ms + self.wall_offset_ms)
-        self.entry_log.install(snapshot.index, snapshot.term, snapshot.offset)
-        self.log.installed()
-        self._snapshots.write(snapshot.offset, data)
-        self._snapshots.delete_except(snapshot.offset)
-        self.fs.write_atomic(self._state_path, snapshot.state)
+        try:
+            if not marked:
+                self.fs.write_atomic(self._install_path, data)
+            self.store.reset(snapshot.offset, snapshot.queues, now_ms + self.wall_offset_ms)
+            self.entry_log.install(snapshot.index, snapshot.term, snapshot.offset)
+            self.log.installed()
+            self._snapshots.write(snapshot.offset, data)
+            self._snapshots.delete_except(snapshot.offset)
+            self.fs.write_atomic(self._state_path, snapshot.state)
+            self.fs.remove(self._install_path)
+        except DiskFullError as exc:
+            raise InstallDiskFullError(str(exc.filename), exc.needed_bytes) from exc
         self._state = state[0]
         self._captured = snapshot.offset
 
