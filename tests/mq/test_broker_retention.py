@@ -382,7 +382,17 @@ def test_a_crash_between_compaction_and_deletion_is_finished_on_restart(
     assert cluster.cores[behind].stats()["snapshots_installed"] == 1
 
 
-def test_a_tick_before_the_install_does_not_dispatch_the_forgotten_log() -> None:
+def hold_dispatch(cluster: CoreCluster, leader: int, node: int) -> None:
+    """Leave `node` room for small files only, then send to a new topic: its dispatch
+    waits for a ConsumeQueue file (20 KB) that does not fit."""
+    fs = cluster.fss[node]
+    fs.capacity_bytes = fs.used_bytes() + 10_000
+    assert cluster.request(leader, send_request("other", [b"x"])).ok
+
+
+def test_a_tick_before_the_install_does_not_dispatch_the_forgotten_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Raft forgets the log when the last chunk arrives; `ready()` installs later. The
     # trio server ticks in another task, so a tick can come in between, here with a
     # dispatch held back by a full disk that would retry on the forgotten log.
@@ -391,9 +401,7 @@ def test_a_tick_before_the_install_does_not_dispatch_the_forgotten_log() -> None
     send_big(cluster, leader, 2, "a")
     cluster.settle()
     behind = cluster.followers()[0]
-    fs = cluster.fss[behind]
-    fs.capacity_bytes = fs.used_bytes() + 10_000  # small files fit, a 20 KB CQ file not
-    assert cluster.request(leader, send_request("other", [b"x"])).ok
+    hold_dispatch(cluster, leader, behind)
     cluster.settle()
     core = cluster.cores[behind]
     assert core._applied < core._committed
@@ -414,12 +422,9 @@ def test_a_tick_before_the_install_does_not_dispatch_the_forgotten_log() -> None
         if isinstance(env.msg, SnapshotRequest) and env.msg.done:
             self.cores[behind].tick(self.now_ms + 1_000)  # the server's tick task
 
-    CoreCluster.deliver = deliver  # type: ignore[method-assign]
-    try:
-        cluster.heal()
-        cluster.settle(30)
-    finally:
-        CoreCluster.deliver = real_deliver  # type: ignore[method-assign]
+    monkeypatch.setattr(CoreCluster, "deliver", deliver)
+    cluster.heal()
+    cluster.settle(30)
     assert cluster.cores[behind].stats()["snapshots_installed"] == 1
 
 
@@ -430,9 +435,7 @@ def test_retention_runs_while_dispatch_waits_for_room() -> None:
     send_big(cluster, leader, 10, "a")
     cluster.settle()
     node = cluster.followers()[0]
-    fs = cluster.fss[node]
-    fs.capacity_bytes = fs.used_bytes() + 10_000
-    assert cluster.request(leader, send_request("other", [b"x"])).ok
+    hold_dispatch(cluster, leader, node)
     cluster.tick(RETENTION_MS // 10 + 100)
     core = cluster.cores[node]
     assert cluster.cores[leader].stats()["segments_deleted"] == 2
