@@ -142,12 +142,87 @@ class Dispatcher:
 
     def _dispatch_entry(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         skipping = False
+        run: list[tuple[int, memoryview]] = []  # message frames since the last record
         for pos, magic, inner in inner_frames(frame):
             if magic == MAGIC_MESSAGE:
                 if not skipping:
-                    self._dispatch_message(offset + pos, inner, out)
-            elif self._on_record is not None:
-                skipping = self._on_record(magic, offset + pos, inner) is False
+                    run.append((offset + pos, inner))
+            else:
+                if run:
+                    self._dispatch_run(run, out)
+                    run = []
+                if self._on_record is not None:
+                    skipping = self._on_record(magic, offset + pos, inner) is False
+        if run:
+            self._dispatch_run(run, out)
+
+    def _dispatch_run(self, run: list[tuple[int, memoryview]], out: list[Dispatched]) -> None:
+        """Dispatch consecutive message frames of one entry, a producer's batch: each
+        stretch of one (topic, queue) is indexed with one IndexFile write and queued with
+        one ConsumeQueue write, instead of a handful of small writes per message.
+
+        The result is byte-identical to dispatching them one by one. A resumed call
+        (after a crash or a full disk) goes one by one, to skip what already landed.
+        """
+        if self._resuming or len(run) == 1:
+            for offset, frame in run:
+                self._dispatch_message(offset, frame, out)
+            return
+        fields = [(offset, len(frame), *dispatch_fields(frame)) for offset, frame in run]
+        start = 0
+        while start < len(fields):
+            _, _, queue_id, _, _, _, topic_raw, _, _ = fields[start]
+            end = start + 1
+            while end < len(fields) and fields[end][2] == queue_id and fields[end][6] == topic_raw:
+                end += 1
+            self._dispatch_stretch(fields[start:end], out)
+            start = end
+
+    def _dispatch_stretch(
+        self,
+        fields: list[tuple[int, int, int, int, str, memoryview, bytes, bytes, bytes]],
+        out: list[Dispatched],
+    ) -> None:
+        """Messages (offset, size, *dispatch_fields) of one (topic, queue), in order."""
+        _, _, queue_id, _, _, _, topic_raw, _, _ = fields[0]
+        topic_info = self._topics.get(topic_raw)
+        if topic_info is None:
+            topic_info = self._learn_topic(topic_raw)
+        topic, key_prefix = topic_info
+        index = self._index
+        indexed = index.last_commit_offset
+        if indexed is None:
+            indexed = -1
+        newest_ms = self.newest_store_ms
+        entries: list[tuple[int, int, int]] = []
+        ends: list[int] = []
+        for offset, _, _, store_ms, _, msg_id_raw, _, _, keys_raw in fields:
+            if store_ms > newest_ms:
+                newest_ms = store_ms
+            if offset > indexed:
+                _index_entries(entries, offset, store_ms, msg_id_raw, keys_raw, key_prefix)
+                ends.append(len(entries))
+        self.newest_store_ms = newest_ms
+        index.put_messages(entries, ends)
+        queue = self._queues.get_or_create(topic, queue_id)
+        tag_hashes = self._tag_hashes
+        units: list[tuple[int, int, int]] = []
+        for offset, size, _, _, _, _, _, tags_raw, _ in fields:
+            if tags_raw:
+                hashed = tag_hashes.get(tags_raw)
+                if hashed is None:
+                    hashed = self._learn_tag(tags_raw)
+            else:
+                hashed = 0
+            units.append((offset, size, hashed))
+        first = queue.max_offset
+        try:
+            queue.put_many(first, units)
+        finally:
+            # On a full disk, report the units that landed: the next call resumes after.
+            for i in range(queue.max_offset - first):
+                offset, size, _, _, msg_id, _, _, _, _ = fields[i]
+                out.append(Dispatched(offset, size, topic, queue_id, first + i, msg_id))
 
     def _dispatch_message(self, offset: int, frame: memoryview, out: list[Dispatched]) -> None:
         # The hot path of every replica, per message: fields are read as bytes where
@@ -162,16 +237,11 @@ class Dispatcher:
         if topic_info is None:
             topic_info = self._learn_topic(topic_raw)
         topic, key_prefix = topic_info
-        index = self._index
-        indexed = index.last_commit_offset
+        indexed = self._index.last_commit_offset
         if indexed is None or indexed < offset:
-            index.ensure_room(keys_raw.count(b" ") + 2, offset, store_ms)
-            if msg_id_raw:
-                index.put_hash(zlib.crc32(msg_id_raw, key_prefix), offset, store_ms)
-            if keys_raw:
-                for key in keys_raw.split(b" "):
-                    if key:
-                        index.put_hash(zlib.crc32(key, key_prefix), offset, store_ms)
+            entries: list[tuple[int, int, int]] = []
+            _index_entries(entries, offset, store_ms, msg_id_raw, keys_raw, key_prefix)
+            self._index.put_messages(entries, (len(entries),))
         queue = self._queues.get_or_create(topic, queue_id)
         if self._resuming:
             last = queue.last_unit()
@@ -207,3 +277,20 @@ class Dispatcher:
             self._tag_hashes.clear()
         self._tag_hashes[raw] = hashed
         return hashed
+
+
+def _index_entries(
+    out: list[tuple[int, int, int]],
+    offset: int,
+    store_ms: int,
+    msg_id_raw: memoryview,
+    keys_raw: bytes,
+    key_prefix: int,
+) -> None:
+    """A message's index entries: its unique id and each key, as "topic#key" hashes."""
+    if msg_id_raw:
+        out.append((zlib.crc32(msg_id_raw, key_prefix), offset, store_ms))
+    if keys_raw:
+        for key in keys_raw.split(b" "):
+            if key:
+                out.append((zlib.crc32(key, key_prefix), offset, store_ms))
