@@ -175,6 +175,7 @@ class SendFuture:
         self._done = anyio.Event()
         self._result: SendResult | None = None
         self._error: BaseException | None = None
+        self._on_done: Callable[[SendResult | None, BaseException | None], None] | None = None
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -203,6 +204,9 @@ class SendFuture:
     def _set(self, result: SendResult | None, error: BaseException | None) -> None:
         self._result, self._error = result, error
         self._done.set()
+        if self._on_done is not None:
+            on_done, self._on_done = self._on_done, None
+            on_done(result, error)
 
 
 _U32 = struct.Struct("<I")
@@ -455,24 +459,27 @@ class Producer:
         """Start sending and return a `SendFuture` at once; `callback`, if given, is
         called when it completes. Waits only when `async_in_flight_max` sends are already
         running. The send belongs to the producer: closing it waits for the send."""
-        future = SendFuture()
         await self._async_slots.acquire()
-        deliver: Callable[[], Awaitable[SendResult]]
-        release: Callable[[], None] | None = None
         try:
             if self._async_group is None or not self._open:
                 raise ClientClosedError("the producer is closed")
             if selector is None and self.auto_batch:
-                deliver = partial(self._await_queued, self._enqueue(message))
-            else:
-                batch = self._prepare([message], RequestCode.SEND_MESSAGE)
-                deliver = partial(self._deliver, batch, selector, arg)
-                release = partial(self._lanes.release, batch.lane)
+                # The topic's sender task settles the send: no task of its own to wait.
+                item = self._enqueue(message)
+                item.future._on_done = partial(self._async_done, message.topic, callback)
+                return item.future
+            batch = self._prepare([message], RequestCode.SEND_MESSAGE)
         except BaseException:
             self._async_slots.release()
             raise
+        future = SendFuture()
         self._async_group.start_soon(
-            self._run_async, deliver, release, message.topic, future, callback
+            self._run_async,
+            partial(self._deliver, batch, selector, arg),
+            partial(self._lanes.release, batch.lane),
+            message.topic,
+            future,
+            callback,
         )
         return future
 
@@ -942,6 +949,32 @@ class Producer:
             duplicate=bool(fields.get("duplicate", False)),
             attempts=attempts,
         )
+
+    def _async_done(
+        self,
+        topic: str,
+        callback: SendCallback | None,
+        result: SendResult | None,
+        error: BaseException | None,
+    ) -> None:
+        """An auto-batched `send_async` completed (called by its future, in the sender)."""
+        self._async_slots.release()
+        if callback is None:
+            return
+        try:
+            outcome = callback(result, error)
+        except Exception:
+            _log.exception("send_callback_failed", topic=topic)
+            return
+        if isinstance(outcome, Awaitable):
+            assert self._async_group is not None, "a send completes before the group closes"
+            self._async_group.start_soon(self._await_callback, topic, outcome)
+
+    async def _await_callback(self, topic: str, outcome: Awaitable[object]) -> None:
+        try:
+            await outcome
+        except Exception:
+            _log.exception("send_callback_failed", topic=topic)
 
     async def _run_async(
         self,

@@ -19,6 +19,7 @@ from mq.client import (
     NoRouteError,
     Producer,
     SelectByHash,
+    SendCallback,
     SendError,
     SendResult,
     SendTimeoutError,
@@ -147,6 +148,45 @@ async def test_async_send_failure_goes_to_the_future_not_the_producer() -> None:
             await future
         assert isinstance(errors[0], SendError)
         assert (await producer.send(Message("orders", b"y"))).status == "SEND_OK"
+
+
+async def test_auto_batched_async_sends_free_their_slot_and_run_every_kind_of_callback() -> None:
+    """An auto-batched send_async has no task of its own: its topic's sender settles the
+    future, frees the in-flight slot, calls the callback and awaits a coroutine one."""
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, async_in_flight_max=2) as producer,
+    ):
+        seen: list[int] = []
+
+        async def later(i: int) -> None:
+            await trio.sleep(0)
+            seen.append(i)
+
+        def callback(i: int) -> SendCallback:
+            def done(result: SendResult | None, error: BaseException | None) -> object:
+                assert error is None and result is not None
+                if i % 3 == 0:
+                    raise RuntimeError("a callback failing is logged, nothing more")
+                if i % 3 == 1:
+                    return later(i)
+                seen.append(i)
+                return None
+
+            return done
+
+        with trio.fail_after(10):
+            futures = [
+                await producer.send_async(Message("orders", bytes([i])), callback(i))
+                for i in range(12)
+            ]
+            results = [await future for future in futures]
+        assert len({r.msg_id for r in results}) == 12
+        assert sorted(r.msg_id for r in results) == sorted(
+            s.msg_id for q in range(4) for s in env.group("g1").messages("orders", q)
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(seen) == [i for i in range(12) if i % 3]
 
 
 async def test_closing_the_producer_waits_for_async_sends(
