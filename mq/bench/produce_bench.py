@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 
 from mq.bench.histogram import Histogram
 from mq.bench.local_cluster import on_cluster
-from mq.client import Admin, Message, Producer
+from mq.client import Admin, Message, Producer, SendResult
 
 MESSAGE_BYTES = 1024
 WINDOW_DEFAULT = 64
@@ -35,6 +36,7 @@ class ProduceResult:
     window: int
     batch: int
     size: int
+    api: str = "send"
     seconds: float = 0.0
     messages: int = 0
     sends: int = 0
@@ -64,6 +66,7 @@ class ProduceResult:
             "window": self.window,
             "batch": self.batch,
             "size": self.size,
+            "api": self.api,
         }
 
 
@@ -96,6 +99,7 @@ async def drive(
     producer: Producer | None = None,
     total: int | None = None,
     on_ack: Any = None,
+    api: str = "send",
 ) -> ProduceResult:
     """Send for warmup_s + duration_s with `window` sends in flight; count the second part.
     With `total`, send exactly `total` messages instead (no warm-up, no time limit) and
@@ -150,8 +154,33 @@ async def drive(
             for _ in range(window):
                 nursery.start_soon(sender, p)
 
+    def done(began: float, sent: SendResult | None, error: BaseException | None) -> None:
+        now = time.perf_counter()
+        if error is not None:
+            if t0 <= now < t1:
+                result.errors += 1
+                kind = type(error).__name__
+                result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+            return
+        if t0 <= began and now < t1:
+            result.latency.record_seconds(now - began)
+        if t0 <= now < t1:
+            result.messages += 1
+            result.sends += 1
+
+    async def run_async(p: Producer) -> None:
+        # send_async waits while `window` sends are in flight (async_in_flight_max).
+        while (began := time.perf_counter()) < t1:
+            await p.send_async(Message(topic, body), partial(done, began))
+
     if producer is not None:
         await run(producer)
+    elif api == "async":
+        if batch != 1 or total is not None:
+            raise ValueError("--async sends single messages for a duration")
+        result.api = api
+        async with Producer(namesrv=namesrv, async_in_flight_max=window) as p:
+            await run_async(p)
     else:
         async with Producer(namesrv=namesrv) as p:
             await run(p)
@@ -169,13 +198,14 @@ async def run_async(
     size: int,
     batch: int,
     broker_args: list[str] | None = None,
+    api: str = "send",
 ) -> dict[str, Any]:
     topic = bench_topic("produce")
 
     async def on(servers: list[str], flush_mode: str) -> dict[str, Any]:
         await create_topic(servers, topic)
         result = await drive(
-            servers, topic, window=window, duration_s=duration_s, size=size, batch=batch
+            servers, topic, window=window, duration_s=duration_s, size=size, batch=batch, api=api
         )
         return {"bench": "produce", "flush": flush_mode, "topic": topic, **result.to_json()}
 

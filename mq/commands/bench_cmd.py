@@ -24,6 +24,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     produce = kinds.add_parser("produce", help="acknowledged 1 KiB sends/s on a 3-node group")
     _cluster_flags(produce)
     _load_flags(produce)
+    produce.add_argument(
+        "--async",
+        dest="api",
+        action="store_const",
+        const="async",
+        default="send",
+        help="one task keeps --window send_async calls in flight (single messages)",
+    )
     produce.set_defaults(handler=_produce)
 
     consume = kinds.add_parser("consume", help="pull msgs/s from the start vs produce msgs/s")
@@ -122,6 +130,7 @@ def _produce(args: argparse.Namespace) -> int:
                 size=args.size,
                 batch=args.batch,
                 broker_args=args.broker_arg,
+                api=args.api,
             )
         )
     )
