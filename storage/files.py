@@ -18,8 +18,8 @@ Contract shared by both (the tests in tests/storage/test_files.py hold each to i
   middle of a write (a write into an mmap'd hole on a full disk would be SIGBUS).
 * Bytes written are visible to reads at once; they survive a crash only after a
   `sync()` of that segment returned.
-* Metadata operations (create, remove, `write_atomic`) are durable when they
-  return: the real implementation fsyncs the directory.
+* Metadata operations (create, remove, `write_atomic`, `makedirs`) are durable when
+  they return: the real implementation fsyncs the directory.
 """
 
 from __future__ import annotations
@@ -229,7 +229,19 @@ class RealFileSystem:
             return []
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        # Each directory created is synced into its parent: files synced inside a new
+        # directory (a new topic's ConsumeQueue) are lost with it if its entry is not.
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path.rstrip("/")) or "."
+        self.makedirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            return  # made meanwhile by someone else, who syncs it
+        _fsync_dir(parent)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
 import pytest
 
+from storage import files
 from storage.files import (
     ClosedSegmentError,
     DiskFullError,
@@ -121,3 +123,16 @@ def test_real_segment_read_is_a_zero_copy_view(tmp_path):
     assert bytes(view) == b"abcd"
     del view
     seg.close()
+
+
+def test_real_makedirs_syncs_each_new_directory_into_its_parent(tmp_path, monkeypatch):
+    synced: list[str] = []
+    monkeypatch.setattr(files, "_fsync_dir", synced.append)
+    fs = RealFileSystem()
+    fs.makedirs(f"{tmp_path}/a/b/c")
+    assert os.path.isdir(f"{tmp_path}/a/b/c")
+    assert synced == [str(tmp_path), f"{tmp_path}/a", f"{tmp_path}/a/b"]
+    synced.clear()
+    fs.makedirs(f"{tmp_path}/a/b/c")
+    fs.makedirs(f"{tmp_path}/a/b/d")
+    assert synced == [f"{tmp_path}/a/b"]
