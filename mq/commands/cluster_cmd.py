@@ -161,6 +161,9 @@ async def node_status(proc: local.ProcessSpec, timeout_s: float = 1.0) -> dict[s
         "term": fields.get("term"),
         "leader": fields.get("leader"),
         "commit_index": fields.get("commit_index"),
+        "first_index": fields.get("first_index"),
+        "min_offset": fields.get("min_offset"),
+        "max_offset": fields.get("max_offset"),
         "disk_full": list(fields.get("disk_full") or ()),
     }
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
+
 from mq.client import Message
 from mq.client.blocking import BlockingProducer
+from mq.commands import cluster_cmd
 from tests.cluster.harness import (
     BROKER_ARGS,
     LocalCluster,
@@ -75,3 +78,10 @@ def test_a_node_down_while_the_leader_deletes_segments_catches_up_from_a_snapsho
     wait_until(agree, "every node to hold the last sends and delete the same segments")
     check_replicas_identical(cluster, "bulk", 2)
     check_replicas_identical(cluster, "kept", 2)
+    # What an operator sees: `mq cluster status --json` shows the same range per node.
+    for name, status in cluster.statuses().items():
+        assert status is not None
+        shown = trio.run(cluster_cmd.node_status, cluster.proc(name))
+        assert shown["min_offset"] == status["min_offset"] > 0
+        assert shown["first_index"] == status["first_index"] > 1
+        assert shown["max_offset"] >= status["commit_offset"]
