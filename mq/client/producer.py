@@ -100,6 +100,11 @@ SEND_TIMEOUT_MS_DEFAULT = 3_000
 RETRIES_DEFAULT = 2
 LEADER_POLL_FIRST_S = 0.05
 LEADER_POLL_MAX_S = 0.1
+RETRY_PAUSE_FIRST_S = 0.05
+RETRY_PAUSE_MAX_S = 0.2
+"""A retry after a busy / unavailable answer that can only go back to the same group
+waits 50 ms, then 100, 200 ms (bounded by send_timeout_ms): asking again at once would
+only meet the same condition."""
 """The pauses between NameServer reads while a send waits out an election: short, as
 each one can add to the failover a send sees (with 500 ms, `mq bench failover` took
 1.28 s against 0.79 s for the election itself), and concurrent waits share each read."""
@@ -743,6 +748,7 @@ class Producer:
             started_ms = self._now_ms()
         election_deadline_ms = started_ms + self.send_timeout_ms
         earlier: dict[str, None] = {}  # what the attempts before the last one met, in order
+        retry_pause_s = RETRY_PAUSE_FIRST_S
         gone: set[str] = set()
         """Nodes that failed or said they do not lead during this send: not leaders to
         wait for, nor to try again, until the election wait is over."""
@@ -825,6 +831,14 @@ class Producer:
                 if code in ROUTE_ERRORS:
                     client.routes.request_refresh(batch.topic)
                 avoid_group = queue.group
+                if attempt < attempts_max and (
+                    selector is not None or not self._has_other_group(route, queue.group)
+                ):
+                    # The retry can only go back to this group, which just said it is
+                    # busy (or full, or short of replicas): give it a moment first.
+                    left_s = (election_deadline_ms - self._now_ms()) / 1000
+                    await anyio.sleep(max(0.0, min(retry_pause_s, left_s)))
+                    retry_pause_s = min(2 * retry_pause_s, RETRY_PAUSE_MAX_S)
                 continue
             raise SendError(
                 f"send to {queue} at {address} failed: {failure}",
@@ -845,6 +859,17 @@ class Producer:
             attempts=attempts_max,
             msg_ids=batch.msg_ids,
         ) from failure
+
+    def _has_other_group(self, route: TopicRoute, group: str) -> bool:
+        """Whether a group other than `group` takes writes for the route's topic."""
+        leader_of = self._client.routes.leader_of
+        return any(
+            g.group != group
+            and g.topic.perm & Perm.WRITE
+            and g.topic.write_queues > 0
+            and leader_of(g.info) is not None
+            for g in route.groups
+        )
 
     def _has_target(self, route: TopicRoute | None, group: str | None, gone: set[str]) -> bool:
         """Whether `group` (any group, if None) has writable queues and a known leader

@@ -271,6 +271,23 @@ async def test_retryable_broker_errors_move_to_another_group() -> None:
         assert [m.body for m in env.group(result.group).all_messages()] == [b"x"]
 
 
+async def test_a_busy_only_group_is_asked_again_after_a_pause_another_group_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        env.group("g1").fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY, times=2))
+        began = trio.current_time()
+        result = await producer.send(Message("orders", b"x"))
+        assert result.attempts == 3
+        assert trio.current_time() - began >= 0.05 + 0.1  # 50 ms, then 100 ms
+    async with fake_env() as env, Producer(env.namesrv) as producer:
+        for name in ("g1", "g2"):
+            env.group(name).fault(Fault(RequestCode.SEND_MESSAGE, error=ErrorCode.SYSTEM_BUSY))
+        began = trio.current_time()
+        assert (await producer.send(Message("orders", b"x"))).attempts == 3
+        assert trio.current_time() - began < 0.05  # each retry went to the other group
+
+
 async def test_errors_no_retry_can_fix_fail_at_once() -> None:
     async with fake_env() as env, Producer(env.namesrv) as producer:
         for name in ("g1", "g2"):
