@@ -464,7 +464,13 @@ class Producer:
         """Start sending and return a `SendFuture` at once; `callback`, if given, is
         called when it completes. Waits only when `async_in_flight_max` sends are already
         running. The send belongs to the producer: closing it waits for the send."""
-        await self._async_slots.acquire()
+        try:
+            # No yield while a slot is free: a loop of send_async calls then queues a
+            # whole window before the topic's senders take it, so it leaves in full
+            # requests instead of one message each (`mq bench produce --async`: 1.8x).
+            self._async_slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._async_slots.acquire()
         try:
             if self._async_group is None or not self._open:
                 raise ClientClosedError("the producer is closed")

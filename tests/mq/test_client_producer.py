@@ -189,6 +189,16 @@ async def test_auto_batched_async_sends_free_their_slot_and_run_every_kind_of_ca
         assert sorted(seen) == [i for i in range(12) if i % 3]
 
 
+async def test_a_loop_of_async_sends_leaves_in_one_request_not_one_each() -> None:
+    """send_async does not yield while an in-flight slot is free, so the topic's sender
+    finds the whole loop's messages queued when it first runs."""
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        futures = [await producer.send_async(Message("orders", bytes([i]))) for i in range(40)]
+        results = [await future for future in futures]
+        assert len(env.group("g1").sends()) == 1
+        assert [r.queue_offset for r in results] == list(range(40))
+
+
 async def test_closing_the_producer_waits_for_async_sends(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
