@@ -252,18 +252,29 @@ class EntryLog:
             self._ends.append(offset + size)
             self._terms.append(entry.term)
 
-    def truncate_suffix(self, index: int) -> None:
+    def cut_offset(self, index: int) -> int:
+        """The commit offset `truncate_suffix(index)` cuts the CommitLog at: where entry
+        `index - 1` ends, which is below where entry `index` starts when a blank filler
+        sits between them. An owner that must prepare for the cut (the store lowers its
+        checkpoint) must use this offset, not `offset_of(index)`."""
         pos = index - self._base_index - 1
         if pos < 0:
             raise EntryLogError(f"cannot truncate at {index}: log starts after {self._base_index}")
-        if pos >= len(self._terms):
-            return
+        if pos > len(self._terms):
+            return self._log.max_offset  # past the last entry: nothing to cut
         # Cut where the entry before ends, not where the removed one starts: a blank
         # filler may sit between the two (the removed entry did not fit the segment),
         # and keeping it would place the next entry where a replica that never had the
         # removed one would not, so replicas holding the same entries would differ.
         start = self._ends[pos - 1] if pos > 0 else max(self._base_end, self._log.min_offset)
-        self._log.truncate(self._log.normalize(start))
+        return self._log.normalize(start)
+
+    def truncate_suffix(self, index: int) -> None:
+        cut = self.cut_offset(index)  # raises for an index the log no longer has
+        pos = index - self._base_index - 1
+        if pos >= len(self._terms):
+            return
+        self._log.truncate(cut)
         del self._offsets[pos:]
         del self._ends[pos:]
         del self._terms[pos:]

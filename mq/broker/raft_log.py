@@ -80,7 +80,7 @@ class CommitLogStore:
 
     def truncate_suffix(self, index: int) -> None:
         if self._before_truncate is not None and index <= self.entry_log.last_index():
-            self._before_truncate(self.entry_log.offset_of(index))
+            self._before_truncate(self.entry_log.cut_offset(index))
         self.entry_log.truncate_suffix(index)
         if index <= self._cache_first:
             self._cache.clear()
