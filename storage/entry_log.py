@@ -31,6 +31,7 @@ from storage.files import FileSystem
 from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
 
 ENTRY_HEADER = struct.Struct("<QQB")  # term, index, kind
+_SIZE_MAGIC = struct.Struct("<II")
 _ENTRY_FRAME = struct.Struct("<IIIQQB")  # frame header + entry header
 _ENTRY_FRAME_OVERHEAD = _ENTRY_FRAME.size
 _CRC = struct.Struct("<I")
@@ -78,12 +79,12 @@ def inner_frames(entry_frame: memoryview) -> Iterator[tuple[int, int, memoryview
     ends the walk (the entry's own CRC was checked, so that is a writer's bug)."""
     pos = FRAME_HEADER_BYTES + ENTRY_HEADER.size
     end = len(entry_frame)
+    size_and_magic = _SIZE_MAGIC.unpack_from
     while pos + FRAME_HEADER_BYTES <= end:
-        size = int.from_bytes(entry_frame[pos : pos + 4], "little")
+        size, magic = size_and_magic(entry_frame, pos)
         if not FRAME_HEADER_BYTES <= size <= end - pos:
             raise CorruptRecordError(f"entry data holds a frame of {size} bytes at {pos}")
-        inner = entry_frame[pos : pos + size]
-        yield pos, int.from_bytes(inner[4:8], "little"), inner
+        yield pos, magic, entry_frame[pos : pos + size]
         pos += size
 
 
