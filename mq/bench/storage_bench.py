@@ -21,10 +21,11 @@ from typing import Any
 import trio
 
 from mq.broker.flusher import Flusher
+from storage.entry_log import encode_entry
 from storage.files import RealFileSystem
 from storage.flush import FlushMode, FlushPolicy
 from storage.message_store import MessageStore, StoreConfig
-from storage.record import MessageRecord
+from storage.record import MessageRecord, encode_message
 
 MESSAGE_BYTES = 1024
 BATCH = 32
@@ -106,6 +107,39 @@ def bench_append(root: str, count: int) -> tuple[float, float, float, MessageSto
     elapsed = time.perf_counter() - start
     msgs = len(batches) * BATCH
     return msgs / elapsed, msgs * MESSAGE_BYTES / elapsed / (1 << 20), dispatch_s / elapsed, store
+
+
+def bench_dispatch(root: str, entries: int) -> tuple[float, float]:
+    """Dispatch CPU, microseconds per message, of the same 1 KiB messages as a broker
+    stores them (Raft entries of one producer batch: 32 messages of one queue) and as
+    loose message frames, in alternating rounds. Dispatch is what every replica does
+    per message, so this is the replicas' per-message storage cost."""
+    body = os.urandom(MESSAGE_BYTES)
+    store = MessageStore(RealFileSystem(), root, _store_config(FlushMode.ASYNC))
+    as_entries = as_frames = 0.0
+    per_round = 200
+    try:
+        cl = store.commit_log
+        for r in range(0, entries, per_round):
+            batches = [_records(BATCH, body, 0, (r + i) * BATCH) for i in range(per_round)]
+            for i, batch in enumerate(batches):
+                for record in batch:
+                    record.queue_id = (r + i) % 8  # a producer batch goes to one queue
+                data = b"".join(encode_message(record) for record in batch)
+                entry = encode_entry(1, r + i + 1, 0, data)
+                cl.append_buffer(bytearray(entry), [len(entry)], verify_crc=False)
+            begin = time.process_time()
+            store.dispatch()
+            as_entries += time.process_time() - begin
+            for batch in batches:
+                store.put_messages(batch)
+            begin = time.process_time()
+            store.dispatch()
+            as_frames += time.process_time() - begin
+    finally:
+        store.close(0)
+    messages = (entries // per_round) * per_round * BATCH
+    return as_entries / messages * 1e6, as_frames / messages * 1e6
 
 
 def bench_age_scan(store: MessageStore) -> float:
@@ -219,6 +253,7 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
             os.path.join(base, "append"), count
         )
         read_msgs = bench_read(store, 1.0 if quick else 3.0)
+        entry_us, frame_us = bench_dispatch(os.path.join(base, "dispatch"), count // BATCH // 2)
         age_scan = bench_age_scan(store)
         store.close(0)
         fsync = bench_fsync(os.path.join(base, "fsync"), params.fsync_seconds)
@@ -236,6 +271,9 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
         "append_msgs_s": round(append_msgs),
         "append_ratio": round(append_mib / raw, 3),
         "dispatch_share": round(dispatch_share, 3),
+        "dispatch_entry_us": round(entry_us, 2),
+        "dispatch_frame_us": round(frame_us, 2),
+        "dispatch_entry_ratio": round(entry_us / frame_us, 2),
         "age_scan_mib_s": round(age_scan, 1),
         "age_scan_ratio": round(age_scan / raw, 2),
         "fsync_per_s": round(fsync, 1),
