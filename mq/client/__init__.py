@@ -20,6 +20,7 @@ from mq.client.fault import LatencyFaultTolerance
 from mq.client.producer import Producer, SendCallback, SendFuture, SendResult, SendStatus
 from mq.client.pull_consumer import PullConsumer, PullResult, PullStatus, TagFilter
 from mq.client.push_consumer import (
+    AssignmentListener,
     ConsumeFrom,
     ConsumeResult,
     Delivery,
@@ -44,6 +45,7 @@ __all__ = [
     "AllocateByConfig",
     "AllocateConsistentHash",
     "AllocateStrategy",
+    "AssignmentListener",
     "BrokerError",
     "BrokerStatus",
     "ClientClosedError",

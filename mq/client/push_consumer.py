@@ -119,6 +119,9 @@ class ConsumeResult(StrEnum):
 
 
 Handler = Callable[[MessageExt], Awaitable["ConsumeResult | None"]]
+AssignmentListener = Callable[[str, list[MessageQueue]], object]
+"""on_assignment(topic, queues): this member's queues of `topic` changed (RocketMQ's
+MessageQueueListener); a plain function or a coroutine function."""
 """Handles one message. Returning None or SUCCESS acks it; RETRY or an exception has
 it delivered again later."""
 
@@ -212,6 +215,7 @@ class PushConsumer:
         request_timeout_ms: int = 3_000,
         connect_timeout_ms: int = 3_000,
         route_refresh_ms: int = REFRESH_INTERVAL_MS_DEFAULT,
+        on_assignment: AssignmentListener | None = None,
     ) -> None:
         if not group or len(group) > 255:
             raise ValueError("a consumer group name of 1 to 255 characters is needed")
@@ -256,6 +260,7 @@ class PushConsumer:
         self.pull_error_delay_ms = pull_error_delay_ms
         self.shutdown_timeout_ms = shutdown_timeout_ms
         self._handler = handler
+        self._on_assignment = on_assignment
         self._client = ClientInstance(
             namesrv,
             request_timeout_ms=request_timeout_ms,
@@ -595,8 +600,11 @@ class PushConsumer:
                     await self._rebalance_topic(topic)
                 except MQClientError as exc:
                     _log.info("rebalance_failed", topic=topic, error=str(exc))
-            for mq in [mq for mq in self._queues if mq.topic not in self._subscriptions]:
+            gone = sorted(mq for mq in self._queues if mq.topic not in self._subscriptions)
+            for mq in gone:
                 await self._drop(self._queues[mq], commit=True)
+            for topic in sorted({mq.topic for mq in gone}):
+                await self._assignment_changed(topic, [])
 
     async def _rebalance_topic(self, topic: str) -> None:
         route = await self._client.routes.get(topic)
@@ -614,11 +622,24 @@ class PushConsumer:
                 self._heartbeat_wanted.set()
                 return
             mine = set(self.allocate.allocate(self.group, self.client_id, members, queues))
-        for mq in sorted(mq for mq in self._queues if mq.topic == topic and mq not in mine):
+        before = {mq for mq in self._queues if mq.topic == topic}
+        for mq in sorted(before - mine):
             await self._drop(self._queues[mq], commit=True)
-        for mq in sorted(mine - set(self._queues)):
+        for mq in sorted(mine - before):
             self._start_queue(mq)
         _log.debug("rebalanced", topic=topic, queues=[str(q) for q in sorted(mine)])
+        if mine != before:
+            await self._assignment_changed(topic, sorted(mine))
+
+    async def _assignment_changed(self, topic: str, queues: list[MessageQueue]) -> None:
+        if self._on_assignment is None:
+            return
+        try:
+            outcome = self._on_assignment(topic, queues)
+            if isinstance(outcome, Awaitable):
+                await outcome
+        except Exception:
+            _log.exception("assignment_listener_failed", topic=topic)
 
     async def _members(self, route: TopicRoute) -> list[str]:
         """The group's members as a broker group of the topic sees them (leader first,

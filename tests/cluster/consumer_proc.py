@@ -4,7 +4,8 @@
 [--instance NAME]` consumes TOPIC in GROUP and, for every message its handler is
 called with, appends one JSON line to DIR/handled.jsonl *before* returning (so what the
 file holds was handled, and acked only after): `{"id", "g", "q", "o", "body"}`. The
-queues assigned to it are rewritten to DIR/assigned.json whenever they change.
+queues assigned to it are rewritten to DIR/assigned.json whenever they change (the
+consumer's `on_assignment` listener).
 
 SIGTERM closes the consumer gracefully (in-flight handlers finish, offsets are
 committed, the member unregisters); SIGKILL is the crash the tests also inject.
@@ -20,9 +21,7 @@ from pathlib import Path
 
 import trio
 
-from mq.client import MessageExt, PushConsumer
-
-WATCH_S = 0.05
+from mq.client import MessageExt, MessageQueue, PushConsumer
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -46,6 +45,9 @@ async def main(args: argparse.Namespace) -> None:
         }
         handled.write(json.dumps(line) + "\n")
 
+    def on_assignment(topic: str, queues: list[MessageQueue]) -> None:
+        _write_atomic(out / "assigned.json", json.dumps([[q.group, q.queue_id] for q in queues]))
+
     consumer = PushConsumer(
         args.namesrv,
         args.group,
@@ -56,23 +58,12 @@ async def main(args: argparse.Namespace) -> None:
         offsets_dir=out / "offsets",
         rebalance_interval_ms=args.rebalance_ms,
         commit_interval_ms=200,
+        on_assignment=on_assignment,
     )
     consumer.subscribe(args.topic)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with consumer, trio.open_nursery() as nursery:
-
-            async def watch_assignment() -> None:
-                last: list[list[object]] | None = None
-                while True:
-                    now = [[q.group, q.queue_id] for q in consumer.assigned]
-                    if now != last:
-                        _write_atomic(out / "assigned.json", json.dumps(now))
-                        last = now
-                    await trio.sleep(WATCH_S)
-
-            nursery.start_soon(watch_assignment)
+        async with consumer:
             async for _ in signals:
-                nursery.cancel_scope.cancel()
                 break
     handled.close()
 

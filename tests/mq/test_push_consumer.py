@@ -208,6 +208,37 @@ async def test_members_rebalance_at_once_when_the_broker_notifies(
         assert ids  # consumed by whichever member owned the queue
 
 
+async def test_each_member_is_told_when_its_queues_change(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_env() as env:
+        told: dict[str, list[list[MessageQueue]]] = {"a": [], "b": []}
+
+        def listener(name: str) -> Callable[[str, list[MessageQueue]], object]:
+            async def on_assignment(topic: str, queues: list[MessageQueue]) -> None:
+                assert topic == "orders"
+                told[name].append(queues)
+
+            return on_assignment
+
+        never = 10**9
+        first = consumer(
+            env, rebalance_interval_ms=never, client_id="a", on_assignment=listener("a")
+        )
+        second = consumer(
+            env, rebalance_interval_ms=never, client_id="b", on_assignment=listener("b")
+        )
+        async with first:
+            assert told["a"] == [QUEUES]
+            async with second:
+                await wait_until(lambda: len(told["a"]) == 2 and len(told["b"]) == 1)
+                assert told["a"][1] == QUEUES[:4] and told["b"] == [QUEUES[4:]]
+            await wait_until(lambda: len(told["a"]) == 3)
+            assert told["a"][2] == QUEUES
+            await first._rebalance()  # nothing moved: nobody is told
+            assert len(told["a"]) == 3
+
+
 async def test_exactly_one_member_handles_each_message(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
