@@ -71,7 +71,6 @@ _SCAN_CHUNK_BYTES = 1 << 16
 """Unit of the backward scan that finds how far a dropped tail holds non-zero bytes."""
 _ZERO_CHUNK_BYTES = 1 << 20
 """Largest single zero-fill write, so truncating a big tail never allocates a huge buffer."""
-_UNKNOWN = -1
 WRITE_RESERVE_BYTES_DEFAULT = 64 << 20
 """How far ahead of the last write the durable write limit is pushed each time it moves.
 
@@ -95,8 +94,6 @@ class _Slot:
     segment: Segment
     high_water: int
     """Relative position below which bytes may be non-zero (capacity when unknown)."""
-    last_frame: int | None = _UNKNOWN
-    """Offset of the segment's last non-blank frame, None if it has none, _UNKNOWN."""
 
 
 @dataclass(slots=True)
@@ -361,19 +358,16 @@ class CommitLog:
             offsets = list(itertools.accumulate(sizes, initial=pos))
             offsets.pop()
             runs = [(pos, 0, total)]
-            lasts = [offsets[-1]]
             end = pos + total
         else:
             offsets = []
             runs = []
-            lasts = []
             run_pos, run_buf = pos, 0
             buf_pos = 0
             for size in sizes:
                 if pos + size > seg_end:
                     if buf_pos > run_buf:
                         runs.append((run_pos, run_buf, buf_pos))
-                        lasts.append(offsets[-1])
                     if seg_end - pos >= BLANK_HEADER_BYTES:
                         blanks.append(pos)
                     pos = seg_end
@@ -383,9 +377,8 @@ class CommitLog:
                 pos += size
                 buf_pos += size
             runs.append((run_pos, run_buf, buf_pos))
-            lasts.append(offsets[-1])
             end = pos
-        assert len(runs) == len(lasts) and offsets[0] >= self._max and end > offsets[-1]
+        assert offsets[0] >= self._max and end > offsets[-1]
         self._reserve_writes_to(end)
         self._ensure_segments(self._segment_start(end - 1))
         # Nothing has been written yet; from here on only I/O errors can interrupt.
@@ -396,13 +389,12 @@ class CommitLog:
             slot.segment.write(rel, blank_header(seg_bytes - rel))
             slot.high_water = max(slot.high_water, rel + BLANK_HEADER_BYTES)
             self._dirty.add(slot.start)
-        for (run_pos, start, stop), last in zip(runs, lasts, strict=True):
+        for run_pos, start, stop in runs:
             slot = self._slot_at(run_pos)
             assert slot is not None and run_pos + (stop - start) <= slot.start + seg_bytes
             rel = run_pos - slot.start
             slot.segment.write(rel, data[start:stop])
             slot.high_water = max(slot.high_water, rel + stop - start)
-            slot.last_frame = last
             self._dirty.add(slot.start)
         self._max = self._normalize(end)
         return offsets
@@ -415,7 +407,7 @@ class CommitLog:
             while next_start <= last_start:
                 path = self._path(next_start)
                 seg = self._fs.open_segment(path, self._segment_bytes)
-                slot = _Slot(next_start, seg, high_water=0, last_frame=None)
+                slot = _Slot(next_start, seg, high_water=0)
                 created.append(slot)
                 self._slots.append(slot)
                 next_start += self._segment_bytes
@@ -611,8 +603,6 @@ class CommitLog:
             if zeroed:
                 self._dirty.add(slot.start)
             slot.high_water = rel
-            if slot.last_frame is None or slot.last_frame >= pos:
-                slot.last_frame = _UNKNOWN
         self._max = self._normalize(pos)
         self._flushed = min(self._flushed, self._max)
         deleted.reverse()
@@ -689,7 +679,6 @@ class CommitLog:
         left_total = seg_bytes - rel
         p = 0
         frames = 0
-        last: int | None = None
         reason = ""
         filler_at: int | None = None
         while True:
@@ -719,12 +708,7 @@ class CommitLog:
                 reason = "crc mismatch"
                 break
             frames += 1
-            last = slot.start + rel + p
             p += size
-        if last is not None:
-            slot.last_frame = last
-        elif rel == 0:
-            slot.last_frame = None
         return frames, rel + p, reason, filler_at
 
     # ------------------------------------------------------------------ retention
@@ -782,34 +766,8 @@ class CommitLog:
         self._min = self._max = self._flushed = offset
         self._recovered = True
         segment = self._fs.open_segment(self._path(offset), self._segment_bytes)
-        self._slots.append(_Slot(offset, segment, high_water=0, last_frame=None))
+        self._slots.append(_Slot(offset, segment, high_water=0))
         segment.sync()
-
-    def last_frame_in_segment(self, start: int) -> tuple[int, memoryview] | None:
-        """(offset, view) of the last non-blank frame of the segment at `start`, or None.
-
-        Retention uses it to read a segment's newest store timestamp. Known without a
-        scan for segments written or recovered by this process; otherwise found by one
-        header walk, then cached.
-        """
-        self._live()
-        slot = self._slot_at(start)
-        if slot is None or slot.start != start:
-            raise OffsetOutOfRangeError(f"no segment starts at {start}")
-        if slot.last_frame == _UNKNOWN:
-            last: int | None = None
-            pos = max(start, self._min)
-            end = min(start + self._segment_bytes, self._max)
-            while pos < end:
-                view, nxt = self.frame_at(pos, verify_crc=False)
-                if _SIZE_MAGIC.unpack_from(view, 0)[1] == MAGIC_BLANK:
-                    break
-                last = pos
-                pos = nxt
-            slot.last_frame = last
-        if slot.last_frame is None:
-            return None
-        return slot.last_frame, self.frame_at(slot.last_frame)[0]
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -655,39 +655,6 @@ def test_appends_after_a_reset_past_the_write_limit_recover_from_a_torn_crash(se
     assert again.max_offset == 8 * SEG + 60 * len(got)
 
 
-def test_last_frame_in_segment_is_known_after_append_and_after_reopen():
-    fs = sim()
-    log = CommitLog(fs, D, segment_bytes=SEG)
-    records = [
-        MessageRecord(topic="T", body=bytes(60), store_timestamp_ms=1000 + i) for i in range(6)
-    ]
-    buf, sizes = encode_messages(records)
-    offsets = log.append_buffer(buf, sizes)
-    log.flush()
-    by_segment: dict[int, int] = {}
-    for off in offsets:
-        by_segment[off - off % SEG] = off
-    for start, _ in log.segments():
-        off, view = log.last_frame_in_segment(start) or (None, None)
-        assert off == by_segment[start]
-        assert view is not None and bytes(view) == bytes(log.frame_at(off)[0])
-    log = CommitLog(fs, D, segment_bytes=SEG)
-    log.recover(log.segments()[-1][0])  # only the last segment is scanned
-    for start, _ in log.segments():
-        hit = log.last_frame_in_segment(start)
-        assert hit is not None and hit[0] == by_segment[start]
-        assert decode_message_header(hit[1]).store_timestamp_ms == 1000 + offsets.index(hit[0])
-    with pytest.raises(OffsetOutOfRangeError):
-        log.last_frame_in_segment(7)
-
-
-def test_empty_segment_has_no_last_frame():
-    log = CommitLog(sim(), D, segment_bytes=SEG)
-    log.append([frame(200), frame(200)])
-    log.truncate(0)
-    assert log.last_frame_in_segment(0) is None
-
-
 def test_closed_log_refuses_work():
     log = CommitLog(sim(), D, segment_bytes=SEG)
     log.append([frame(40)])
