@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.lowlevel
 import pytest
 import trio
 import trio.testing
@@ -197,6 +198,38 @@ async def test_a_loop_of_async_sends_leaves_in_one_request_not_one_each() -> Non
         results = [await future for future in futures]
         assert len(env.group("g1").sends()) == 1
         assert [r.queue_offset for r in results] == list(range(40))
+
+
+async def test_a_long_loop_of_async_sends_yields_once_per_full_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With room for 1,000 in flight, the loop still yields (lets the topic's sender
+    # and everyone else run) once each auto_batch_messages_max sends.
+    async with (
+        fake_env(groups=["g1"]) as env,
+        Producer(env.namesrv, auto_batch_messages_max=16, async_in_flight_max=1000) as producer,
+    ):
+        yields: list[int] = []
+        calls = 0
+        checkpoint = anyio.lowlevel.checkpoint
+        me = trio.lowlevel.current_task()
+
+        async def counted() -> None:
+            if trio.lowlevel.current_task() is me:  # not the fake broker's own
+                yields.append(calls)
+            await checkpoint()
+
+        monkeypatch.setattr(anyio.lowlevel, "checkpoint", counted)
+        futures = []
+        for i in range(40):
+            calls += 1
+            futures.append(await producer.send_async(Message("orders", bytes([i]))))
+        monkeypatch.undo()
+        assert yields == [17, 33]
+        for future in futures:
+            await future
+        sizes = [r.fields.get("count", 1) for r in env.group("g1").sends()]
+        assert sum(sizes) == 40 and max(sizes) == 16
 
 
 async def test_closing_the_producer_waits_for_async_sends(
