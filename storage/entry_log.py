@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -111,7 +111,11 @@ class EntryLog:
             self._base_index, self._base_term, start = decoded
         self._offsets: array[int] = array("Q")  # commit offset of entry base_index + 1 + i
         self._ends: array[int] = array("Q")  # offset just past it
-        self._terms: array[int] = array("Q")
+        # Terms as runs: the first index of each run and its term. Terms never decrease
+        # along a log and change only with an election, so this is a few numbers where
+        # one 8-byte term per entry was a third of the log's memory.
+        self._run_starts: array[int] = array("Q")
+        self._run_terms: array[int] = array("Q")
         self._base_end = max(start, commit_log.min_offset)
         """Where the entry after the base (the snapshot point) is placed from."""
         self._scan(self._base_end)
@@ -139,7 +143,7 @@ class EntryLog:
                 break
             self._offsets.append(offset)
             self._ends.append(offset + len(frame))
-            self._terms.append(term)
+            self._note_term(index, term)
             kept_end = offset + len(frame)
             expected += 1
             last_term = term
@@ -159,17 +163,22 @@ class EntryLog:
         return self._base_index + 1
 
     def last_index(self) -> int:
-        return self._base_index + len(self._terms)
+        return self._base_index + len(self._offsets)
 
     def term_at(self, index: int) -> int | None:
         if index == 0:
             return 0
         if index == self._base_index:
             return self._base_term
-        pos = index - self._base_index - 1
-        if 0 <= pos < len(self._terms):
-            return self._terms[pos]
+        if self._base_index < index <= self._base_index + len(self._offsets):
+            return self._run_terms[bisect_right(self._run_starts, index) - 1]
         return None
+
+    def _note_term(self, index: int, term: int) -> None:
+        """Entry `index` (the next one) has `term`: a new run if the term changed."""
+        if not self._run_terms or self._run_terms[-1] != term:
+            self._run_starts.append(index)
+            self._run_terms.append(term)
 
     def offset_of(self, index: int) -> int:
         """Commit offset where entry `index` starts."""
@@ -251,7 +260,7 @@ class EntryLog:
         for entry, offset, size in zip(entries, offsets, sizes, strict=True):
             self._offsets.append(offset)
             self._ends.append(offset + size)
-            self._terms.append(entry.term)
+            self._note_term(entry.index, entry.term)
 
     def cut_offset(self, index: int) -> int:
         """The commit offset `truncate_suffix(index)` cuts the CommitLog at: where entry
@@ -261,7 +270,7 @@ class EntryLog:
         pos = index - self._base_index - 1
         if pos < 0:
             raise EntryLogError(f"cannot truncate at {index}: log starts after {self._base_index}")
-        if pos > len(self._terms):
+        if pos > len(self._offsets):
             return self._log.max_offset  # past the last entry: nothing to cut
         # Cut where the entry before ends, not where the removed one starts: a blank
         # filler may sit between the two (the removed entry did not fit the segment),
@@ -273,12 +282,14 @@ class EntryLog:
     def truncate_suffix(self, index: int) -> None:
         cut = self.cut_offset(index)  # raises for an index the log no longer has
         pos = index - self._base_index - 1
-        if pos >= len(self._terms):
+        if pos >= len(self._offsets):
             return
         self._log.truncate(cut)
         del self._offsets[pos:]
         del self._ends[pos:]
-        del self._terms[pos:]
+        runs = bisect_left(self._run_starts, index)  # the runs that begin before `index`
+        del self._run_starts[runs:]
+        del self._run_terms[runs:]
         self._durable = min(self._durable, index - 1)
 
     def sync(self) -> None:
@@ -306,7 +317,10 @@ class EntryLog:
         self._fs.write_atomic(self._meta_path, _encode_meta(index, term, start))
         del self._offsets[:drop]
         del self._ends[:drop]
-        del self._terms[:drop]
+        # Keep the run holding the new first entry (and every later one).
+        runs = max(0, bisect_right(self._run_starts, index + 1) - 1)
+        del self._run_starts[:runs]
+        del self._run_terms[:runs]
         self._base_index, self._base_term = index, term
         self._base_end = start
 
@@ -344,5 +358,6 @@ class EntryLog:
     def _clear(self, index: int, term: int) -> None:
         self._offsets = array("Q")
         self._ends = array("Q")
-        self._terms = array("Q")
+        self._run_starts = array("Q")
+        self._run_terms = array("Q")
         self._base_index, self._base_term = index, term

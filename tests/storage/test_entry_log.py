@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage.commit_log import CommitLog
 from storage.entry_log import EntryLog, EntryLogError, StoredEntry
@@ -122,3 +124,49 @@ def test_a_damaged_start_is_refused_not_read_as_an_uncompacted_log():
         open_log(fs)
     fs.write_atomic("/n/raft-meta", meta[:24])  # the format before the CRC still reads
     assert open_log(fs).first_index() == 13
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["append", "truncate", "compact", "reopen"]),
+            st.integers(1, 6),  # how many to append, or where to cut / compact (a share)
+            st.integers(0, 2),  # how much the term grows before an append
+        ),
+        max_size=25,
+    )
+)
+def test_terms_kept_as_runs_answer_as_one_term_per_entry(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    """term_at, kept as runs of equal terms, against a model holding every entry's
+    term, through appends, truncations, compactions and reopens."""
+    fs = SimFileSystem(random.Random(1))
+    log = open_log(fs)
+    model: dict[int, int] = {}
+    base, base_term, term = 0, 0, 1
+    for op, n, grow in ops:
+        last = base + len(model)
+        if op == "append":
+            term += grow
+            log.append(entries(last + 1, n, term))
+            model.update((i, term) for i in range(last + 1, last + 1 + n))
+        elif op == "truncate" and model:
+            cut = base + 1 + (n * len(model)) // 7
+            log.truncate_suffix(cut)
+            model = {i: t for i, t in model.items() if i < cut}
+        elif op == "compact" and model:
+            upto = base + (n * len(model)) // 6
+            if upto > base:
+                base_term = model[upto]
+                log.compact(upto, base_term)
+                model = {i: t for i, t in model.items() if i > upto}
+                base = upto
+        elif op == "reopen":
+            log.sync()
+            log = open_log(fs)
+        assert (log.first_index(), log.last_index()) == (base + 1, base + len(model))
+        assert log.term_at(base) == (base_term if base else 0)
+        for i in range(base + 1, base + len(model) + 2):
+            assert log.term_at(i) == model.get(i), (i, ops)
