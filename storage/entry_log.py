@@ -110,7 +110,7 @@ class EntryLog:
         if decoded is not None:
             self._base_index, self._base_term, start = decoded
         self._offsets: array[int] = array("Q")  # commit offset of entry base_index + 1 + i
-        self._ends: array[int] = array("Q")  # offset just past it
+        self._sizes: array[int] = array("I")  # its frame's size (under segment_bytes)
         # Terms as runs: the first index of each run and its term. Terms never decrease
         # along a log and change only with an election, so this is a few numbers where
         # one 8-byte term per entry was a third of the log's memory.
@@ -142,7 +142,7 @@ class EntryLog:
                 cut = True
                 break
             self._offsets.append(offset)
-            self._ends.append(offset + len(frame))
+            self._sizes.append(len(frame))
             self._note_term(index, term)
             kept_end = offset + len(frame)
             expected += 1
@@ -155,7 +155,9 @@ class EntryLog:
 
     def _durable_from_flushed(self) -> int:
         flushed = self._log.flushed_offset
-        return self._base_index + bisect_right(self._ends, flushed)
+        offsets, sizes = self._offsets, self._sizes
+        durable = bisect_right(range(len(offsets)), flushed, key=lambda i: offsets[i] + sizes[i])
+        return self._base_index + durable
 
     # ------------------------------------------------------------------ LogStore
 
@@ -188,7 +190,8 @@ class EntryLog:
         """Commit offset just past entry `index`; dispatching up to here applies it."""
         if index == self._base_index:
             return self._offsets[0] if self._offsets else self._log.max_offset
-        return self._ends[index - self._base_index - 1]
+        pos = index - self._base_index - 1
+        return self._offsets[pos] + self._sizes[pos]
 
     def span_end(self, lo: int, hi: int, bytes_max: int) -> int:
         """One past the last index in [lo, hi) that `entries(lo, hi, bytes_max)` returns."""
@@ -197,10 +200,11 @@ class EntryLog:
             return lo
         first = lo - self._base_index - 1
         stop = hi - self._base_index - 1
-        ends = self._ends
+        offsets, sizes = self._offsets, self._sizes
         # At least one entry, then as many as fit in bytes_max.
-        limit = self._offsets[first] + max(bytes_max, ends[first] - self._offsets[first])
-        return self._base_index + 1 + min(stop, bisect_right(ends, limit, first, stop))
+        limit = offsets[first] + max(bytes_max, sizes[first])
+        fit = bisect_right(range(first, stop), limit, key=lambda i: offsets[i] + sizes[i])
+        return self._base_index + 1 + first + fit
 
     def entries(self, lo: int, hi: int, bytes_max: int) -> list[StoredEntry]:
         assert lo >= self.first_index(), "entries below the snapshot were compacted"
@@ -209,7 +213,7 @@ class EntryLog:
             return []
         first = lo - self._base_index - 1
         stop = hi - self._base_index - 1
-        offsets, ends = self._offsets, self._ends
+        offsets, sizes = self._offsets, self._sizes
         out: list[StoredEntry] = []
         skip = FRAME_HEADER_BYTES + ENTRY_HEADER.size
         unpack = ENTRY_HEADER.unpack_from
@@ -222,11 +226,12 @@ class EntryLog:
             while run_end < stop and offsets[run_end] // self._log.segment_bytes == segment:
                 run_end += 1
             base = offsets[pos]
-            view = self._log.read(base, ends[run_end - 1] - base)
+            view = self._log.read(base, offsets[run_end - 1] + sizes[run_end - 1] - base)
             for i in range(pos, run_end):
                 at = offsets[i] - base
                 term, index, kind = unpack(view, at + FRAME_HEADER_BYTES)
-                out.append(StoredEntry(term, index, kind, bytes(view[at + skip : ends[i] - base])))
+                end = offsets[i] + sizes[i] - base
+                out.append(StoredEntry(term, index, kind, bytes(view[at + skip : end])))
             pos = run_end
         return out
 
@@ -259,7 +264,7 @@ class EntryLog:
         offsets = self._log.append_buffer(buf, sizes, verify_crc=False)
         for entry, offset, size in zip(entries, offsets, sizes, strict=True):
             self._offsets.append(offset)
-            self._ends.append(offset + size)
+            self._sizes.append(size)
             self._note_term(entry.index, entry.term)
 
     def cut_offset(self, index: int) -> int:
@@ -276,7 +281,10 @@ class EntryLog:
         # filler may sit between the two (the removed entry did not fit the segment),
         # and keeping it would place the next entry where a replica that never had the
         # removed one would not, so replicas holding the same entries would differ.
-        start = self._ends[pos - 1] if pos > 0 else max(self._base_end, self._log.min_offset)
+        if pos > 0:
+            start = self._offsets[pos - 1] + self._sizes[pos - 1]
+        else:
+            start = max(self._base_end, self._log.min_offset)
         return self._log.normalize(start)
 
     def truncate_suffix(self, index: int) -> None:
@@ -286,7 +294,7 @@ class EntryLog:
             return
         self._log.truncate(cut)
         del self._offsets[pos:]
-        del self._ends[pos:]
+        del self._sizes[pos:]
         runs = bisect_left(self._run_starts, index)  # the runs that begin before `index`
         del self._run_starts[runs:]
         del self._run_terms[runs:]
@@ -313,10 +321,10 @@ class EntryLog:
         if index <= self._base_index:
             return
         drop = min(index, self.last_index()) - self._base_index
-        start = self._ends[drop - 1] if drop else self._log.max_offset
+        start = self._offsets[drop - 1] + self._sizes[drop - 1] if drop else self._log.max_offset
         self._fs.write_atomic(self._meta_path, _encode_meta(index, term, start))
         del self._offsets[:drop]
-        del self._ends[:drop]
+        del self._sizes[:drop]
         # Keep the run holding the new first entry (and every later one).
         runs = max(0, bisect_right(self._run_starts, index + 1) - 1)
         del self._run_starts[:runs]
@@ -357,7 +365,7 @@ class EntryLog:
 
     def _clear(self, index: int, term: int) -> None:
         self._offsets = array("Q")
-        self._ends = array("Q")
+        self._sizes = array("I")
         self._run_starts = array("Q")
         self._run_terms = array("Q")
         self._base_index, self._base_term = index, term

@@ -140,8 +140,9 @@ def test_a_damaged_start_is_refused_not_read_as_an_uncompacted_log():
 def test_terms_kept_as_runs_answer_as_one_term_per_entry(
     ops: list[tuple[str, int, int]],
 ) -> None:
-    """term_at, kept as runs of equal terms, against a model holding every entry's
-    term, through appends, truncations, compactions and reopens."""
+    """term_at (kept as runs of equal terms), the entries read back and where each one
+    ends, against a model holding every entry's term, through appends, truncations,
+    compactions and reopens."""
     fs = SimFileSystem(random.Random(1))
     log = open_log(fs)
     model: dict[int, int] = {}
@@ -170,3 +171,11 @@ def test_terms_kept_as_runs_answer_as_one_term_per_entry(
         assert log.term_at(base) == (base_term if base else 0)
         for i in range(base + 1, base + len(model) + 2):
             assert log.term_at(i) == model.get(i), (i, ops)
+        last = base + len(model)
+        got = log.entries(base + 1, last + 1, 1 << 30) if model else []
+        assert [(e.index, e.term) for e in got] == sorted(model.items())
+        assert all(e.data == entries(e.index, 1, e.term)[0].data for e in got)
+        for i in range(base + 1, last):  # an entry ends where the next begins, or a filler
+            assert log.end_of(i) <= log.offset_of(i + 1) < log.end_of(i) + 4096
+        if model:
+            assert log.span_end(base + 1, last + 1, 1) == base + 2, "at least one entry"
