@@ -162,7 +162,9 @@ class Dispatcher:
         one ConsumeQueue write, instead of a handful of small writes per message.
 
         The result is byte-identical to dispatching them one by one. A resumed call
-        (after a crash or a full disk) goes one by one, to skip what already landed.
+        (after a crash or a full disk) goes one by one: it skips what already landed,
+        and on a disk still full it queues each message whose index entries fit before
+        stopping, where a stretch would stop before queueing any.
         """
         if self._resuming or len(run) == 1:
             for offset, frame in run:
