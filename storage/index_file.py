@@ -339,40 +339,9 @@ class IndexFile:
     def put(self, key_hash: int, commit_offset: int, store_timestamp_ms: int) -> bool:
         """Append one entry; False (nothing written) if the file is full or the time
         delta does not fit, so the caller rolls to a new file."""
-        count = self.entry_count
-        if count >= self.entry_count_max:
+        if self.entry_count >= self.entry_count_max or not self.fits_time(store_timestamp_ms):
             return False
-        delta = store_timestamp_ms - self.begin_timestamp_ms
-        if delta > TIME_DELTA_MS_MAX:
-            return False
-        if delta < 0:
-            delta = 0
-        slots = self._slots
-        if slots is None:
-            slots = self._load_slots()
-        slot = key_hash % self.slot_count
-        prev = slots[slot]
-        if prev == 0:
-            self.used_slot_count += 1
-        elif prev > count:
-            prev = 0  # a damaged slot: never chain to an entry that does not exist
-        segment = self._segment
-        segment.pack_into(
-            _ENTRY,
-            self._entries_pos + count * ENTRY_BYTES,
-            key_hash,
-            commit_offset,
-            delta,
-            prev | ENTRY_PRESENT_BIT,
-        )
-        count += 1
-        segment.pack_into(_U32, HEADER_BYTES + slot * SLOT_BYTES, count)
-        slots[slot] = count
-        self.entry_count = count
-        self.end_commit_offset = commit_offset
-        if store_timestamp_ms > self.end_timestamp_ms:
-            self.end_timestamp_ms = store_timestamp_ms
-        self._dirty = True
+        self.put_many(((key_hash, commit_offset, store_timestamp_ms),))
         return True
 
     def fits_time(self, store_timestamp_ms: int) -> bool:
