@@ -999,27 +999,15 @@ class Producer:
     ) -> None:
         """An auto-batched `send_async` completed (called by its future, in the sender)."""
         self._async_slots.release()
-        if callback is None:
-            return
-        try:
-            outcome = callback(result, error)
-        except Exception:
-            _log.exception("send_callback_failed", topic=topic)
-            return
-        if isinstance(outcome, Awaitable):
+        outcome = _call_back(topic, callback, result, error)
+        if outcome is not None:
             assert self._async_group is not None, "a send completes before the group closes"
-            self._async_group.start_soon(self._await_callback, topic, outcome)
-
-    async def _await_callback(self, topic: str, outcome: Awaitable[object]) -> None:
-        try:
-            await outcome
-        except Exception:
-            _log.exception("send_callback_failed", topic=topic)
+            self._async_group.start_soon(_await_callback, topic, outcome)
 
     async def _run_async(
         self,
         deliver: Callable[[], Awaitable[SendResult]],
-        release: Callable[[], None] | None,
+        release: Callable[[], None],
         topic: str,
         future: SendFuture,
         callback: SendCallback | None,
@@ -1037,18 +1025,38 @@ class Producer:
             # one failed send must not take the producer down.
             error = exc
         finally:
-            if release is not None:
-                release()
+            release()
             if not future.done():
                 future._set(result, error)
                 self._async_slots.release()
-        if callback is not None:
-            try:
-                outcome = callback(result, error)
-                if isinstance(outcome, Awaitable):
-                    await outcome
-            except Exception:
-                _log.exception("send_callback_failed", topic=topic)
+        outcome = _call_back(topic, callback, result, error)
+        if outcome is not None:
+            await _await_callback(topic, outcome)
+
+
+def _call_back(
+    topic: str,
+    callback: SendCallback | None,
+    result: SendResult | None,
+    error: BaseException | None,
+) -> Awaitable[object] | None:
+    """Call an async send's callback; what a coroutine callback returned, to await. A
+    failing callback is logged: it must not fail the producer."""
+    if callback is None:
+        return None
+    try:
+        outcome = callback(result, error)
+    except Exception:
+        _log.exception("send_callback_failed", topic=topic)
+        return None
+    return outcome if isinstance(outcome, Awaitable) else None
+
+
+async def _await_callback(topic: str, outcome: Awaitable[object]) -> None:
+    try:
+        await outcome
+    except Exception:
+        _log.exception("send_callback_failed", topic=topic)
 
 
 def _error_for_message(error: Exception, msg_id: str) -> Exception:
