@@ -148,6 +148,18 @@ class FaultSchedule:
         """Schedule a fault action that a `heal_all` in the meantime cancels."""
         self._loop.after(delay_ns, self._guarded, (self._gen, fn, arg))
 
+    def _heal_after(self, delay_ns: int) -> None:
+        """Heal the partition just installed after `delay_ns`, unless another one has
+        replaced it by then (that one heals on its own schedule)."""
+        self._partition_token += 1
+        token = self._partition_token
+
+        def heal(_: Any) -> None:
+            if self._partition_token == token:
+                self._net.heal()
+
+        self._later(delay_ns, heal)
+
     def _guarded(self, item: tuple[int, Callable[[Any], None], Any]) -> None:
         gen, fn, arg = item
         if gen == self._gen:
@@ -234,18 +246,8 @@ class FaultSchedule:
             rest = ids[1:]
             cut = len(rest) // 2
             self._net.bridge(sorted(rest[:cut]), bridge_node, sorted(rest[cut:]))
-        self._partition_token += 1
-        token = self._partition_token
-
-        def end(_: Any) -> None:
-            if self._partition_token == token:
-                self._net.heal()
-
-        self._later(
-            self._short_or_long(
-                (100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S)
-            ),
-            end,
+        self._heal_after(
+            self._short_or_long((100 * NS_PER_MS, 400 * NS_PER_MS), (400 * NS_PER_MS, 4 * NS_PER_S))
         )
 
     def _churn(self) -> None:
@@ -266,14 +268,7 @@ class FaultSchedule:
             return
         if self._rng.random() < 0.6:
             self._net.symmetric([host.id])
-            self._partition_token += 1
-            token = self._partition_token
-
-            def end(_: Any) -> None:
-                if self._partition_token == token:
-                    self._net.heal()
-
-            self._later(self._duration(20 * NS_PER_MS, 300 * NS_PER_MS), end)
+            self._heal_after(self._duration(20 * NS_PER_MS, 300 * NS_PER_MS))
 
     def on_leader_commit(self, host: NodeHost, first_in_term: bool) -> None:
         """Called by a host when its node, a leader, advanced its commit index.
@@ -439,14 +434,7 @@ class FaultSchedule:
         else:
             self._trace.emit(f"FAULT n{host.id} falls behind: cut off")
             self._net.symmetric([host.id])
-            self._partition_token += 1
-            token = self._partition_token
-
-            def heal(_: Any) -> None:
-                if self._partition_token == token:
-                    self._net.heal()
-
-            self._later(away, heal)
+            self._heal_after(away)
         if rng.random() < 1 / 3:
             # Full from now on (no matter if another fault brings it back early) until
             # a while after it is back.
