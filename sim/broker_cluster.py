@@ -76,6 +76,7 @@ def broker_configs(node_ids: Sequence[int], **overrides: Any) -> dict[int, Broke
         "retention_ms": RETENTION_MS,
         "retention_check_interval_ms": RETENTION_CHECK_MS,
         "disk_retention_ratio": 1.0,
+        "raft_index_chunk_entries": 8,
     }
     base.update(overrides)
     return {

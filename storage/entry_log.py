@@ -11,9 +11,11 @@ the dispatcher walks; to the log it is opaque bytes.
 
 `EntryLog` satisfies raft's LogStore protocol in shape (the broker and the
 simulator adapt `StoredEntry` to raft's `Entry`; storage does not import raft).
-It keeps, in memory, the commit offset and term of every entry it holds (16 bytes
-an entry, rebuilt by one scan on open), so term lookups and range reads never
-touch the disk index-by-index.
+It keeps, in memory, the commit offset and size of every entry it holds (12 bytes
+an entry; terms as runs), so term lookups and range reads never touch the disk
+index-by-index. On open it loads what the sealed chunks of storage/entry_index.py
+hold (committed entries, written as they pile up) and scans the CommitLog only after
+them; without chunks it scans every entry.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from storage.commit_log import CommitLog
-from storage.errors import CorruptRecordError, LogLayoutError
+from storage.entry_index import CHUNK_ENTRIES_DEFAULT, Chunk, ChunkDir, chunk_name
+from storage.errors import CorruptRecordError, DiskFullError, LogLayoutError, StorageError
 from storage.files import FileSystem
 from storage.record import FRAME_HEADER_BYTES, MAGIC_ENTRY, encode_frame
 
@@ -98,8 +101,18 @@ def encode_entry(term: int, index: int, kind: int, data: bytes | bytearray | mem
 
 
 class EntryLog:
-    def __init__(self, fs: FileSystem, commit_log: CommitLog, meta_path: str) -> None:
-        """Index the entries already in `commit_log` (recovered by the caller)."""
+    def __init__(
+        self,
+        fs: FileSystem,
+        commit_log: CommitLog,
+        meta_path: str,
+        *,
+        index_dir: str | None = None,
+        chunk_entries: int = CHUNK_ENTRIES_DEFAULT,
+    ) -> None:
+        """Index the entries already in `commit_log` (recovered by the caller). With
+        `index_dir`, committed entries are sealed there (`seal`) and loaded from there
+        on the next open."""
         self._fs = fs
         self._log = commit_log
         self._meta_path = meta_path
@@ -118,18 +131,92 @@ class EntryLog:
         self._run_terms: array[int] = array("Q")
         self._base_end = max(start, commit_log.min_offset)
         """Where the entry after the base (the snapshot point) is placed from."""
-        self._scan(self._base_end)
+        self._chunks = None if index_dir is None else ChunkDir(fs, index_dir, chunk_entries)
+        resume = self._load_chunks(self._base_end)
+        self.opened_from_index = len(self._offsets)
+        """Entries the open took from sealed chunks; the rest it scanned."""
+        self._scan(resume)
+        self.opened_by_scan = len(self._offsets) - self.opened_from_index
         self._durable = self._durable_from_flushed()
 
-    def _scan(self, start: int) -> None:
-        """Rebuild the in-memory index; a frame that breaks index continuity or term
-        order ends the log there (a stale frame must never be read as an entry)."""
+    def _load_chunks(self, start: int) -> int:
+        """Take in the sealed chunks that check out against the CommitLog, in order,
+        scanning between them only where one begins after the entries known so far;
+        returns the offset to scan the rest from. A chunk that does not check out is
+        deleted; the next open scans its entries."""
+        chunks = self._chunks
+        if chunks is None:
+            return start
+        pos = start
+        for first in chunks.names():
+            chunk = chunks.read(first)
+            if chunk is not None and chunk.last > self._base_index:  # else compacted away
+                if chunk.first > self.last_index() + 1:
+                    # A chunk is missing before this one (it failed its check at an
+                    # earlier open): scan up to this one.
+                    pos, reached = self._scan(pos, stop_index=chunk.first)
+                    if not reached:
+                        chunk = None
+                if chunk is not None and self._take_chunk(chunk, pos):
+                    pos = self._offsets[-1] + self._sizes[-1]
+                    chunks.spans.append((chunk.first, chunk.last))
+                    continue
+            chunks.fs.remove(f"{chunks.path}/{chunk_name(first)}")
+        return pos
+
+    def _take_chunk(self, chunk: Chunk, pos: int) -> bool:
+        """Append `chunk`'s entries from the next expected index on, if its first and
+        last entries are in the CommitLog where it says (pos: where the last known
+        entry ends)."""
+        expected = self.last_index() + 1
+        skip = expected - chunk.first
+        if skip < 0 or chunk.last < expected:
+            return False
+        offsets, sizes = chunk.offsets[skip:], chunk.sizes[skip:]
         log = self._log
-        expected = self._base_index + 1
-        last_term = self._base_term
+        last_term = self._run_terms[-1] if self._run_terms else self._base_term
+        first_term = chunk.term_at(expected)
+        if (
+            offsets[0] < log.normalize(pos)
+            or first_term < last_term
+            or offsets[-1] + sizes[-1] > log.max_offset
+            or not self._entry_at(offsets[0], sizes[0], expected, first_term)
+            or not self._entry_at(offsets[-1], sizes[-1], chunk.last, chunk.term_at(chunk.last))
+        ):
+            return False
+        self._offsets.extend(offsets)
+        self._sizes.extend(sizes)
+        starts, terms = chunk.run_starts, chunk.run_terms
+        for i, (run_start, term) in enumerate(zip(starts, terms, strict=True)):
+            if i + 1 < len(starts) and starts[i + 1] <= expected:
+                continue  # the run ends before the first entry taken
+            self._note_term(max(run_start, expected), term)
+        return True
+
+    def _entry_at(self, offset: int, size: int, index: int, term: int) -> bool:
+        """Whether the CommitLog holds entry (index, term) of `size` bytes at `offset`."""
+        try:
+            frame, _ = self._log.frame_at(offset, verify_crc=False)
+        except StorageError:
+            return False
+        if len(frame) != size or int.from_bytes(frame[4:8], "little") != MAGIC_ENTRY:
+            return False
+        got_term, got_index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
+        return (got_term, got_index) == (term, index)
+
+    def _scan(self, start: int, stop_index: int | None = None) -> tuple[int, bool]:
+        """Index the entries from `start` on (up to `stop_index`, exclusive, if given);
+        a frame that breaks index continuity or term order ends the log there (a stale
+        frame must never be read as an entry). Returns (where the last entry kept
+        ends, whether `stop_index` was reached)."""
+        log = self._log
+        expected = self.last_index() + 1
+        last_term = self._run_terms[-1] if self._run_terms else self._base_term
         kept_end = start  # just past the last frame kept
         cut = False
         for offset, frame in log.iter_frames(start, log.max_offset):
+            if expected == stop_index:
+                return kept_end, True
             magic = int.from_bytes(frame[4:8], "little")
             if magic != MAGIC_ENTRY:
                 cut = True
@@ -152,6 +239,7 @@ class EntryLog:
             # between the two would otherwise stay, and shift where the next entry goes.
             log.truncate(log.normalize(kept_end))
             log.flush()
+        return kept_end, expected == stop_index
 
     def _durable_from_flushed(self) -> int:
         flushed = self._log.flushed_offset
@@ -292,6 +380,9 @@ class EntryLog:
         pos = index - self._base_index - 1
         if pos >= len(self._offsets):
             return
+        # Sealed entries are committed and never truncated: a chunk reaching `index` is
+        # a caller's bug, but a stale chunk must not outlive it either way.
+        self._drop_chunks(lambda _first, last: last < index)
         self._log.truncate(cut)
         del self._offsets[pos:]
         del self._sizes[pos:]
@@ -299,6 +390,49 @@ class EntryLog:
         del self._run_starts[runs:]
         del self._run_terms[runs:]
         self._durable = min(self._durable, index - 1)
+
+    def seal(self, upto: int) -> int:
+        """Write the chunks (storage/entry_index.py) that fill up with entries up to
+        `upto`, which the caller knows to be committed (Raft never removes those);
+        only durable entries are sealed. Returns how many chunks were written. A full
+        disk stops it quietly: the chunks are an optimisation of the next start, and
+        the next call writes what is missing."""
+        chunks = self._chunks
+        if chunks is None or self._base_end < 0:
+            return 0
+        limit = min(upto, self._durable, self.last_index())
+        size = chunks.chunk_entries
+        done = max(chunks.sealed_through(), self._base_index)
+        written = 0
+        while (end := (done // size + 1) * size) <= limit:
+            first = done + 1
+            lo, hi = first - self._base_index - 1, end - self._base_index
+            runs = max(0, bisect_right(self._run_starts, first) - 1)
+            stop = bisect_right(self._run_starts, end)
+            run_starts = array("Q", self._run_starts[runs:stop])
+            run_starts[0] = first
+            chunk = Chunk(
+                first,
+                self._offsets[lo:hi],
+                self._sizes[lo:hi],
+                run_starts,
+                self._run_terms[runs:stop],
+            )
+            try:
+                chunks.write(chunk)
+            except DiskFullError:
+                break
+            done = end
+            written += 1
+        return written
+
+    def _drop_chunks(self, keep: Callable[[int, int], bool]) -> None:
+        """Delete the chunk files whose (first, last) `keep` refuses."""
+        chunks = self._chunks
+        if chunks is not None:
+            for first, last in list(chunks.spans):
+                if not keep(first, last):
+                    chunks.remove(first)
 
     def sync(self) -> None:
         self._log.flush()
@@ -331,6 +465,7 @@ class EntryLog:
         del self._run_terms[:runs]
         self._base_index, self._base_term = index, term
         self._base_end = start
+        self._drop_chunks(lambda _first, last: last > index)
 
     def reset(self, index: int, term: int) -> None:
         """Drop every entry; the log continues after a snapshot ending at (index, term).
@@ -338,6 +473,7 @@ class EntryLog:
         Durable when it returns: for a log whose owner keeps nothing else to install.
         The broker, which must first replace its store with the snapshot's, uses
         `forget` (memory only) and then `install` instead."""
+        self._drop_all_chunks()
         if self._offsets:
             self._log.truncate(self._offsets[0])
         self._log.flush()
@@ -358,10 +494,19 @@ class EntryLog:
         """The owner emptied the CommitLog, which now begins at `offset`: the log holds
         nothing and continues after (index, term). Durable when it returns."""
         assert self._log.min_offset == self._log.max_offset == offset
+        self._drop_all_chunks()
         self._clear(index, term)
         self._durable = index
         self._base_end = offset
         self._fs.write_atomic(self._meta_path, _encode_meta(index, term, offset))
+
+    def _drop_all_chunks(self) -> None:
+        """Before the log starts over after a snapshot: no chunk describes it."""
+        chunks = self._chunks
+        if chunks is not None:
+            for first in chunks.names():
+                chunks.remove(first)
+            chunks.spans.clear()
 
     def _clear(self, index: int, term: int) -> None:
         self._offsets = array("Q")

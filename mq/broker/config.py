@@ -17,6 +17,7 @@ from mq.route import QUEUES_MAX, REGISTER_INTERVAL_MS_DEFAULT
 from mq.rpc.address import parse_address
 from raft.config import Config as RaftConfig
 from storage.commit_log import SEGMENT_BYTES_DEFAULT
+from storage.entry_index import CHUNK_ENTRIES_DEFAULT
 from storage.flush import FlushMode
 from storage.message_store import StoreConfig
 from storage.record import MESSAGE_BYTES_MAX
@@ -88,6 +89,10 @@ class BrokerConfig:
     whatever their age (RocketMQ's diskMaxUsedSpaceRatio, 0.75)."""
     retention_check_interval_ms: int = 10_000
     """How often a node looks for segments to delete."""
+    raft_index_chunk_entries: int = CHUNK_ENTRIES_DEFAULT
+    """Committed Raft entries per sealed chunk of the on-disk entry index (written at
+    checkpoints under `raft-index/`): a start loads the chunks and walks only the
+    entries after the last one (storage/entry_index.py)."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -128,6 +133,7 @@ class BrokerConfig:
             "cq_units_per_segment",
             "index_slots",
             "index_entries_max",
+            "raft_index_chunk_entries",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

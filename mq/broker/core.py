@@ -375,7 +375,13 @@ class BrokerCore:
             fs, f"{root}/store", store_config, on_record=self._on_record
         )
         self.commit_log = self.store.commit_log
-        self.entry_log = EntryLog(fs, self.commit_log, f"{root}/raft-meta")
+        self.entry_log = EntryLog(
+            fs,
+            self.commit_log,
+            f"{root}/raft-meta",
+            index_dir=f"{root}/raft-index",
+            chunk_entries=config.raft_index_chunk_entries,
+        )
         self.log = CommitLogStore(
             self.entry_log,
             durable_on_append=not self._sync_flush,
@@ -437,6 +443,8 @@ class BrokerCore:
             last_index=self.log.last_index(),
             dispatched=self.store.dispatcher.dispatched_offset,
             recovery_clean=self.store.recovery.clean,
+            entries_from_index=self.entry_log.opened_from_index,
+            entries_scanned=self.entry_log.opened_by_scan,
             topics=len(self._state.topics),
         )
 
@@ -872,6 +880,7 @@ class BrokerCore:
         try:
             self.store.flush(wall)
             self.entry_log.refresh_durable()
+            self.entry_log.seal(self.raft.commit_index)
             self._write_state_snapshot()
             self.fs.write_atomic(self._hard_state_path, encode_hard_state(self._hard_state))
             self.store.close(wall)
@@ -1205,6 +1214,9 @@ class BrokerCore:
             return
         self._note_disk_full("checkpoint", None)
         self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
+        # Committed entries never leave the log but from its front: index them on disk
+        # for the next start (a full disk only skips this; the next checkpoint retries).
+        self.entry_log.seal(self.raft.commit_index)
         if now_ms >= self._next_snapshot_ms and checkpointed == store.dispatcher.dispatched_offset:
             self._write_state_snapshot()
             self._next_snapshot_ms = now_ms + self.config.state_snapshot_interval_ms

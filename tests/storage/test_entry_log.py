@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage.commit_log import CommitLog
+from storage.entry_index import decode_chunk, encode_chunk
 from storage.entry_log import EntryLog, EntryLogError, StoredEntry
-from storage.errors import DiskFullError, LogLayoutError
+from storage.errors import CorruptRecordError, DiskFullError, LogLayoutError
 from storage.files import SimFileSystem
 
 
@@ -126,27 +127,42 @@ def test_a_damaged_start_is_refused_not_read_as_an_uncompacted_log():
     assert open_log(fs).first_index() == 13
 
 
-@settings(max_examples=150, deadline=None)
+def open_indexed(fs: SimFileSystem, chunk_entries: int = 4) -> EntryLog:
+    log = CommitLog(fs, "/n/commitlog", 4096)
+    if not log.recovered:
+        log.recover(log.min_offset)
+    return EntryLog(fs, log, "/n/raft-meta", index_dir="/n/raft-index", chunk_entries=chunk_entries)
+
+
+def scanned(log: EntryLog, fs: SimFileSystem) -> EntryLog:
+    """An index of the same CommitLog built by scanning it all (no chunks)."""
+    return EntryLog(fs, log._log, "/n/raft-meta")
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["append", "truncate", "compact", "reopen"]),
-            st.integers(1, 6),  # how many to append, or where to cut / compact (a share)
+            st.sampled_from(["append", "truncate", "compact", "seal", "reopen", "crash"]),
+            st.integers(1, 9),  # how many to append, or where to cut / compact / seal
             st.integers(0, 2),  # how much the term grows before an append
         ),
-        max_size=25,
-    )
+        max_size=30,
+    ),
+    st.integers(0, 1000),
 )
-def test_terms_kept_as_runs_answer_as_one_term_per_entry(
-    ops: list[tuple[str, int, int]],
+def test_a_log_opened_from_sealed_chunks_is_the_log_a_full_scan_finds(
+    ops: list[tuple[str, int, int]], seed: int
 ) -> None:
-    """term_at (kept as runs of equal terms), the entries read back and where each one
-    ends, against a model holding every entry's term, through appends, truncations,
-    compactions and reopens."""
-    fs = SimFileSystem(random.Random(1))
-    log = open_log(fs)
+    """Appends, truncations above what was sealed (Raft never removes a committed
+    entry), compactions, seals, clean reopens and crashes, against a model holding
+    every entry's term: term_at (kept as runs of equal terms), the entries read back
+    and where each one ends; and after every open, the log that loaded the chunks
+    holds the entries a scan of the whole CommitLog finds, at the same offsets."""
+    fs = SimFileSystem(random.Random(seed))
+    log = open_indexed(fs)
     model: dict[int, int] = {}
-    base, base_term, term = 0, 0, 1
+    base, base_term, term, sealed = 0, 0, 1, 0
     for op, n, grow in ops:
         last = base + len(model)
         if op == "append":
@@ -154,19 +170,39 @@ def test_terms_kept_as_runs_answer_as_one_term_per_entry(
             log.append(entries(last + 1, n, term))
             model.update((i, term) for i in range(last + 1, last + 1 + n))
         elif op == "truncate" and model:
-            cut = base + 1 + (n * len(model)) // 7
-            log.truncate_suffix(cut)
-            model = {i: t for i, t in model.items() if i < cut}
+            cut = max(sealed + 1, base + 1 + (n * len(model)) // 10)
+            if cut <= last:
+                log.truncate_suffix(cut)
+                model = {i: t for i, t in model.items() if i < cut}
         elif op == "compact" and model:
-            upto = base + (n * len(model)) // 6
+            upto = min(base + (n * len(model)) // 9, log.durable_index())
             if upto > base:
                 base_term = model[upto]
                 log.compact(upto, base_term)
                 model = {i: t for i, t in model.items() if i > upto}
                 base = upto
-        elif op == "reopen":
+        elif op == "seal":
             log.sync()
-            log = open_log(fs)
+            upto = base + (n * len(model)) // 9
+            log.seal(upto)
+            sealed = max(sealed, upto)
+        elif op in ("reopen", "crash"):
+            if op == "reopen":
+                log.sync()
+            durable = log.durable_index()
+            if op == "crash":
+                fs.crash()
+            chunks = fs.listdir("/n/raft-index")
+            log = open_indexed(fs)
+            assert fs.listdir("/n/raft-index") == chunks, "every chunk checked out"
+            assert durable <= log.last_index() <= last
+            model = {i: t for i, t in model.items() if i <= log.last_index()}
+            full = scanned(log, fs)
+            assert (full.first_index(), full.last_index()) == (base + 1, base + len(model))
+            for i in range(base + 1, base + len(model) + 1):
+                assert log.offset_of(i) == full.offset_of(i), (i, ops)
+                assert log.end_of(i) == full.end_of(i), (i, ops)
+                assert log.term_at(i) == full.term_at(i), (i, ops)
         assert (log.first_index(), log.last_index()) == (base + 1, base + len(model))
         assert log.term_at(base) == (base_term if base else 0)
         for i in range(base + 1, base + len(model) + 2):
@@ -179,3 +215,76 @@ def test_terms_kept_as_runs_answer_as_one_term_per_entry(
             assert log.end_of(i) <= log.offset_of(i + 1) < log.end_of(i) + 4096
         if model:
             assert log.span_end(base + 1, last + 1, 1) == base + 2, "at least one entry"
+
+
+def _sealed_log(fs: SimFileSystem) -> EntryLog:
+    log = open_indexed(fs)
+    log.append(entries(1, 10, term=1))
+    log.append(entries(11, 10, term=2))
+    log.sync()
+    assert log.seal(20) == 5
+    return log
+
+
+def test_an_open_reads_only_the_entries_after_the_last_chunk() -> None:
+    """Entries inside a sealed chunk are not walked (their CRC is not even read): a
+    byte flipped in the middle of one does not stop the open, where a full scan
+    refuses the log."""
+    fs = SimFileSystem(random.Random(5))
+    log = _sealed_log(fs)
+    log.append(entries(21, 2, term=2))
+    log.sync()
+    middle = log.offset_of(6) + 40
+    segment = fs.open_segment(f"/n/commitlog/{(middle // 4096) * 4096:020d}", 4096)
+    segment.write(middle % 4096, b"\xff")
+    segment.sync()
+    commit_log = CommitLog(fs, "/n/commitlog", 4096)
+    commit_log.recover(log.end_of(20))  # the store's checkpoint: frames before it trusted
+    again = EntryLog(fs, commit_log, "/n/raft-meta", index_dir="/n/raft-index", chunk_entries=4)
+    assert again.last_index() == 22 and again.term_at(22) == 2
+    assert [e.index for e in again.entries(21, 23, 1 << 20)] == [21, 22]
+    with pytest.raises(CorruptRecordError):
+        scanned(again, fs)  # a full scan checks every entry's CRC, and meets the damage
+
+
+def test_a_chunk_that_does_not_match_the_log_is_deleted_and_its_entries_scanned() -> None:
+    fs = SimFileSystem(random.Random(6))
+    log = _sealed_log(fs)
+    names = fs.listdir("/n/raft-index")
+    assert names == [f"{first:020d}" for first in (1, 5, 9, 13, 17)]
+    fs.write_atomic(f"/n/raft-index/{9:020d}", b"not a chunk")
+    # A chunk whose entries are not in the log (entries 21..24, which it never had).
+    chunk = decode_chunk(fs.read_bytes(f"/n/raft-index/{17:020d}") or b"")
+    assert chunk is not None
+    chunk.first = 21
+    chunk.run_starts[0] = 21
+    fs.write_atomic(f"/n/raft-index/{21:020d}", encode_chunk(chunk))
+    again = open_indexed(fs)
+    assert (again.last_index(), again.term_at(20), again.term_at(21)) == (20, 2, None)
+    assert [again.offset_of(i) for i in range(1, 21)] == [log.offset_of(i) for i in range(1, 21)]
+    assert fs.listdir("/n/raft-index") == [f"{first:020d}" for first in (1, 5, 13, 17)]
+
+
+def test_compaction_and_a_reset_delete_the_chunks_they_make_stale() -> None:
+    fs = SimFileSystem(random.Random(7))
+    log = _sealed_log(fs)
+    log.compact(10, 1)
+    assert fs.listdir("/n/raft-index") == [f"{first:020d}" for first in (9, 13, 17)]
+    again = open_indexed(fs)
+    assert (again.first_index(), again.last_index()) == (11, 20)
+    assert again.offset_of(11) == log.offset_of(11)
+    again.reset(30, 3)
+    assert fs.listdir("/n/raft-index") == []
+    third = open_indexed(fs)
+    assert (third.first_index(), third.last_index()) == (31, 30)
+
+
+def test_a_full_disk_stops_sealing_and_the_next_seal_catches_up() -> None:
+    fs = SimFileSystem(random.Random(8))
+    log = open_indexed(fs)
+    log.append(entries(1, 12, term=1))
+    log.sync()
+    fs.capacity_bytes = fs.used_bytes()
+    assert log.seal(12) == 0
+    fs.capacity_bytes = None
+    assert log.seal(12) == 3
