@@ -1,17 +1,20 @@
 """Sealed chunks of the Raft entry index: where each committed entry sits, on disk.
 
-Without them a node finds its entries on start by walking, and CRC-checking, every
-entry of the CommitLog: minutes for days of small entries, and every byte read from
-disk again after a reboot. A chunk holds that walk's result for a range of committed
-entries (each entry's commit offset and frame size, and the runs of equal terms), so a
-start loads the chunks and walks only what came after the last one.
+Without them a node keeps where every entry of its log sits in memory (12 bytes an
+entry: gigabytes for days of small entries) and finds them on start by walking, and
+CRC-checking, every entry of the CommitLog: minutes, and every byte read from disk
+again after a reboot. A chunk holds that walk's result for a range of committed entries
+(each entry's commit offset and frame size, and the runs of equal terms): memory keeps
+only the entries after the last chunk (and a few chunks read back), and a start checks
+the chunks and walks only what came after the last one.
 
 Only committed, durable entries are sealed, and Raft never removes a committed entry
 (only compaction drops them, from the front), so a chunk never goes stale while its
-entries are in the log. A start still checks each chunk it loads against the
+entries are in the log. A start still checks each chunk against the
 CommitLog (its first and last entries must sit where it says, with its index and
-term), and walks instead from the first chunk that fails; the files are a cache of
-the log, never an authority over it.
+term), and walks instead from the first chunk that fails; a chunk found damaged later
+is rebuilt from the log. The files are derived from the log, never an authority over
+it.
 
 A chunk covers the entries (last - count, last], where `last` is a multiple of the
 chunk size (only the first chunk after a snapshot point starts part way). Its file is
@@ -30,6 +33,9 @@ from storage.files import FileSystem
 
 CHUNK_ENTRIES_DEFAULT = 65_536
 """Entries per chunk: 768 KiB of records, written once per 65,536 entries."""
+CHUNK_CACHE_DEFAULT = 4
+"""Sealed chunks an EntryLog keeps read back in memory (a follower catching up, a
+start finding where to re-dispatch from)."""
 _MAGIC = 0x58444945  # "EIDX"
 _HEAD = struct.Struct("<IQII")  # magic, first index, entry count, term-run count
 _RUN = struct.Struct("<QQ")  # first index of the run, its term
@@ -133,9 +139,13 @@ class ChunkDir:
         return chunk if chunk is not None and chunk.first == first else None
 
     def write(self, chunk: Chunk) -> None:
-        """Durable when it returns; DiskFullError leaves no chunk behind."""
-        self.fs.write_atomic(f"{self.path}/{chunk_name(chunk.first)}", encode_chunk(chunk))
+        """Write the chunk after the last one. Durable when it returns; DiskFullError
+        leaves no chunk behind."""
+        self.write_file(chunk)
         self.spans.append((chunk.first, chunk.last))
+
+    def write_file(self, chunk: Chunk) -> None:
+        self.fs.write_atomic(f"{self.path}/{chunk_name(chunk.first)}", encode_chunk(chunk))
 
     def remove(self, first: int) -> None:
         self.fs.remove(f"{self.path}/{chunk_name(first)}")

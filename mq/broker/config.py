@@ -91,8 +91,8 @@ class BrokerConfig:
     """How often a node looks for segments to delete."""
     raft_index_chunk_entries: int = CHUNK_ENTRIES_DEFAULT
     """Committed Raft entries per sealed chunk of the on-disk entry index (written at
-    checkpoints under `raft-index/`): a start loads the chunks and walks only the
-    entries after the last one (storage/entry_index.py)."""
+    checkpoints under `raft-index/`): memory holds only the entries not sealed yet, and
+    a start walks only the entries after the last chunk (storage/entry_index.py)."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
