@@ -27,7 +27,7 @@ PLANTS: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Times are in ticks; the driver decides how long a tick is (10 ms in the broker)."""
+    """Times are in ticks; the driver decides how long a tick is (`tick_ms` in the broker, 50 ms by default)."""
 
     election_ticks: int = 10
     heartbeat_ticks: int = 1

@@ -164,7 +164,7 @@ class RaftNode:
     # ------------------------------------------------------------------ commands
 
     def tick(self) -> None:
-        """One unit of time passed (the driver decides how long: 10 ms in the broker)."""
+        """One unit of time passed (the driver decides how long: `tick_ms` in the broker, 50 ms by default)."""
         if self._role is _LEADER:
             self._tick_leader()
         else:

@@ -15,6 +15,7 @@ import trio
 
 from mq.broker import __main__ as broker_main
 from mq.broker.__main__ import parse_config
+from mq.broker.config import BrokerConfig, ConfigError
 from mq.broker.core import InstallDiskFullError
 from mq.protocol import RequestCode, request
 from mq.rpc.client import connect
@@ -121,7 +122,16 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert parsed.namesrv == ("a:1", "b:2")
     assert parsed.peers == {1: "127.0.0.1:7001", 2: "127.0.0.1:7002"}
     assert parsed.election_ms == 100 and parsed.group == "solo"
-    assert parsed.raft_config().election_ticks == 10
+    # The default tick (50 ms) comes down to the file's 20 ms heartbeat.
+    assert parsed.tick_ms == 20 and parsed.raft_config().election_ticks == 5
+
+
+def test_the_default_tick_fits_a_short_heartbeat_and_an_explicit_one_is_checked() -> None:
+    assert BrokerConfig().tick_ms == 50
+    assert BrokerConfig(heartbeat_ms=20).tick_ms == 20
+    assert BrokerConfig(tick_ms=10, heartbeat_ms=20).tick_ms == 10
+    with pytest.raises(ConfigError, match="tick_ms"):
+        BrokerConfig(tick_ms=30, heartbeat_ms=20)
 
 
 def test_a_full_disk_in_a_snapshot_install_stops_the_broker_with_a_clear_message(
