@@ -24,11 +24,13 @@ in storage/FORMAT.md.
 
 from __future__ import annotations
 
+import errno
 import struct
 import zlib
 from array import array
 from dataclasses import dataclass
 
+from storage.errors import DiskFullError
 from storage.files import FileSystem
 
 CHUNK_ENTRIES_DEFAULT = 65_536
@@ -121,7 +123,6 @@ class ChunkDir:
         self.fs = fs
         self.path = path
         self.chunk_entries = chunk_entries
-        fs.makedirs(path)
         self.spans: list[tuple[int, int]] = []
         """(first, last) of each chunk file known good or just written, in order."""
 
@@ -145,7 +146,16 @@ class ChunkDir:
         self.spans.append((chunk.first, chunk.last))
 
     def write_file(self, chunk: Chunk) -> None:
-        self.fs.write_atomic(f"{self.path}/{chunk_name(chunk.first)}", encode_chunk(chunk))
+        data = encode_chunk(chunk)
+        try:
+            # Made with the first chunk, not on open: a node whose disk is full must
+            # still start.
+            self.fs.makedirs(self.path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(self.path, len(data)) from exc
+            raise
+        self.fs.write_atomic(f"{self.path}/{chunk_name(chunk.first)}", data)
 
     def remove(self, first: int) -> None:
         self.fs.remove(f"{self.path}/{chunk_name(first)}")

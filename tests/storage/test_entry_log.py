@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 
 import pytest
@@ -346,3 +347,21 @@ def test_a_truncation_into_sealed_entries_brings_them_back_first() -> None:
         *((i, 1) for i in range(1, 11)),
         *((i, 3) for i in range(11, 14)),
     ]
+
+
+def test_a_node_whose_disk_is_full_opens_without_an_index_directory() -> None:
+    """The index directory is made with the first chunk: an open (a start on a full
+    disk, after an upgrade) must not need to create anything."""
+
+    class NoDirs(SimFileSystem):
+        def makedirs(self, path: str) -> None:
+            if "raft-index" in path:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            super().makedirs(path)
+
+    fs = NoDirs(random.Random(11))
+    log = open_indexed(fs)
+    log.append(entries(1, 8, term=1))
+    log.sync()
+    assert log.seal(8) == 0, "a full disk stops sealing quietly"
+    assert len(log._offsets) == 8 and open_indexed(fs).last_index() == 8
