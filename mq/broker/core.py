@@ -1214,8 +1214,9 @@ class BrokerCore:
             return
         self._note_disk_full("checkpoint", None)
         self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
-        # Committed entries never leave the log but from its front: index them on disk
-        # for the next start (a full disk only skips this; the next checkpoint retries).
+        # Committed entries never leave the log but from its front: seal where they sit
+        # into the on-disk index, so memory keeps only the rest and the next start
+        # need not walk them (a full disk only skips this; the next checkpoint retries).
         self.entry_log.seal(self.raft.commit_index)
         if now_ms >= self._next_snapshot_ms and checkpointed == store.dispatcher.dispatched_offset:
             self._write_state_snapshot()
