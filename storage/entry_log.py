@@ -421,6 +421,16 @@ class EntryLog:
 
     # ------------------------------------------------------------------ LogStore
 
+    @property
+    def sealed_index(self) -> int:
+        """The last entry whose place is sealed on disk (the base if none is)."""
+        return self._mem_first - 1
+
+    @property
+    def entries_in_memory(self) -> int:
+        """Entries whose place only memory holds (12 bytes each)."""
+        return len(self._offsets)
+
     def first_index(self) -> int:
         return self._base_index + 1
 

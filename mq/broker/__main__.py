@@ -60,6 +60,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"type": int, "help": "how often to look for segments to delete"},
     ),
     (
+        "--raft-index-chunk-entries",
+        "raft_index_chunk_entries",
+        {"type": int, "help": "committed Raft entries per sealed chunk of raft-index/"},
+    ),
+    (
         "--auto-create-topics",
         "auto_create_topics",
         {"action": argparse.BooleanOptionalAction, "help": "create unknown topics on send"},

@@ -1830,6 +1830,8 @@ class BrokerCore:
             "max_offset": self.commit_log.max_offset,
             "min_offset": self.commit_log.min_offset,
             "first_index": self.log.first_index(),
+            "sealed_index": self.entry_log.sealed_index,
+            "entries_in_memory": self.entry_log.entries_in_memory,
             "pid": self.pid,
             "disk_full": sorted(self._disk_full),
         }

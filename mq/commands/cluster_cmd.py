@@ -162,6 +162,8 @@ async def node_status(proc: local.ProcessSpec, timeout_s: float = 1.0) -> dict[s
         "leader": fields.get("leader"),
         "commit_index": fields.get("commit_index"),
         "first_index": fields.get("first_index"),
+        "sealed_index": fields.get("sealed_index"),
+        "entries_in_memory": fields.get("entries_in_memory"),
         "min_offset": fields.get("min_offset"),
         "max_offset": fields.get("max_offset"),
         "disk_full": list(fields.get("disk_full") or ()),

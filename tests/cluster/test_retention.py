@@ -27,6 +27,7 @@ RETENTION_ARGS = [
     f"--segment-bytes={SEGMENT_BYTES}",  # the last one given wins
     "--retention-ms=500",
     "--retention-check-interval-ms=100",
+    "--raft-index-chunk-entries=16",  # seal often: compaction and installs meet chunks
 ]
 
 
@@ -76,6 +77,15 @@ def test_a_node_down_while_the_leader_deletes_segments_catches_up_from_a_snapsho
         )
 
     wait_until(agree, "every node to hold the last sends and delete the same segments")
+
+    def sealed() -> bool:
+        # Checkpoints seal the committed entries: memory keeps less than a chunk.
+        statuses = [trio.run(cluster_cmd.node_status, cluster.proc(n)) for n in cluster.brokers()]
+        return all(
+            s["entries_in_memory"] is not None and s["entries_in_memory"] < 16 for s in statuses
+        )
+
+    wait_until(sealed, "every node to seal its committed entries into raft-index/")
     check_replicas_identical(cluster, "bulk", 2)
     check_replicas_identical(cluster, "kept", 2)
     # What an operator sees: `mq cluster status --json` shows the same range per node.
@@ -84,4 +94,5 @@ def test_a_node_down_while_the_leader_deletes_segments_catches_up_from_a_snapsho
         shown = trio.run(cluster_cmd.node_status, cluster.proc(name))
         assert shown["min_offset"] == status["min_offset"] > 0
         assert shown["first_index"] == status["first_index"] > 1
+        assert shown["sealed_index"] >= shown["first_index"] - 1
         assert shown["max_offset"] >= status["commit_offset"]
