@@ -64,15 +64,16 @@ class Cluster(World[NodeHost]):
         for host in orders[count % len(orders)]:
             if host.up and not host.paused and host.tick_ns == TICK_NS:
                 node = host.node
-                node.tick()  # type: ignore[union-attr]
+                assert node is not None  # a host that is up has its node
+                node.tick()
                 # The common case inline: a follower whose tick changed nothing (see
                 # NodeHost.tick for why there is then nothing to poll).
-                role = node.role  # type: ignore[union-attr]
+                role = node.role
                 if (
                     role is _FOLLOWER
                     and host.seen_role is _FOLLOWER
                     and node.term == host.seen_term
-                ):  # type: ignore[union-attr]
+                ):
                     continue
                 host.after_tick()
         self.loop.after(TICK_NS, self._grid_tick, count + 1)

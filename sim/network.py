@@ -43,7 +43,7 @@ from sim.trace import Trace
 
 def describe(msg: Message) -> str:
     """A short canonical text for a message (for the trace)."""
-    return _DESCRIBE[type(msg)](msg)  # type: ignore[arg-type]
+    return _DESCRIBE[type(msg)](msg)
 
 
 def _vote_req(m: VoteRequest) -> str:

@@ -116,7 +116,7 @@ QUEUE_CHECKERS: dict[str, str] = {
 }
 
 
-def message_frames(body: bytes | memoryview) -> Iterator[memoryview]:
+def message_frames(body: bytes | bytearray | memoryview) -> Iterator[memoryview]:
     """The concatenated message frames of a pull response or send request body."""
     view = memoryview(body)
     pos = 0
