@@ -661,11 +661,25 @@ class RaftNode:
 
     def _on_append_reject(self, pr: Progress, m: AppendResponse) -> None:
         """Fast backtracking: skip the follower's whole conflicting term in one round trip
-        instead of one entry at a time."""
+        instead of one entry at a time.
+
+        A follower whose log ends below what it acknowledged (`short`) lost entries: its
+        disk was replaced, or lied about an fsync. Raft assumes that cannot happen, and a
+        leader that trusted the old match would never send those entries again (only a
+        new leader, probing from scratch, would). So such a rejection of a heartbeat or
+        append at the match makes the leader probe there, and a rejection of that probe
+        moves the match down to where the follower's log ends. A stale rejection can at
+        worst cost a probe, or entries sent again: the commit index never goes back."""
         rejected = m.reject_index
+        short = m.conflict_term == 0 and m.conflict_index <= pr.match
         if pr.state is _REPLICATE:
-            if rejected <= pr.match:
+            if rejected < pr.match or (rejected == pr.match and not short):
                 return  # stale: the follower has since matched past it
+            if rejected == pr.match:
+                pr.next = pr.match + 1
+                pr.become_probe()
+                self._bcast_pending = True
+                return
         elif pr.state is _PROBE:
             if rejected != pr.next - 1:
                 # Not an answer to our probe (a heartbeat's, or a stale one), but the
@@ -673,6 +687,8 @@ class RaftNode:
                 pr.probe_sent = False
                 self._bcast_pending = True
                 return
+            if short:
+                pr.match = m.conflict_index - 1
         else:
             return
         nxt = m.conflict_index

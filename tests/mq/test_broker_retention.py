@@ -284,9 +284,30 @@ def test_a_crash_in_the_middle_of_an_install_redoes_it_on_restart(
     assert readable(cluster, behind) == readable(cluster, leader)
 
 
+def test_a_node_whose_disk_was_replaced_rejoins_from_the_snapshot_under_the_same_leader() -> None:
+    # Its rejections say its log ends below what it acknowledged: the leader probes it
+    # from scratch and sends the snapshot where its own log begins.
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 12, "a")
+    cluster.tick(RETENTION_MS // 10 + 30)
+    assert cluster.cores[leader].log.first_index() > 1, "the leader compacted its log"
+    wiped = cluster.followers()[0]
+    term = cluster.cores[leader].raft.term
+    cluster.crash(wiped)
+    cluster.fss[wiped] = SimFileSystem(cluster.fss[wiped]._rng)
+    cluster.start(wiped)
+    cluster.settle(30)
+    assert cluster.leader() == leader and cluster.cores[leader].raft.term == term
+    assert cluster.cores[wiped].stats()["snapshots_installed"] == 1
+    send_big(cluster, leader, 1, "b")
+    cluster.tick(RETENTION_MS // 10 + 30)  # each node deletes by its own clock: let all
+    assert readable(cluster, wiped) == readable(cluster, leader)
+    dispatched = {n: cluster.cores[n].store.dispatcher.dispatched_offset for n in (wiped, leader)}
+    assert dispatched[wiped] == dispatched[leader]
+
+
 def test_a_node_whose_disk_was_replaced_rejoins_from_the_snapshot_under_a_new_leader() -> None:
-    # Raft's leader trusts what a follower once acknowledged (its match index), so it
-    # only finds out that a node lost its log when a new leader probes it.
     cluster = retention_cluster()
     leader = cluster.elect()
     send_big(cluster, leader, 12, "a")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from raft.config import Config
-from raft.local_cluster import LocalCluster, SplitMix64
+from raft.local_cluster import LocalCluster, LocalNode, SplitMix64
 from raft.log_store import MemoryLogStore
 from raft.messages import (
     AppendRequest,
@@ -502,3 +502,54 @@ def test_followers_learn_a_commit_at_once_or_with_the_next_heartbeat(eager: bool
         assert len(appends) == 2, "only the entry to each follower"
         cluster.tick([1], times=5)
         assert [cluster.node(2).commit_index, cluster.node(3).commit_index] == [index, index]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_follower_that_lost_its_log_catches_up_under_the_same_leader(quiet: bool) -> None:
+    """A node whose disk was replaced comes back empty. Its rejections say its log ends
+    below the match the leader holds for it; the leader probes and starts over from
+    where the log ends, without waiting for a new leader (a quiet leader learns it from
+    a heartbeat's rejection, a busy one from an append's)."""
+    cluster = LocalCluster(3, seed=4)
+    leader = cluster.elect()
+    for k in range(5):
+        cluster.node(leader).propose_batch([b"a%d-%d" % (k, j) for j in range(4)])
+        cluster.run()
+    wiped = next(i for i in cluster.ids if i != leader)
+    term = cluster.node(leader).term
+    assert cluster.node(leader).match_index(wiped) == cluster.members[leader].log.last_index()
+    cluster.crash(wiped)
+    cluster.members[wiped] = LocalNode(wiped, record=True)
+    cluster.restart(wiped)
+    if not quiet:
+        cluster.node(leader).propose(b"after")
+        cluster.run()
+    heartbeat = cluster.config.heartbeat_ticks
+    for _ in range(3):
+        cluster.tick([leader], times=heartbeat)
+    assert cluster.leader() == leader and cluster.node(leader).term == term
+    want = log_entries(cluster, leader)
+    assert log_entries(cluster, wiped) == want
+    assert cluster.node(leader).match_index(wiped) == want[-1].index
+
+
+def test_a_stale_rejection_at_the_match_costs_a_probe_not_entries() -> None:
+    """A duplicated old rejection that looks like a short log makes the leader probe at
+    the match; the follower, which has its log, accepts the probe, and nothing is sent
+    again."""
+    cluster = LocalCluster(3, seed=5)
+    leader = cluster.elect()
+    cluster.node(leader).propose_batch([b"b%d" % j for j in range(6)])
+    cluster.run()
+    follower = next(i for i in cluster.ids if i != leader)
+    node = cluster.node(leader)
+    match = node.match_index(follower)
+    assert match is not None and match > 2
+    stale = AppendResponse(node.term, False, 0, conflict_index=2, reject_index=match)
+    cluster.deliver(Envelope(follower, leader, stale))
+    sent = []
+    cluster.drop_filter = lambda env: sent.append(env) or False
+    cluster.run()
+    appends = [env.msg for env in sent if isinstance(env.msg, AppendRequest)]
+    assert appends and all(not a.entries for a in appends), "a probe, no entries again"
+    assert node.match_index(follower) == match
