@@ -28,6 +28,7 @@ import errno
 import struct
 import zlib
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from storage.errors import DiskFullError
@@ -61,12 +62,7 @@ class Chunk:
         return self.first + len(self.offsets) - 1
 
     def term_at(self, index: int) -> int:
-        term = self.run_terms[0]
-        for start, run_term in zip(self.run_starts, self.run_terms, strict=True):
-            if start > index:
-                break
-            term = run_term
-        return term
+        return self.run_terms[max(0, bisect_right(self.run_starts, index) - 1)]
 
 
 def chunk_name(first: int) -> str:
@@ -142,10 +138,17 @@ class ChunkDir:
     def write(self, chunk: Chunk) -> None:
         """Write the chunk after the last one. Durable when it returns; DiskFullError
         leaves no chunk behind."""
-        self.write_file(chunk)
+        self._write_file(chunk)
         self.spans.append((chunk.first, chunk.last))
 
-    def write_file(self, chunk: Chunk) -> None:
+    def rewrite(self, first: int, chunk: Chunk) -> None:
+        """Replace the chunk that began at `first` with `chunk` (same entries, or the
+        ones of them the log still holds). On a full disk only the old file is gone."""
+        self.fs.remove(f"{self.path}/{chunk_name(first)}")
+        self.spans = [(chunk.first, chunk.last) if s[0] == first else s for s in self.spans]
+        self._write_file(chunk)
+
+    def _write_file(self, chunk: Chunk) -> None:
         data = encode_chunk(chunk)
         try:
             # Made with the first chunk, not on open: a node whose disk is full must
@@ -160,6 +163,12 @@ class ChunkDir:
     def remove(self, first: int) -> None:
         self.fs.remove(f"{self.path}/{chunk_name(first)}")
         self.spans = [span for span in self.spans if span[0] != first]
+
+    def remove_all(self) -> None:
+        """Every chunk file present, known or not."""
+        self.spans.clear()
+        for first in self.names():
+            self.fs.remove(f"{self.path}/{chunk_name(first)}")
 
     def sealed_through(self) -> int:
         """The last index the chunks cover, 0 if none."""

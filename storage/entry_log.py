@@ -36,7 +36,6 @@ from storage.entry_index import (
     CHUNK_ENTRIES_DEFAULT,
     Chunk,
     ChunkDir,
-    chunk_name,
 )
 from storage.errors import CorruptRecordError, DiskFullError, LogLayoutError, StorageError
 from storage.files import FileSystem
@@ -83,6 +82,14 @@ class StoredEntry:
     index: int
     kind: int
     data: bytes
+
+
+def _entry_header(frame: memoryview) -> tuple[int, int] | None:
+    """(term, index) of a MAGIC_ENTRY frame; None for any other frame."""
+    if int.from_bytes(frame[4:8], "little") != MAGIC_ENTRY:
+        return None
+    term, index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
+    return term, index
 
 
 def inner_frames(entry_frame: memoryview) -> Iterator[tuple[int, int, memoryview]]:
@@ -182,7 +189,7 @@ class EntryLog:
                 continue
             else:
                 usable = False
-            chunks.fs.remove(f"{chunks.path}/{chunk_name(first)}")
+            chunks.remove(first)
         return pos
 
     def _chunk_fits(self, chunk: Chunk, pos: int) -> bool:
@@ -221,10 +228,7 @@ class EntryLog:
             frame, _ = self._log.frame_at(offset, verify_crc=False)
         except StorageError:
             return False
-        if len(frame) != size or int.from_bytes(frame[4:8], "little") != MAGIC_ENTRY:
-            return False
-        got_term, got_index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
-        return (got_term, got_index) == (term, index)
+        return len(frame) == size and _entry_header(frame) == (term, index)
 
     def _scan(self, start: int) -> None:
         """Index the entries from `start` on into memory; a frame that breaks index
@@ -236,11 +240,11 @@ class EntryLog:
         kept_end = start  # just past the last frame kept
         cut = False
         for offset, frame in log.iter_frames(start, log.max_offset):
-            magic = int.from_bytes(frame[4:8], "little")
-            if magic != MAGIC_ENTRY:
+            header = _entry_header(frame)
+            if header is None:
                 cut = True
                 break
-            term, index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
+            term, index = header
             if index < expected:
                 kept_end = offset + len(frame)
                 continue  # compacted away but its segment is still on disk
@@ -308,15 +312,13 @@ class EntryLog:
         offsets, sizes = array("Q"), array("I")
         expected = lo
         for offset, frame in self._log.iter_frames(start, self._log.max_offset):
-            if int.from_bytes(frame[4:8], "little") != MAGIC_ENTRY:
-                break
-            _term, index, _kind = ENTRY_HEADER.unpack_from(frame, FRAME_HEADER_BYTES)
-            if index != expected:
+            header = _entry_header(frame)
+            if header is None or header[1] != expected:
                 break
             offsets.append(offset)
             sizes.append(len(frame))
             expected += 1
-            if index == last:
+            if expected > last:
                 break
         if expected != last + 1:
             raise CorruptRecordError(
@@ -324,11 +326,8 @@ class EntryLog:
             )
         chunk = Chunk(lo, offsets, sizes, *self._runs_of(lo, last))
         assert self._chunks is not None
-        self._chunks.remove(first)
-        self._chunks.spans.append((chunk.first, chunk.last))
-        self._chunks.spans.sort()
         with contextlib.suppress(DiskFullError):
-            self._chunks.write_file(chunk)
+            self._chunks.rewrite(first, chunk)
         return chunk
 
     def _remember(self, chunk: Chunk) -> None:
@@ -412,11 +411,8 @@ class EntryLog:
 
     def _drop_all_chunks(self) -> None:
         """Before the log starts over after a snapshot: no chunk describes it."""
-        chunks = self._chunks
-        if chunks is not None:
-            for first in chunks.names():
-                chunks.remove(first)
-            chunks.spans.clear()
+        if self._chunks is not None:
+            self._chunks.remove_all()
         self._cache.clear()
 
     # ------------------------------------------------------------------ LogStore

@@ -63,7 +63,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -101,14 +101,14 @@ SEND_TIMEOUT_MS_DEFAULT = 3_000
 RETRIES_DEFAULT = 2
 LEADER_POLL_FIRST_S = 0.05
 LEADER_POLL_MAX_S = 0.1
+"""The pauses between NameServer reads while a send waits out an election: short, as
+each one can add to the failover a send sees (with 500 ms, `mq bench failover` took
+1.28 s against 0.79 s for the election itself), and concurrent waits share each read."""
 RETRY_PAUSE_FIRST_S = 0.05
 RETRY_PAUSE_MAX_S = 0.2
 """A retry after a busy / unavailable answer that can only go back to the same group
 waits 50 ms, then 100, 200 ms (bounded by send_timeout_ms): asking again at once would
 only meet the same condition."""
-"""The pauses between NameServer reads while a send waits out an election: short, as
-each one can add to the failover a send sees (with 500 ms, `mq bench failover` took
-1.28 s against 0.79 s for the election itself), and concurrent waits share each read."""
 BATCH_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
 """Largest encoded batch (RocketMQ's 4 MiB); well under the 16 MiB frame limit."""
 BATCH_COUNT_MAX = 1024
@@ -875,31 +875,27 @@ class Producer:
             msg_ids=batch.msg_ids,
         ) from failure
 
+    def _writable_groups(
+        self, route: TopicRoute, gone: set[str] | frozenset[str] = frozenset()
+    ) -> Iterator[str]:
+        """The groups of the route with writable queues and a known leader not in `gone`."""
+        leader_of = self._client.routes.leader_of
+        for g in route.groups:
+            if g.topic.perm & Perm.WRITE and g.topic.write_queues > 0:
+                leader = leader_of(g.info)
+                if leader is not None and leader not in gone:
+                    yield g.group
+
     def _has_other_group(self, route: TopicRoute, group: str) -> bool:
         """Whether a group other than `group` takes writes for the route's topic."""
-        leader_of = self._client.routes.leader_of
-        return any(
-            g.group != group
-            and g.topic.perm & Perm.WRITE
-            and g.topic.write_queues > 0
-            and leader_of(g.info) is not None
-            for g in route.groups
-        )
+        return any(g != group for g in self._writable_groups(route))
 
     def _has_target(self, route: TopicRoute | None, group: str | None, gone: set[str]) -> bool:
         """Whether `group` (any group, if None) has writable queues and a known leader
         that is not in `gone`."""
         if route is None:
             return False
-        leader_of = self._client.routes.leader_of
-        return any(
-            g.topic.perm & Perm.WRITE
-            and g.topic.write_queues > 0
-            and (group is None or g.group == group)
-            and (leader := leader_of(g.info)) is not None
-            and leader not in gone
-            for g in route.groups
-        )
+        return any(group is None or g == group for g in self._writable_groups(route, gone))
 
     async def _next_target(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,11 +17,12 @@ from storage.errors import CorruptRecordError, DiskFullError, LogLayoutError
 from storage.files import SimFileSystem
 
 
-def open_log(fs: SimFileSystem) -> EntryLog:
+def open_log(fs: SimFileSystem, **index: Any) -> EntryLog:
+    """The log on `fs`, recovered as a start does; `index`: EntryLog's index options."""
     log = CommitLog(fs, "/n/commitlog", 4096)
     if not log.recovered:
         log.recover(log.min_offset)
-    return EntryLog(fs, log, "/n/raft-meta")
+    return EntryLog(fs, log, "/n/raft-meta", **index)
 
 
 def entries(first: int, count: int, term: int) -> list[StoredEntry]:
@@ -129,17 +131,7 @@ def test_a_damaged_start_is_refused_not_read_as_an_uncompacted_log():
 
 
 def open_indexed(fs: SimFileSystem, chunk_entries: int = 4, cache: int = 1) -> EntryLog:
-    log = CommitLog(fs, "/n/commitlog", 4096)
-    if not log.recovered:
-        log.recover(log.min_offset)
-    return EntryLog(
-        fs,
-        log,
-        "/n/raft-meta",
-        index_dir="/n/raft-index",
-        chunk_entries=chunk_entries,
-        chunk_cache=cache,
-    )
+    return open_log(fs, index_dir="/n/raft-index", chunk_entries=chunk_entries, chunk_cache=cache)
 
 
 def scanned(log: EntryLog, fs: SimFileSystem) -> EntryLog:
