@@ -444,6 +444,11 @@ class IndexFile:
         )
         self._segment.write(0, header)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether it holds entries or slots that `flush` has not synced."""
+        return self._dirty
+
     def flush(self) -> None:
         """Sync entries and slots, then the header that describes them."""
         if not self._dirty:
@@ -649,6 +654,12 @@ class IndexService:
         """Make every entry put so far durable (only the newest file can be dirty)."""
         if self._files:
             self._files[-1].flush()
+
+    def newest_dirty(self) -> IndexFile | None:
+        """The file `flush` would sync, if it holds anything unsynced."""
+        if self._files and self._files[-1].dirty:
+            return self._files[-1]
+        return None
 
     def truncate_to_commit_offset(self, commit_offset: int) -> None:
         """Remove every entry whose commit offset is >= ``commit_offset``, durably:

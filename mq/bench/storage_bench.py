@@ -192,21 +192,25 @@ def bench_age_scan(store: MessageStore) -> float:
     return end / (time.perf_counter() - start) / (1 << 20)
 
 
-def bench_fsync(path: str, seconds: float) -> float:
+def bench_fsync(path: str, seconds: float) -> tuple[float, list[float]]:
+    """fdatasyncs/s of 1 KiB appends one after another, and each one's milliseconds:
+    with sync flush every send waits for at least one of these on the leader and one
+    on a follower, so their tail is a floor under a send's tail latency."""
     block = os.urandom(MESSAGE_BYTES)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    took: list[float] = []
     try:
-        n = 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             os.write(fd, block)
+            began = time.perf_counter()
             os.fdatasync(fd)
-            n += 1
+            took.append((time.perf_counter() - began) * 1e3)
         elapsed = time.perf_counter() - start
     finally:
         os.close(fd)
         os.unlink(path)
-    return n / elapsed
+    return len(took) / elapsed, sorted(took)
 
 
 def bench_group_commit(root: str, producers: int, seconds: float) -> tuple[float, float]:
@@ -300,7 +304,7 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
         scan_us, index_us = bench_entry_open(
             os.path.join(base, "entries"), count // 4, ENTRY_CHUNK_ENTRIES
         )
-        fsync = bench_fsync(os.path.join(base, "fsync"), params.fsync_seconds)
+        fsync, fsync_ms = bench_fsync(os.path.join(base, "fsync"), params.fsync_seconds)
         group, per_fsync = bench_group_commit(
             os.path.join(base, "group"), params.producers, params.group_seconds
         )
@@ -324,6 +328,9 @@ def run(directory: str | None, quick: bool) -> dict[str, Any]:
         "entry_open_index_us": round(index_us, 3),
         "entry_open_ratio": round(index_us / scan_us, 3),
         "fsync_per_s": round(fsync, 1),
+        "fsync_p50_ms": round(fsync_ms[len(fsync_ms) // 2], 3),
+        "fsync_p99_ms": round(fsync_ms[len(fsync_ms) * 99 // 100], 3),
+        "fsync_max_ms": round(fsync_ms[-1], 3),
         "group_commit_per_s": round(group, 1),
         "group_commit_msgs_per_fsync": round(per_fsync, 1),
         "group_commit_ratio": round(group / fsync, 2),

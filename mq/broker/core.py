@@ -108,7 +108,7 @@ from storage.errors import (
 )
 from storage.files import FileSystem
 from storage.flush import FlushMode
-from storage.message_store import GetStatus, MessageStore, StoreConfig
+from storage.message_store import CheckpointPlan, GetStatus, MessageStore, StoreConfig
 from storage.record import (
     FRAME_HEADER_BYTES,
     MAGIC_ENTRY,
@@ -206,15 +206,22 @@ Output = Reply | PeerMessage | RoleChanged | TopicsChanged | Notify
 @dataclass(slots=True)
 class Work:
     """Blocking work for the driver: `run()` it (in a worker thread if it likes), then
-    hand it back to `BrokerCore.advance`. `run` only writes the hard state file and
-    fsyncs CommitLog segments; it is safe against concurrent `handle()` calls."""
+    hand it back to `BrokerCore.advance`. `run` writes the hard state file, fsyncs
+    CommitLog segments and, for a checkpoint, syncs the queues and index and writes the
+    checkpoint and state snapshot files. It is safe against concurrent `handle()` calls:
+    those only append to the CommitLog and read, and the core dispatches, truncates,
+    resets and deletes only in `ready` and `advance`, never while a Work is out."""
 
     fs: FileSystem
     hard_state_path: str
     ready: Ready | None = None
     hard_state: bytes | None = None
     plan: FlushPlan | None = None
-    checkpoint: bool = False
+    checkpoint: CheckpointPlan | None = None
+    snapshot_due: bool = False
+    state_snapshot: tuple[str, bytes] | None = None
+    """A state snapshot (path, bytes) to write once the checkpoint is written."""
+    state_disk_full: DiskFullError | None = None
     commit_only: bool = False
     """The hard state changes only in its commit index, which Raft keeps volatile: if it
     does not fit on the disk, the Work goes on without it."""
@@ -226,7 +233,11 @@ class Work:
     @property
     def blocking(self) -> bool:
         """Whether `run` does any I/O at all (the driver may skip the thread hop)."""
-        return self.hard_state is not None or (self.plan is not None and bool(self.plan.segments))
+        return (
+            self.hard_state is not None
+            or self.checkpoint is not None
+            or (self.plan is not None and bool(self.plan.segments))
+        )
 
     def run(self) -> None:
         self.disk_full = None
@@ -239,6 +250,16 @@ class Work:
                     return
         if self.plan is not None:
             self.plan.sync()
+        checkpoint = self.checkpoint
+        if checkpoint is not None:
+            checkpoint.run()
+            self.state_disk_full = None
+            if checkpoint.written and self.state_snapshot is not None:
+                path, data = self.state_snapshot
+                try:
+                    self.fs.write_atomic(path, data)
+                except DiskFullError as exc:
+                    self.state_disk_full = exc
 
 
 # ---------------------------------------------------------------------- internals
@@ -805,7 +826,10 @@ class BrokerCore:
             if now_ms >= self._next_checkpoint_ms:
                 self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
             return None
-        work = Work(self.fs, self._hard_state_path, plan=log.prepare_flush(), checkpoint=checkpoint)
+        plan = log.prepare_flush()
+        work = Work(self.fs, self._hard_state_path, plan=plan)
+        if checkpoint:
+            self._prepare_checkpoint(work, max(log.flushed_offset, plan.target), now_ms)
         if checkpoint and self._hard_state != self._hs_persisted:
             hs, persisted = self._hard_state, self._hs_persisted
             work.hard_state = encode_hard_state(hs)
@@ -843,8 +867,8 @@ class BrokerCore:
                 self._committed = rd.committed[-1].index
                 self._apply(now_ms)
             self.raft.advance(rd)
-        if work.checkpoint:
-            self._checkpoint(now_ms)
+        if work.checkpoint is not None:
+            self._finish_checkpoint(work, now_ms)
         self._in_flight = False
         deferred = self._deferred
         while deferred:
@@ -1200,42 +1224,63 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoint(self, now_ms: int) -> None:
-        """After the CommitLog flush of this Work: sync queues and index, write the
-        checkpoint, then (if due) the state snapshot at the checkpoint's offset."""
+    def _prepare_checkpoint(self, work: Work, flushed: int, now_ms: int) -> None:
+        """Give the Work a checkpoint at `flushed` (where its CommitLog flush gets the log)
+        and, if due, the state snapshot at the checkpoint's offset: the Work syncs queues
+        and index and writes both files, in a worker thread on the leader. Nothing is
+        dispatched before `advance`, so the state encoded now is the one at that offset."""
         store = self.store
+        plan = store.prepare_checkpoint(flushed, now_ms + self.wall_offset_ms)
+        work.checkpoint = plan
+        if (
+            now_ms >= self._next_snapshot_ms
+            and plan.checkpoint.dispatched == store.dispatcher.dispatched_offset
+        ):
+            work.snapshot_due = True
+            work.state_snapshot = self._state_snapshot()
+
+    def _finish_checkpoint(self, work: Work, now_ms: int) -> None:
+        """After the Work wrote (or a full disk refused) its checkpoint and state snapshot."""
+        plan = work.checkpoint
+        assert plan is not None
         self._next_checkpoint_ms = now_ms + self.config.checkpoint_interval_ms
-        try:
-            checkpointed = store.checkpoint(now_ms + self.wall_offset_ms)
-        except DiskFullError as exc:
+        if not plan.written:
             # The previous checkpoint stands (its file is replaced atomically); recovery
             # from it re-dispatches a little more. The next interval tries again.
-            self._note_disk_full("checkpoint", exc)
+            self._note_disk_full("checkpoint", plan.disk_full)
             return
         self._note_disk_full("checkpoint", None)
-        self._checkpointed = (store.dispatcher.dispatched_offset, self._hard_state.commit)
+        self.store.complete_checkpoint(plan)
+        self._checkpointed = (self.store.dispatcher.dispatched_offset, self._hard_state.commit)
         # Committed entries never leave the log but from its front: seal where they sit
         # into the on-disk index, so memory keeps only the rest and the next start
         # need not walk them (a full disk only skips this; the next checkpoint retries).
         self.entry_log.seal(self.raft.commit_index)
-        if now_ms >= self._next_snapshot_ms and checkpointed == store.dispatcher.dispatched_offset:
-            self._write_state_snapshot()
+        if work.snapshot_due:
+            if work.state_snapshot is not None:
+                # A refused snapshot leaves the previous one intact (the write is atomic),
+                # and with the log after it that still rebuilds the state: a later one will do.
+                self._note_disk_full("state snapshot", work.state_disk_full)
             self._next_snapshot_ms = now_ms + self.config.state_snapshot_interval_ms
 
-    def _write_state_snapshot(self) -> None:
+    def _state_snapshot(self) -> tuple[str, bytes] | None:
+        """The state snapshot at `dispatched_offset`, to write once that is checkpointed;
+        None while a full disk holds a dispatch part way: the state then holds the
+        command of an entry past `dispatched_offset`, and a restart would replay it a
+        second time (the previous snapshot and the log are enough)."""
         if self._ops_by_offset:
-            # A full disk interrupted a dispatch: the state holds the command of an entry
-            # past `dispatched_offset`, and a restart would replay it a second time. The
-            # previous snapshot and the log are enough.
+            return None
+        return self._state_path, self._state.encode(self.store.dispatcher.dispatched_offset)
+
+    def _write_state_snapshot(self) -> None:
+        snapshot = self._state_snapshot()
+        if snapshot is None:
             return
-        offset = self.store.dispatcher.dispatched_offset
-        assert offset <= self.commit_log.flushed_offset
+        assert self.store.dispatcher.dispatched_offset <= self.commit_log.flushed_offset
         try:
-            self.fs.write_atomic(self._state_path, self._state.encode(offset))
+            self.fs.write_atomic(*snapshot)
             self._note_disk_full("state snapshot", None)
         except DiskFullError as exc:
-            # The previous snapshot is intact (the write is atomic) and, with the log
-            # after it, still rebuilds the state: a later one will do.
             self._note_disk_full("state snapshot", exc)
 
     # ------------------------------------------------------------------ role

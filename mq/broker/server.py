@@ -375,7 +375,10 @@ class BrokerServer:
                 # share the next fsync). A follower has nothing to do meanwhile but
                 # queue the next append, so it fsyncs on this thread: the hop to a
                 # worker and back cost it ~13 % of its CPU (mq bench notes, 2026-11-27).
-                if work.blocking and self.io_in_thread and core.is_leader:
+                # A checkpoint (once a second: a dozen fsyncs, 5-45 ms here) goes to the
+                # worker on every node, so pulls and heartbeats are answered meanwhile.
+                off_loop = core.is_leader or work.checkpoint is not None
+                if work.blocking and self.io_in_thread and off_loop:
                     await trio.to_thread.run_sync(work.run)
                 else:
                     work.run()
