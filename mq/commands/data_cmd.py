@@ -370,6 +370,10 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+_MODEL_UNKNOWN = "model unknown: no member online"
+"""A group's model (clustering or broadcasting) is what its members' heartbeats say."""
+
+
 def _group_list(args: argparse.Namespace) -> int:
     async def run() -> list[ConsumerGroupInfo]:
         async with Admin(namesrv_of(args)) as admin:
@@ -382,7 +386,8 @@ def _group_list(args: argparse.Namespace) -> int:
     for group in groups:
         members = ", ".join(group.members) or "no members"
         topics = ", ".join(group.topics) or "-"
-        print(f"{group.group} ({group.model or '?'}) topics: {topics}; members: {members}")
+        model = group.model or _MODEL_UNKNOWN
+        print(f"{group.group} ({model}) topics: {topics}; members: {members}")
     return 0
 
 
@@ -396,7 +401,8 @@ def _group_describe(args: argparse.Namespace) -> int:
         print(json.dumps(described.to_fields()))
         return 0
     members = ", ".join(described.members) or "none"
-    print(f"group {described.group} ({described.model or '?'}), members: {members}")
+    model = described.model or _MODEL_UNKNOWN
+    print(f"group {described.group} ({model}), members: {members}")
     rows = [("topic", "broker-group", "queue", "broker-offset", "consumer-offset", "lag")]
     for q in described.queues:
         rows.append((

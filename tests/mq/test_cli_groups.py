@@ -69,6 +69,11 @@ def test_consume_as_a_group_member_commits_and_continues(
     assert described["lag"] == 0 and len(described["queues"]) == 8
     text = mq(env, capsys, "admin", "group", "describe", "--group", "cli")
     assert "total lag 0" in text and "consumer-offset" in text
+    assert "group cli (model unknown: no member online), members: none" in text
+    listed_text = mq(env, capsys, "admin", "group", "list")
+    assert (
+        "cli (model unknown: no member online) topics: orders; members: no members" in listed_text
+    )
 
 
 def test_reset_offset_then_consume_again_with_tags(
