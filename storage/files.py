@@ -19,7 +19,9 @@ Contract shared by both (the tests in tests/storage/test_files.py hold each to i
 * Bytes written are visible to reads at once; they survive a crash only after a
   `sync()` of that segment returned.
 * Metadata operations (create, remove, `write_atomic`, `makedirs`) are durable when
-  they return: the real implementation fsyncs the directory.
+  they return: the real implementation fsyncs the directory. (With a trash directory,
+  a removed file's name is gone when `remove` returns; its space comes back when a
+  background thread has unlinked it, storage/trash.py.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
+
+from storage.trash import Trash
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -217,7 +221,16 @@ def _fsync_dir(path: str) -> None:
 
 
 class RealFileSystem:
-    """The production file layer on a POSIX file system."""
+    """The production file layer on a POSIX file system.
+
+    With a `trash_dir` (on the same file system as the data), `remove` renames files
+    there and a background thread unlinks them (storage/trash.py): unlinking a big
+    segment takes long enough to stall an event loop. `usage_ratio` counts the space
+    on its way back as free.
+    """
+
+    def __init__(self, trash_dir: str | None = None) -> None:
+        self.trash = None if trash_dir is None else Trash(trash_dir)
 
     def open_segment(self, path: str, capacity: int) -> Segment:
         return RealSegment(path, capacity)
@@ -251,10 +264,26 @@ class RealFileSystem:
 
     def remove(self, path: str) -> None:
         try:
-            os.unlink(path)
+            if not self._discard(path):
+                os.unlink(path)
         except FileNotFoundError:
             return
         _fsync_dir(os.path.dirname(path) or ".")
+
+    def _discard(self, path: str) -> bool:
+        """Hand `path` to the trash: False if there is none or `path` is on another
+        file system (then the caller unlinks it); FileNotFoundError if it is gone."""
+        if self.trash is None:
+            return False
+        try:
+            moved = self.trash.discard(path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        if not moved:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return True
 
     def read_bytes(self, path: str) -> bytes | None:
         try:
@@ -287,6 +316,8 @@ class RealFileSystem:
         st = os.statvfs(path)
         total = st.f_blocks * st.f_frsize
         free = st.f_bavail * st.f_frsize
+        if self.trash is not None:
+            free = min(total, free + self.trash.pending_bytes)
         return 0.0 if total == 0 else 1.0 - free / total
 
 

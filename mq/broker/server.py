@@ -59,6 +59,9 @@ PEER_WRITE_FRAMES_MAX = 64
 UNREGISTER_TIMEOUT_S = 1.0
 RELEASE_GRACE_S = 0.5
 """How long a planned stop waits for the answers to released long polls to go out."""
+TRASH_DIR = "trash"
+"""Under data_dir: files deleted by retention wait here for a background thread to
+unlink them (storage/trash.py); a start empties it."""
 
 _log = structlog.get_logger("mq.broker")
 
@@ -91,7 +94,9 @@ class BrokerServer:
         files) runs a leader's fsyncs in a worker thread instead of on the trio thread
         (a follower's always run on the trio thread; see `_raft_loop`)."""
         self.config = config
-        self.fs: FileSystem = fs if fs is not None else RealFileSystem()
+        self.fs: FileSystem = (
+            fs if fs is not None else RealFileSystem(trash_dir=f"{config.data_dir}/{TRASH_DIR}")
+        )
         self.io_in_thread = (
             isinstance(self.fs, RealFileSystem) if io_in_thread is None else io_in_thread
         )

@@ -18,10 +18,13 @@ from storage.files import (
 )
 
 
-@pytest.fixture(params=["real", "sim"])
+@pytest.fixture(params=["real", "real-trash", "sim"])
 def fs_and_dir(request: pytest.FixtureRequest, tmp_path) -> Iterator[tuple[FileSystem, str]]:
     if request.param == "real":
         yield RealFileSystem(), str(tmp_path)
+    elif request.param == "real-trash":
+        (tmp_path / "data").mkdir()
+        yield RealFileSystem(trash_dir=str(tmp_path / "trash")), str(tmp_path / "data")
     else:
         fs = SimFileSystem(random.Random(1))
         fs.makedirs("/d")
