@@ -81,6 +81,7 @@ from mq.broker.commands import (
 from mq.broker.config import BrokerConfig
 from mq.broker.consumer_groups import MODELS, TOPICS_PER_MEMBER_MAX, ConsumerGroups, GroupsFullError
 from mq.broker.hard_state import decode_hard_state, encode_hard_state
+from mq.broker.loop_lag import LOG_EVERY_MS, LoopLag
 from mq.broker.raft_codec import RaftCodecError, decode_envelope, encode_envelope
 from mq.broker.raft_log import CommitLogStore
 from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
@@ -363,6 +364,7 @@ class BrokerCore:
         self._snapshots = SnapshotFiles(fs, f"{root}/snapshots")
         self._outbox: list[Output] = []
         self._stats = _Stats()
+        self._loop_lag = LoopLag()
         self._state = BrokerState(config.producers_max)
         self._applied_ops: list[_Applied] = []
         self._ops_by_offset: dict[int, _Applied] = {}
@@ -1879,7 +1881,17 @@ class BrokerCore:
             "entries_in_memory": self.entry_log.entries_in_memory,
             "pid": self.pid,
             "disk_full": sorted(self._disk_full),
+            "loop_lag_ms": round(self._loop_lag.worst_ms, 1),
+            "loop_stalls": self._loop_lag.stalls,
         }
+
+    def record_loop_lag(self, now_ms: int, lag_ms: float) -> None:
+        """The driver's tick came `lag_ms` later than it asked (mq/broker/loop_lag.py)."""
+        stalls = self._loop_lag.record(now_ms, lag_ms)
+        if stalls:
+            _log.warning(
+                "loop_stalled", lag_ms=round(lag_ms, 1), stalls=stalls, since_ms=LOG_EVERY_MS
+            )
 
     def stats(self) -> dict[str, int]:
         """Counters for logs and debugging (not part of the wire API)."""

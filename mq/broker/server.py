@@ -394,8 +394,11 @@ class BrokerServer:
     async def _tick_loop(self, core: BrokerCore) -> None:
         interval_s = self.config.tick_ms / 1000
         while True:
+            due = trio.current_time() + interval_s
             await trio.sleep(interval_s)
-            core.tick(self.now_ms())
+            now_ms = self.now_ms()
+            core.record_loop_lag(now_ms, (trio.current_time() - due) * 1000)
+            core.tick(now_ms)
             self._after_input()
 
     async def _peer_loop(

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from mq import cluster as local
+from mq.broker.loop_lag import STALL_MS
 from mq.protocol import RequestCode, request
 from mq.rpc.client import connect
 
@@ -135,10 +136,12 @@ def _status(args: argparse.Namespace) -> int:
     else:
         for node in nodes:
             blocked = node.get("disk_full")
+            lag = node.get("loop_lag_ms") or 0
             print(
                 f"{node['group']:10s} node {node['node_id']} {node['address']:21s} "
                 f"{node['role']:9s} term {node['term']} pid {node['pid']}"
                 + (f"  DISK FULL ({', '.join(blocked)} stopped)" if blocked else "")
+                + (f"  LOOP STALLED {lag:.0f} ms lately" if lag >= STALL_MS else "")
             )
     return 0
 
@@ -167,6 +170,8 @@ async def node_status(proc: local.ProcessSpec, timeout_s: float = 1.0) -> dict[s
         "min_offset": fields.get("min_offset"),
         "max_offset": fields.get("max_offset"),
         "disk_full": list(fields.get("disk_full") or ()),
+        "loop_lag_ms": fields.get("loop_lag_ms"),
+        "loop_stalls": fields.get("loop_stalls"),
     }
 
 

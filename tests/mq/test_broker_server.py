@@ -295,3 +295,21 @@ async def test_a_planned_stop_answers_held_pulls_before_the_connections_close(
         ((answer, at),) = answers
         assert answer.fields["status"] == "NO_NEW_MSG"
         assert at - released_at < 1, "answered at the stop, not after its 20 s suspend"
+
+
+async def test_a_stalled_event_loop_shows_in_the_status(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def status(server: BrokerServer) -> dict[str, object]:
+        async with connect(server.address) as conn:
+            return dict((await conn.request(request(RequestCode.GET_BROKER_STATUS))).fields)
+
+    async with broker_group() as group:
+        leader = await group.leader()
+        before = await status(leader)
+        assert before["loop_stalls"] == 0 and before["loop_lag_ms"] == 0
+        autojump_clock.jump(0.3)  # as if a blocking call held every loop for 300 ms
+        await trio.sleep(0.2)
+        after = await status(leader)
+        assert after["loop_stalls"] == 1
+        assert 250 <= after["loop_lag_ms"] <= 300  # type: ignore[operator]
