@@ -46,6 +46,11 @@ class Config:
     # the messages of a lone proposal, for followers that apply (and serve reads) up
     # to a heartbeat later. Commit on the leader is the same either way.
     eager_commit_notice: bool = True
+    # A node that starts at term 0 (nothing durable: a new node, or one whose disk was
+    # replaced) neither votes nor campaigns for this many ticks. A replaced disk lost the
+    # node's vote; one election timeout at most (2 * election_ticks) after the node went
+    # down, any election it voted in is over, so it cannot vote twice in that term. 0: off.
+    fresh_vote_hold_ticks: int = 0
     plants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -56,6 +61,8 @@ class Config:
             raise ValueError("heartbeat_ticks must be smaller than election_ticks")
         if self.heartbeat_ticks < 1:
             raise ValueError("heartbeat_ticks must be at least 1")
+        if self.fresh_vote_hold_ticks < 0:
+            raise ValueError("fresh_vote_hold_ticks must not be negative")
         for name in (
             "inflight_msgs_max",
             "inflight_bytes_max",

@@ -107,6 +107,9 @@ class RaftNode:
 
         self._role = _FOLLOWER
         self._leader: int | None = None
+        # Ticks left before a node that started with nothing durable may vote or
+        # campaign (Config.fresh_vote_hold_ticks: a replaced disk forgot its vote).
+        self._vote_hold = config.fresh_vote_hold_ticks if hard_state.term == 0 else 0
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
@@ -363,6 +366,9 @@ class RaftNode:
     # ------------------------------------------------------------------ election
 
     def _tick_election(self) -> None:
+        if self._vote_hold:
+            self._vote_hold -= 1
+            return
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
@@ -432,7 +438,7 @@ class RaftNode:
             self._vote == src
             or (self._vote is None and self._leader is None)
             or (m.pre_vote and m.term > self._term)
-        )
+        ) and not (self._vote_hold and not m.pre_vote)
         if not can_vote and not m.pre_vote and "double_vote" in self._plants:
             can_vote = True
         if can_vote and up_to_date:
@@ -957,7 +963,7 @@ class RaftNode:
     def _on_timeout_now(self, src: int, m: TimeoutNow) -> None:
         """Thesis 3.10: the leader says we are caught up; campaign now, skipping pre-vote
         and flagging the request so voters disregard their leader lease."""
-        if self._role is _LEADER:
+        if self._role is _LEADER or self._vote_hold:
             return
         self._campaign(pre_vote=False, transfer=True)
 
@@ -983,6 +989,7 @@ class RaftNode:
             "last_index": log.last_index(),
             "durable_index": log.durable_index(),
             "election_elapsed": self._election_elapsed,
+            "vote_hold": self._vote_hold,
         }
         if self._role is _LEADER:
             status["transferee"] = self._transferee

@@ -165,13 +165,17 @@ class BrokerConfig:
         return voters
 
     def raft_config(self) -> RaftConfig:
+        election_ticks = max(2, self.election_ms // self.tick_ms)
         return RaftConfig(
-            election_ticks=max(2, self.election_ms // self.tick_ms),
+            election_ticks=election_ticks,
             heartbeat_ticks=max(1, self.heartbeat_ms // self.tick_ms),
             # Followers learn a commit with the next append or heartbeat: a lone send
             # costs the group half the messages. Clients read from the leader; a
             # follower serves reads (no leader) up to heartbeat_ms behind.
             eager_commit_notice=False,
+            # A node on an empty data_dir (new, or its disk replaced) waits out any
+            # election it may have voted in before it votes again (docs/broker.md).
+            fresh_vote_hold_ticks=2 * election_ticks,
         )
 
 

@@ -243,3 +243,55 @@ def test_a_higher_term_response_makes_a_leader_step_down() -> None:
     assert node.role is Role.FOLLOWER
     assert node.term == 4
     assert node.vote is None
+
+
+def test_a_node_that_starts_with_nothing_durable_holds_its_vote() -> None:
+    """Config.fresh_vote_hold_ticks: a replaced disk forgot the node's vote, so for a
+    while it neither votes nor campaigns; pre-votes (which change nothing) it answers."""
+    node = lone_node(Config(fresh_vote_hold_ticks=20), HardState())
+    node.step(Envelope(2, 1, VoteRequest(1, 0, 0)))
+    node.step(Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [
+        VoteResponse(1, False),
+        VoteResponse(2, True, pre_vote=True),
+    ]
+    node.advance(ready)
+    for _ in range(19 + 10):  # the hold, then a whole election timeout: no campaign
+        node.tick()
+    assert node.role is Role.FOLLOWER and node.status()["vote_hold"] == 0
+    node.tick()  # the election timeout (10 ticks) after the hold ended
+    assert node.role is Role.PRE_CANDIDATE
+    node.step(Envelope(3, 1, VoteRequest(5, 0, 0)))  # steps down; votes again
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages][-1] == VoteResponse(5, True)
+
+
+def test_a_replaced_disk_cannot_vote_twice_in_the_term_it_voted_in() -> None:
+    """Node 3 voted for node 1 in term 5, then lost its disk and came back at once. Node
+    2, a candidate of the same term, asks it: without the hold it would grant a second
+    vote in term 5, and nodes 1 and 2 could both win it."""
+    before = lone_node(Config(), HardState(term=5, vote=1), node_id=3)
+    before.step(Envelope(2, 3, VoteRequest(5, 0, 0)))
+    ready = before.ready()
+    assert ready is not None and ready.persisted_messages[-1].msg == VoteResponse(5, False)
+
+    unprotected = lone_node(Config(), HardState(), node_id=3)
+    unprotected.step(Envelope(2, 3, VoteRequest(5, 0, 0)))
+    ready = unprotected.ready()
+    assert ready is not None and ready.persisted_messages[-1].msg == VoteResponse(5, True)
+
+    replaced = lone_node(Config(fresh_vote_hold_ticks=20), HardState(), node_id=3)
+    replaced.step(Envelope(2, 3, VoteRequest(5, 0, 0)))
+    ready = replaced.ready()
+    assert ready is not None and ready.persisted_messages[-1].msg == VoteResponse(5, False)
+
+
+def test_a_node_with_a_durable_term_is_not_held() -> None:
+    node = lone_node(Config(fresh_vote_hold_ticks=20), HardState(term=3))
+    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]

@@ -106,12 +106,13 @@ def test_full_disks_with_crashes_pass_and_the_fault_happens() -> None:
 
 
 def test_retention_and_snapshot_installs_pass_also_when_a_full_disk_kills_the_install() -> None:
-    """Seed 31: every node deletes segments by age; a follower cut off for a few seconds
-    (the `lag` fault) comes back with a full disk, its snapshot install dies of it four
-    times (the process is restarted each time), then it installs once there is room.
-    Every message that left a node is checked to have expired or to have been deleted by
-    the leader that sent the snapshot."""
-    result = run_broker(31, BrokerSimConfig())
+    """Seed 12: every node deletes segments by age; a follower cut off for a few seconds
+    (the `lag` fault) comes back with a full disk, its snapshot install dies of it twice
+    (the process is restarted each time), then it installs once there is room. Every
+    message that left a node is checked to have expired or to have been deleted by the
+    leader that sent the snapshot. (A schedule that finds this depends on every timing
+    in the run: when one changes, look for another seed with these stats.)"""
+    result = run_broker(12, BrokerSimConfig())
     assert result.ok, f"{result.checker}: {result.message}"
     s = result.stats
     assert s["segments_deleted"] > 0 and s["messages_expired"] > 0
