@@ -297,6 +297,11 @@ def test_a_node_whose_disk_was_replaced_rejoins_from_the_snapshot_under_the_same
     cluster.crash(wiped)
     cluster.fss[wiped] = SimFileSystem(cluster.fss[wiped]._rng)
     cluster.start(wiped)
+    # It may have voted in this term before its disk went: it holds its vote for twice
+    # the election timeout (a restarted node that kept its disk does not).
+    config = cluster.configs[wiped].raft_config()
+    assert cluster.cores[wiped].raft.status()["vote_hold"] == 2 * config.election_ticks
+    assert cluster.cores[leader].raft.status()["vote_hold"] == 0
     cluster.settle(30)
     assert cluster.leader() == leader and cluster.cores[leader].raft.term == term
     assert cluster.cores[wiped].stats()["snapshots_installed"] == 1
