@@ -1229,8 +1229,8 @@ class BrokerCore:
     def _prepare_checkpoint(self, work: Work, flushed: int, now_ms: int) -> None:
         """Give the Work a checkpoint at `flushed` (where its CommitLog flush gets the log)
         and, if due, the state snapshot at the checkpoint's offset: the Work syncs queues
-        and index and writes both files, in a worker thread on the leader. Nothing is
-        dispatched before `advance`, so the state encoded now is the one at that offset."""
+        and index and writes both files (the driver runs it in a worker thread). Nothing
+        is dispatched before `advance`, so the state encoded now is the one at that offset."""
         store = self.store
         plan = store.prepare_checkpoint(flushed, now_ms + self.wall_offset_ms)
         work.checkpoint = plan
