@@ -271,16 +271,17 @@ class RealFileSystem:
         _fsync_dir(os.path.dirname(path) or ".")
 
     def _discard(self, path: str) -> bool:
-        """Hand `path` to the trash: False if there is none or `path` is on another
-        file system (then the caller unlinks it); FileNotFoundError if it is gone."""
+        """Hand `path` to the trash: False if there is none or it cannot take `path`
+        (another file system, no room for its directory: the caller unlinks it, and
+        that raises if something is really wrong); FileNotFoundError if `path` is gone."""
         if self.trash is None:
             return False
         try:
             moved = self.trash.discard(path)
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return False
+        except FileNotFoundError:
             raise
+        except OSError:
+            return False
         if not moved:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         return True

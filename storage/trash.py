@@ -27,14 +27,19 @@ class Trash:
     """A directory on the same file system as the files it takes, and its reaper."""
 
     def __init__(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        """Nothing is created here (the directory comes with the first discard), so a
+        node whose disk is full still starts."""
         self.directory = directory
         self._lock = threading.Lock()
         self._pending = 0
         self._idle = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        for name in sorted(os.listdir(directory)):  # left by a crash: garbage by now
+        try:
+            leftovers = sorted(os.listdir(directory))  # left by a crash: garbage by now
+        except FileNotFoundError:
+            leftovers = []
+        for name in leftovers:
             self._enqueue(f"{directory}/{name}")
 
     @property
@@ -46,12 +51,14 @@ class Trash:
     def discard(self, path: str) -> bool:
         """Move `path` into the trash, to be unlinked soon; False if it does not exist.
 
-        The caller makes the removal durable (fsyncs `path`'s directory). An OSError
-        from the rename (EXDEV: `path` is on another file system) leaves `path` as it was.
+        The caller makes the removal durable (fsyncs `path`'s directory). Another
+        OSError (EXDEV: `path` is on another file system; no room for the trash
+        directory) leaves `path` as it was.
         """
         target = f"{self.directory}/{uuid.uuid4().hex}-{os.path.basename(path)}"
         try:
             size = os.stat(path).st_blocks * 512
+            os.makedirs(self.directory, exist_ok=True)
             os.rename(path, target)
         except FileNotFoundError:
             return False

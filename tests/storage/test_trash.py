@@ -98,3 +98,18 @@ def test_the_reaper_survives_a_file_it_cannot_unlink(
     fs.remove(_file(tmp_path / "second"))
     assert fs.trash.drain(10.0)
     assert len(os.listdir(tmp_path / "trash")) == 1  # only the one it could not unlink
+
+
+def test_no_room_for_the_trash_directory_means_an_unlink_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = RealFileSystem(trash_dir=str(tmp_path / "trash"))
+    assert not (tmp_path / "trash").exists(), "a node on a full disk must still start"
+
+    def full(path: str, exist_ok: bool = False) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(os, "makedirs", full)
+    path = _file(tmp_path / "segment")
+    fs.remove(path)
+    assert not os.path.exists(path) and not (tmp_path / "trash").exists()
