@@ -96,3 +96,18 @@ def test_a_node_down_while_the_leader_deletes_segments_catches_up_from_a_snapsho
         assert shown["first_index"] == status["first_index"] > 1
         assert shown["sealed_index"] >= shown["first_index"] - 1
         assert shown["max_offset"] >= status["commit_offset"]
+
+    def trash_emptied() -> bool:
+        # Deleted files went to trash/ and its thread unlinked them: the space is back.
+        return all(
+            not any((Path(cluster.proc(name).data) / "trash").glob("*"))
+            for name in cluster.brokers()
+        )
+
+    wait_until(trash_emptied, "every node to unlink the files it deleted")
+    for name in cluster.brokers():
+        assert (Path(cluster.proc(name).data) / "trash").is_dir(), "retention went by the trash"
+        status = cluster.status(name)
+        assert status is not None
+        segments = sorted((Path(cluster.proc(name).data) / "store" / "commitlog").glob("0*"))
+        assert int(segments[0].name) == status["min_offset"], "a deleted segment is still there"
