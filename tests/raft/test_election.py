@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from raft.config import Config
-from raft.local_cluster import LocalCluster
+from raft.local_cluster import LocalCluster, LocalNode
 from raft.messages import Envelope, HardState, VoteRequest, VoteResponse
 from raft.node import RaftNode, Role
 from tests.raft.helpers import of_type, seed_log, take
@@ -295,3 +297,42 @@ def test_a_node_with_a_durable_term_is_not_held() -> None:
     ready = node.ready()
     assert ready is not None
     assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]
+
+
+@pytest.mark.parametrize("hold", [0, 20])
+def test_a_voter_whose_disk_is_wiped_elects_two_leaders_in_one_term_unless_it_holds(
+    hold: int,
+) -> None:
+    """Nodes 1 and 2 campaign in term 1; node 3 votes for node 1, which wins. Node 3's
+    disk is then replaced and node 2's request reaches it. Without the hold node 3
+    grants it, and node 2 becomes a second leader of term 1."""
+    cluster = LocalCluster(3, Config(pre_vote=False, fresh_vote_hold_ticks=hold))
+    for _ in range(hold):  # every node starts fresh: let the first holds pass
+        for i in cluster.ids:
+            cluster.node(i).tick()
+    for i in (1, 2):
+        while cluster.node(i).role is not Role.CANDIDATE:
+            cluster.node(i).tick()
+        cluster.process(i)
+    assert cluster.node(1).term == cluster.node(2).term == 1
+    to_3 = {env.src: env for env in take(cluster, of_type(VoteRequest, dst=3))}
+    take(cluster, of_type(VoteRequest))  # 1 and 2 refuse each other: they voted
+    cluster.deliver(to_3[1])
+    cluster.process(3)
+    for env in take(cluster, of_type(VoteResponse, src=3, dst=1)):
+        cluster.deliver(env)
+    cluster.process(1)
+    assert cluster.node(1).role is Role.LEADER and cluster.node(1).term == 1
+    cluster.network.clear()  # node 1's appends are late: node 2 still campaigns
+
+    cluster.members[3].raft = None  # the disk is replaced: log, term and vote are gone
+    cluster.members[3] = LocalNode(3, record=True)
+    cluster.restart(3)
+    cluster.deliver(to_3[2])
+    cluster.process(3)
+    answer = take(cluster, of_type(VoteResponse, src=3, dst=2))
+    for env in answer:
+        cluster.deliver(env)
+    cluster.process(2)
+    two_leaders = cluster.node(2).role is Role.LEADER and cluster.node(2).term == 1
+    assert two_leaders == (hold == 0)
