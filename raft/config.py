@@ -49,7 +49,10 @@ class Config:
     # A node that starts at term 0 (nothing durable: a new node, or one whose disk was
     # replaced) neither votes nor campaigns for this many ticks. A replaced disk lost the
     # node's vote; one election timeout at most (2 * election_ticks) after the node went
-    # down, any election it voted in is over, so it cannot vote twice in that term. 0: off.
+    # down, any election it voted in is over, so it cannot vote twice in that term. It
+    # also lost the entries it acknowledged: once a leader tells it a commit index, it
+    # sits out elections until its log reaches it, so its vote cannot elect a node that
+    # lacks them. 0: off (both).
     fresh_vote_hold_ticks: int = 0
     plants: frozenset[str] = field(default_factory=frozenset)
 

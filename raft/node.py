@@ -107,9 +107,14 @@ class RaftNode:
 
         self._role = _FOLLOWER
         self._leader: int | None = None
-        # Ticks left before a node that started with nothing durable may vote or
-        # campaign (Config.fresh_vote_hold_ticks: a replaced disk forgot its vote).
-        self._vote_hold = config.fresh_vote_hold_ticks if hard_state.term == 0 else 0
+        # A node that started with nothing durable (Config.fresh_vote_hold_ticks: a
+        # replaced disk forgot its vote and the entries it acknowledged) sits out
+        # elections for a while, and, once a leader tells it what is committed, until
+        # its log holds that much (`_catch_up_to`).
+        fresh = hard_state.term == 0 and config.fresh_vote_hold_ticks > 0
+        self._vote_hold = config.fresh_vote_hold_ticks if fresh else 0
+        self._fresh = fresh
+        self._catch_up_to: int | None = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
@@ -369,6 +374,8 @@ class RaftNode:
         if self._vote_hold:
             self._vote_hold -= 1
             return
+        if self._sits_out():
+            return
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
@@ -438,7 +445,7 @@ class RaftNode:
             self._vote == src
             or (self._vote is None and self._leader is None)
             or (m.pre_vote and m.term > self._term)
-        ) and not (self._vote_hold and not m.pre_vote)
+        ) and not (not m.pre_vote and self._sits_out())
         if not can_vote and not m.pre_vote and "double_vote" in self._plants:
             can_vote = True
         if can_vote and up_to_date:
@@ -747,6 +754,10 @@ class RaftNode:
             self._become_follower(self._term, src)
         self._leader = src
         self._election_elapsed = 0
+        if self._fresh:
+            self._fresh = False
+            if m.commit > self._log.last_index():
+                self._catch_up_to = m.commit
         self._accept_append(src, m)
 
     def _accept_append(self, src: int, m: AppendRequest) -> None:
@@ -963,9 +974,24 @@ class RaftNode:
     def _on_timeout_now(self, src: int, m: TimeoutNow) -> None:
         """Thesis 3.10: the leader says we are caught up; campaign now, skipping pre-vote
         and flagging the request so voters disregard their leader lease."""
-        if self._role is _LEADER or self._vote_hold:
+        if self._role is _LEADER or self._sits_out():
             return
         self._campaign(pre_vote=False, transfer=True)
+
+    def _sits_out(self) -> bool:
+        """Whether this node may not vote or campaign yet: it started with nothing
+        durable, and either its hold is not over or it has not caught up with what the
+        first leader it heard from had committed. Its disk may have been replaced: with
+        an empty log its vote could elect a node that lacks entries it acknowledged."""
+        if self._vote_hold:
+            return True
+        target = self._catch_up_to
+        if target is None:
+            return False
+        if self._log.last_index() >= target:
+            self._catch_up_to = None
+            return False
+        return True
 
     # ------------------------------------------------------------------ helpers
 
@@ -990,6 +1016,7 @@ class RaftNode:
             "durable_index": log.durable_index(),
             "election_elapsed": self._election_elapsed,
             "vote_hold": self._vote_hold,
+            "catch_up_to": self._catch_up_to,
         }
         if self._role is _LEADER:
             status["transferee"] = self._transferee

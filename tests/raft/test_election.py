@@ -6,7 +6,7 @@ import pytest
 
 from raft.config import Config
 from raft.local_cluster import LocalCluster, LocalNode
-from raft.messages import Envelope, HardState, VoteRequest, VoteResponse
+from raft.messages import AppendRequest, Envelope, HardState, VoteRequest, VoteResponse
 from raft.node import RaftNode, Role
 from tests.raft.helpers import of_type, seed_log, take
 
@@ -336,3 +336,43 @@ def test_a_voter_whose_disk_is_wiped_elects_two_leaders_in_one_term_unless_it_ho
     cluster.process(2)
     two_leaders = cluster.node(2).role is Role.LEADER and cluster.node(2).term == 1
     assert two_leaders == (hold == 0)
+
+
+@pytest.mark.parametrize("hold", [0, 20])
+def test_a_wiped_voter_that_heard_a_commit_index_votes_only_once_it_holds_that_much(
+    hold: int,
+) -> None:
+    """The leader commits entries with one follower alone (the other is cut off). That
+    follower's disk is replaced; it hears one heartbeat, and the leader dies. The other
+    follower, which lacks those committed entries, asks it for its vote: granting it
+    would elect a leader without acknowledged entries. A node that started empty and
+    heard a commit index sits elections out until its log reaches it."""
+    cluster = LocalCluster(3, Config(fresh_vote_hold_ticks=hold))
+    cluster.tick(times=hold)
+    leader = cluster.elect()
+    wiped, behind = (i for i in cluster.ids if i != leader)
+    cluster.blocked |= {(leader, behind), (behind, leader)}
+    for i in range(5):
+        cluster.node(leader).propose(b"acked %d" % i)
+    cluster.run()
+    committed = cluster.node(leader).commit_index
+    assert committed > cluster.members[behind].log.last_index(), "it lacks committed entries"
+
+    cluster.members[wiped].raft = None  # its disk is replaced
+    cluster.members[wiped] = LocalNode(wiped, record=True)
+    cluster.restart(wiped)
+    cluster.tick([wiped], times=hold)  # its hold passes
+    cluster.node(leader).tick()  # a heartbeat tells it the commit index ...
+    cluster.process(leader)
+    for env in take(cluster, of_type(AppendRequest, src=leader, dst=wiped)):
+        cluster.deliver(env)
+    cluster.crash(leader)  # ... and the leader dies before it has caught up
+    cluster.network.clear()
+    cluster.blocked.clear()
+    cluster.tick([behind, wiped], times=200)
+    new_leader = cluster.leader()
+    if hold:
+        assert new_leader is None, "the wiped node sits out until it holds what was committed"
+        assert cluster.node(wiped).status()["catch_up_to"] == committed
+    else:
+        assert new_leader == behind and cluster.members[behind].log.last_index() < committed
