@@ -50,9 +50,10 @@ class Config:
     # replaced) neither votes nor campaigns for this many ticks. A replaced disk lost the
     # node's vote; one election timeout at most (2 * election_ticks) after the node went
     # down, any election it voted in is over, so it cannot vote twice in that term. It
-    # also lost the entries it acknowledged: once a leader tells it a commit index, it
-    # sits out elections until its log reaches it, so its vote cannot elect a node that
-    # lacks them. 0: off (both).
+    # also lost the entries it acknowledged: until a leader has brought its log up to
+    # the commit index that leader reported, it votes only for candidates whose log is
+    # empty too (a brand-new group), so its vote cannot elect a node that lacks them.
+    # 0: off (both).
     fresh_vote_hold_ticks: int = 0
     plants: frozenset[str] = field(default_factory=frozenset)
 

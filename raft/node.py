@@ -113,7 +113,7 @@ class RaftNode:
         # its log holds that much (`_catch_up_to`).
         fresh = hard_state.term == 0 and config.fresh_vote_hold_ticks > 0
         self._vote_hold = config.fresh_vote_hold_ticks if fresh else 0
-        self._fresh = fresh
+        self._unsynced = fresh  # no leader has brought its log up to its commit yet
         self._catch_up_to: int | None = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -445,7 +445,9 @@ class RaftNode:
             self._vote == src
             or (self._vote is None and self._leader is None)
             or (m.pre_vote and m.term > self._term)
-        ) and not (not m.pre_vote and self._sits_out())
+        ) and not (
+            not m.pre_vote and (self._vote_hold or (m.last_log_index > 0 and not self._caught_up()))
+        )
         if not can_vote and not m.pre_vote and "double_vote" in self._plants:
             can_vote = True
         if can_vote and up_to_date:
@@ -490,6 +492,10 @@ class RaftNode:
         """A new leader appends a no-op entry of its term: only a current-term entry can
         be committed by counting replicas (5.4.2), and the no-op commits everything before."""
         assert self._role is _CANDIDATE
+        # A majority elected it, so its log holds every committed entry (Leader
+        # Completeness): a node that started empty needs no leader to catch it up.
+        self._unsynced = False
+        self._catch_up_to = None
         log = self._log
         last = log.last_index()
         # First, so that a log that refuses it (a full disk) leaves a candidate, which
@@ -754,10 +760,8 @@ class RaftNode:
             self._become_follower(self._term, src)
         self._leader = src
         self._election_elapsed = 0
-        if self._fresh:
-            self._fresh = False
-            if m.commit > self._log.last_index():
-                self._catch_up_to = m.commit
+        if self._unsynced and self._catch_up_to is None:
+            self._catch_up_to = m.commit
         self._accept_append(src, m)
 
     def _accept_append(self, src: int, m: AppendRequest) -> None:
@@ -979,19 +983,26 @@ class RaftNode:
         self._campaign(pre_vote=False, transfer=True)
 
     def _sits_out(self) -> bool:
-        """Whether this node may not vote or campaign yet: it started with nothing
-        durable, and either its hold is not over or it has not caught up with what the
-        first leader it heard from had committed. Its disk may have been replaced: with
-        an empty log its vote could elect a node that lacks entries it acknowledged."""
+        """Whether this node may not campaign yet: it started with nothing durable, and
+        its hold is not over or a leader is catching it up."""
         if self._vote_hold:
             return True
+        return self._catch_up_to is not None and not self._caught_up()
+
+    def _caught_up(self) -> bool:
+        """Whether a node that started with nothing durable has since been brought up to
+        what the first leader it heard from had committed. Until then it votes only for
+        a candidate with an empty log (a brand-new group): its disk may have been
+        replaced, and with its empty log its vote could elect a node that lacks entries
+        it acknowledged before."""
+        if not self._unsynced:
+            return True
         target = self._catch_up_to
-        if target is None:
-            return False
-        if self._log.last_index() >= target:
+        if target is not None and self._log.last_index() >= target:
+            self._unsynced = False
             self._catch_up_to = None
-            return False
-        return True
+            return True
+        return False
 
     # ------------------------------------------------------------------ helpers
 
@@ -1017,6 +1028,7 @@ class RaftNode:
             "election_elapsed": self._election_elapsed,
             "vote_hold": self._vote_hold,
             "catch_up_to": self._catch_up_to,
+            "synced": not self._unsynced,
         }
         if self._role is _LEADER:
             status["transferee"] = self._transferee

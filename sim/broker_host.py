@@ -81,6 +81,7 @@ class BrokerHost(SimProcess[ClientRequest]):
         super().__init__(cluster, node_id, rng)
         self.config = config
         self.fs = SimFileSystem(random.Random(rng.getrandbits(64)))
+        self.disk_replacements = 0
         self.core: BrokerCore | None = None
         self._in_flight: Work | None = None
         self._deferred_done = False
@@ -139,6 +140,13 @@ class BrokerHost(SimProcess[ClientRequest]):
 
     def free_disk(self) -> None:
         self.fs.capacity_bytes = None
+
+    def replace_disk(self) -> None:
+        """A new, empty disk for a crashed node (the `wipe` fault): it restarts with no
+        log, no term, no vote and no store."""
+        assert not self.up, "replace the disk of a stopped node"
+        self.fs = SimFileSystem(random.Random(self._rng.getrandbits(64)))
+        self.disk_replacements += 1
 
     # -- life cycle (the rest is SimProcess's)
 

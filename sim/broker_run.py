@@ -43,7 +43,7 @@ from sim.broker_workload import (
     ReplyIds,
 )
 from sim.events import NS_PER_MS, NS_PER_S, EventLoop
-from sim.faults import BROKER_FAULTS, FaultSchedule
+from sim.faults import BROKER_FAULTS, BROKER_FAULTS_KNOWN, FaultSchedule
 from sim.group_checkers import MembershipChecker
 from sim.liveness import Liveness
 from sim.phases import run_phases, world_stats
@@ -62,7 +62,7 @@ class BrokerSimConfig(RunConfig):
     """What a broker run simulates. The defaults are what `mq sim broker` runs."""
 
     plants: ClassVar[Mapping[str, str]] = PLANTS
-    known_faults: ClassVar[Mapping[str, str]] = BROKER_FAULTS
+    known_faults: ClassVar[Mapping[str, str]] = BROKER_FAULTS_KNOWN
 
     faults: tuple[str, ...] = tuple(BROKER_FAULTS)
     producers: int = 3
@@ -120,7 +120,12 @@ def run_broker(
     liveness = Liveness(cluster, probe, int(cfg.liveness_bound_s * NS_PER_S))
     membership = MembershipChecker(cluster)
 
+    replaced = dict.fromkeys(node_ids, 0)
+
     def on_host_start(host: BrokerHost) -> None:
+        if host.disk_replacements != replaced[host.id]:
+            replaced[host.id] = host.disk_replacements
+            checkers.on_disk_replaced(host)
         checkers.on_restart(host, installed=host.installed_at_boot)
         membership.on_restart(host)
 
@@ -171,6 +176,7 @@ def run_broker(
         "segments_deleted": sum(h.segments_deleted for h in cluster.hosts.values()),
         "snapshots_installed": sum(h.snapshots_installed for h in cluster.hosts.values()),
         "disk_full_exits": sum(h.disk_full_exits for h in cluster.hosts.values()),
+        "disks_replaced": sum(h.disk_replacements for h in cluster.hosts.values()),
         "messages_expired": checkers.expired,
         "messages_lost_to_installs": checkers.lost_to_installs,
         "consumer_skips": sum(c.skips for c in workload.consumers),

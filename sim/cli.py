@@ -22,7 +22,7 @@ from raft.config import PLANTS
 from sim.broker_plants import PLANTS as BROKER_PLANTS
 from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import CHECKERS
-from sim.faults import BROKER_FAULTS, FAULTS, parse_faults
+from sim.faults import BROKER_FAULTS, BROKER_FAULTS_KNOWN, FAULTS, OPT_IN_FAULTS, parse_faults
 from sim.liveness import LIVENESS_BOUND_S
 from sim.queue_checkers import QUEUE_CHECKERS
 from sim.report import Simulation, plural, run_one, run_seeds
@@ -129,8 +129,11 @@ def _add_output_arguments(
 def _replay_argv(simulation: str, seed: int, cfg: RunConfig) -> list[str]:
     """The replay command's flags both simulators have; the caller adds the flags of
     its own that differ from their defaults."""
-    everything = tuple(type(cfg).known_faults)
-    faults = "all" if cfg.faults == everything else (",".join(cfg.faults) or "none")
+    everything = tuple(n for n in type(cfg).known_faults if n not in OPT_IN_FAULTS)
+    if set(everything) <= set(cfg.faults):
+        faults = ",".join(["all", *(n for n in cfg.faults if n in OPT_IN_FAULTS)])
+    else:
+        faults = ",".join(cfg.faults) or "none"
     return [
         "mq",
         "sim",
@@ -234,7 +237,7 @@ After --duration seconds of virtual time every fault heals; within {LIVENESS_BOU
 a send must be acknowledged and dispatched on every node, and every node must then
 serve exactly the committed history.
 
-faults: {", ".join(BROKER_FAULTS)}
+faults: {", ".join(BROKER_FAULTS)}; opt in (not in 'all'): wipe
 checkers: {", ".join(QUEUE_CHECKERS)}
 plants: {", ".join(BROKER_PLANTS)}
 """
@@ -248,7 +251,7 @@ def _add_broker(sims: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = _BROKER_DEFAULT
-    _add_run_arguments(broker, d.duration_s, BROKER_FAULTS)
+    _add_run_arguments(broker, d.duration_s, BROKER_FAULTS_KNOWN)
     broker.add_argument(
         "--producers", type=int, default=d.producers, metavar="N",
         help=f"idempotent producers (default {d.producers})",
@@ -312,7 +315,7 @@ def _broker_config(args: argparse.Namespace) -> BrokerSimConfig:
     return BrokerSimConfig(
         nodes=args.nodes,
         duration_s=args.duration,
-        faults=parse_faults(args.faults, BROKER_FAULTS),
+        faults=parse_faults(args.faults, BROKER_FAULTS_KNOWN),
         plant=args.plant,
         producers=args.producers,
         consumers=args.consumers,
@@ -349,6 +352,7 @@ def _summarize_broker(results: list[RunResult]) -> tuple[dict[str, Any], str]:
         "seeds_with_installs": seeds("snapshots_installed"),
         "disk_full_exits": total("disk_full_exits"),
         "seeds_with_disk_full_exits": seeds("disk_full_exits"),
+        "disks_replaced": total("disks_replaced"),
     }
     text = (
         f"retention: {plural(extra['segments_deleted'], 'segment')} deleted on "
@@ -358,6 +362,8 @@ def _summarize_broker(results: list[RunResult]) -> tuple[dict[str, Any], str]:
         f"{extra['disk_full_exits']} processes died of a full disk in an install on "
         f"{extra['seeds_with_disk_full_exits']} seeds"
     )
+    if extra["disks_replaced"]:
+        text += f"; {plural(extra['disks_replaced'], 'disk')} replaced"
     return extra, text
 
 

@@ -69,6 +69,17 @@ BROKER_FAULTS: dict[str, str] = FAULTS | {
 }
 """The faults of `mq sim broker`: its nodes have real stores on simulated disks."""
 
+OPT_IN_FAULTS: dict[str, str] = {
+    "wipe": "a follower's disk is replaced: it restarts empty, and no process or "
+    "partition fault comes until it holds what was committed (opt in: not in 'all')",
+}
+"""Broker faults that `all` leaves out: a wiped disk is a failure until the node has
+caught up, and Raft promises nothing against a second one meanwhile, so this fault
+holds the others back while it lasts and changes every schedule it is part of."""
+
+BROKER_FAULTS_KNOWN: dict[str, str] = BROKER_FAULTS | OPT_IN_FAULTS
+_NODE_FAULTS = frozenset({"crash", "pause", "lag", "partition", "wipe"})
+
 WEIGHTS: dict[str, int] = {
     "drop": 1,
     "dup": 1,
@@ -80,18 +91,22 @@ WEIGHTS: dict[str, int] = {
     "drift": 1,
     "full": 2,
     "lag": 2,
+    "wipe": 2,
 }
 
 
 def parse_faults(text: str, known: Mapping[str, str] = FAULTS) -> tuple[str, ...]:
     """`"drop,crash"` -> ("drop", "crash") in canonical order; "all" or "" -> every kind
-    `known`; "none" -> no faults."""
+    `known` but the opt-in ones; "none" -> no faults."""
     text = text.strip()
     if text in ("", "all"):
-        return tuple(known)
+        return tuple(name for name in known if name not in OPT_IN_FAULTS)
     if text == "none":
         return ()
     names = {part.strip() for part in text.split(",") if part.strip()}
+    if "all" in names:  # "all,wipe": every kind, and an opt-in one
+        names.discard("all")
+        names |= {name for name in known if name not in OPT_IN_FAULTS}
     unknown = sorted(names - known.keys())
     if unknown:
         raise ValueError(f"unknown faults: {', '.join(unknown)} (known: {', '.join(known)})")
@@ -111,7 +126,7 @@ class FaultSchedule:
         self._loop = cluster.loop
         self._trace = cluster.trace
         self._net = cluster.network
-        self.enabled = tuple(name for name in BROKER_FAULTS if name in set(enabled))
+        self.enabled = tuple(name for name in BROKER_FAULTS_KNOWN if name in set(enabled))
         self._choices = [name for name in self.enabled for _ in range(WEIGHTS[name])]
         self.mean_gap_ns = mean_gap_ns
         self.end_ns = 0
@@ -126,7 +141,10 @@ class FaultSchedule:
         self._churn_until_ns = 0
         self._knob_tokens: dict[str, int] = {}
         self._partition_token = 0
-        self.counts: dict[str, int] = {name: 0 for name in BROKER_FAULTS}
+        self.counts: dict[str, int] = {name: 0 for name in BROKER_FAULTS_KNOWN}
+        # The node whose disk was replaced, until it holds the commit index of then.
+        self._wiped: Any = None
+        self._wiped_commit = 0
         # The most room a `full` disk leaves: two CommitLog segments' worth (the broker
         # run sets it from its segment size), so half the time not even one fits.
         self.full_room_max = 64 * 1024
@@ -169,9 +187,42 @@ class FaultSchedule:
         if not self.active or self._loop.now_ns >= self.end_ns:
             return
         kind = self._rng.choice(self._choices)
-        self.counts[kind] += 1
-        getattr(self, "_" + kind)()
+        if not (kind in _NODE_FAULTS and self._wipe_in_progress()):
+            self.counts[kind] += 1
+            getattr(self, "_" + kind)()
         self._later(self._gap(), self._fire)
+
+    def _wipe_in_progress(self) -> bool:
+        """Whether a wiped node has yet to catch up (then no second failure may come)."""
+        host = self._wiped
+        if host is None:
+            return False
+        node = host.node
+        if host.up and node is not None and node.applied_index >= self._wiped_commit:
+            self._trace.emit(f"FAULT n{host.id} caught up after its disk was replaced")
+            self._wiped = None
+            return False
+        return True
+
+    def _wipe(self) -> None:
+        """A follower's disk is replaced, in a calm moment: every node up, a leader, no
+        partition, no armed crash. It restarts on an empty disk after 0.1-2 s."""
+        hosts = [self.cluster.hosts[i] for i in self.cluster.node_ids]
+        leader = self.cluster.leader()
+        calm = (
+            leader is not None
+            and all(h.up and not h.paused and h.node is not None for h in hosts)
+            and not self._net.blocked
+            and not (self.watch_votes or self.watch_persist or self.watch_leaders)
+        )
+        if not calm:
+            return
+        host = self._rng.choice([h for h in hosts if h is not leader])
+        self._wiped_commit = max(h.node.commit_index for h in hosts if h.node is not None)
+        self._wiped = host
+        self._trace.emit(f"FAULT n{host.id} disk replaced (commit was {self._wiped_commit})")
+        self.crash(host, "disk replaced", self._duration(100 * NS_PER_MS, 2 * NS_PER_S))
+        host.replace_disk()
 
     def _duration(self, lo_ns: int, hi_ns: int) -> int:
         return self._rng.randrange(lo_ns, hi_ns + 1)
@@ -263,6 +314,8 @@ class FaultSchedule:
 
     def on_leader_elected(self, host: NodeHost) -> None:
         """Called by a host the moment its node becomes leader."""
+        if self._wipe_in_progress():
+            return
         if self._loop.now_ns > self._churn_until_ns:
             self.watch_leaders = False
             return
@@ -277,6 +330,8 @@ class FaultSchedule:
         earlier terms it inherited. Crashing right then, a sixth of the time, is always on
         with crashes; during leader churn any commit of a leader crashes it, a fifth of
         the time."""
+        if self._wipe_in_progress():
+            return
         p = 0.0
         if first_in_term:
             p = 1 / 6
@@ -344,6 +399,8 @@ class FaultSchedule:
 
     def on_vote_granted(self, host: NodeHost) -> None:
         """Called by a host right after it sent a granted vote (persisted first)."""
+        if self._wipe_in_progress():
+            return
         if self._loop.now_ns > self._votes_until_ns:
             self.watch_votes = False
             return
@@ -353,6 +410,8 @@ class FaultSchedule:
 
     def on_persist_start(self, host: NodeHost, latency_ns: int, syncs_log: bool) -> None:
         """Called by a host when it starts a persist (fsync) of `latency_ns`."""
+        if self._wipe_in_progress():
+            return
         if self._loop.now_ns > self._persist_until_ns:
             self.watch_persist = False
             return

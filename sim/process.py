@@ -66,6 +66,10 @@ class SimProcess(Generic[Request]):
     def free_disk(self) -> None:
         """End `fill_disk`."""
 
+    def replace_disk(self) -> None:
+        """Give a stopped process a new, empty disk (the `wipe` fault, broker hosts)."""
+        raise NotImplementedError(f"{type(self).__name__} has no disk to replace")
+
     # -- what a subclass runs
 
     def _boot(self) -> None:

@@ -335,6 +335,16 @@ class QueueCheckers:
             for entry in source.log.entries(lo, hi + 1, 1 << 62):
                 model.apply(entry.index, entry.term, entry.kind, entry.data)
 
+    def on_disk_replaced(self, host: BrokerHost) -> None:
+        """The node starts on a new, empty disk (the `wipe` fault): what it held is gone
+        for a known reason, so its queues may begin again wherever the leader's data lets
+        them, and its log is compared from the start."""
+        for key in [k for k in self._floor if k[0] == host.id]:
+            del self._floor[key]
+        for key in [k for k in self._scanned if k[0] == host.id]:
+            del self._scanned[key]
+        self._verified[host.id] = 0
+
     def on_restart(self, host: BrokerHost, installed: bool = False) -> None:
         """A restarted node: re-verify its whole committed prefix and its ConsumeQueues
         (recovery rebuilt them from a CommitLog that may have lost a torn tail). If it

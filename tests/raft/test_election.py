@@ -376,3 +376,33 @@ def test_a_wiped_voter_that_heard_a_commit_index_votes_only_once_it_holds_that_m
         assert cluster.node(wiped).status()["catch_up_to"] == committed
     else:
         assert new_leader == behind and cluster.members[behind].log.last_index() < committed
+
+
+def test_a_node_that_started_empty_votes_only_for_empty_logs_until_a_leader_caught_it_up() -> None:
+    """Past its hold, a node that started empty and has not been caught up by a leader
+    grants a vote only to a candidate whose log is empty too (a brand-new group): a
+    candidate with entries means the group ran before, and this node's disk may have
+    held entries that candidate lacks."""
+    node = lone_node(Config(fresh_vote_hold_ticks=2), HardState())
+    node.tick()
+    node.tick()  # the hold is over
+    node.step(Envelope(2, 1, VoteRequest(3, 7, 2)))  # a group that ran before
+    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))  # a brand-new group
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [
+        VoteResponse(3, False),
+        VoteResponse(4, True),
+    ]
+
+
+def test_every_node_of_a_new_group_counts_as_caught_up_once_it_has_a_leader() -> None:
+    """The leader by its election (a majority had its log), the followers by its
+    appends; before, every node of a new group started empty."""
+    cluster = LocalCluster(3, Config(fresh_vote_hold_ticks=2))
+    assert not any(cluster.node(i).status()["synced"] for i in cluster.ids)
+    cluster.tick(times=2)
+    leader = cluster.elect()
+    cluster.node(leader).propose(b"x")
+    cluster.tick(times=3)
+    assert all(cluster.node(i).status()["synced"] for i in cluster.ids)

@@ -35,3 +35,16 @@ def test_a_single_node_group_survives_a_not_leader_without_a_hint(seed: int) -> 
     from an empty list (IndexError) after a restart; it now retries the same node."""
     result = run_broker(seed, BrokerSimConfig(nodes=1, duration_s=20, faults=("crash",)))
     assert result.ok, f"{result.checker}: {result.message}"
+
+
+def test_a_replaced_disk_does_not_elect_a_leader_without_committed_entries() -> None:
+    """Seed 300010 with the `wipe` fault: node 2's disk was replaced; a lossy network had
+    just cost the leader its quorum, so no leader caught node 2 up, and node 2 gave its
+    vote to node 3, whose log lacked entries committed with node 2's old disk. Node 3
+    then committed other entries at those indexes (log_matching). A node that started
+    empty now votes only for a candidate with an empty log until a leader has caught it
+    up (raft/node.py, `_caught_up`)."""
+    cfg = BrokerSimConfig(faults=("drop", "delay", "wipe"))
+    result = run_broker(300010, cfg)
+    assert result.ok, f"{result.checker}: {result.message}"
+    assert result.stats["disks_replaced"] >= 2

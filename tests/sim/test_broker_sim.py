@@ -20,7 +20,7 @@ from sim.broker_cluster import BrokerCluster, broker_configs
 from sim.broker_run import BrokerSimConfig, run_broker
 from sim.checkers import Violation
 from sim.events import EventLoop
-from sim.faults import BROKER_FAULTS, FAULTS, parse_faults
+from sim.faults import BROKER_FAULTS, BROKER_FAULTS_KNOWN, FAULTS, parse_faults
 from sim.group_checkers import MembershipChecker
 from sim.queue_checkers import QueueCheckers
 from sim.trace import Trace
@@ -198,3 +198,21 @@ def test_a_query_answered_with_an_older_generation_after_the_reset_applied_is_a_
         checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], applied, floor=1)
     stale = request(RequestCode.UPDATE_CONSUMER_OFFSET).make_response({"stale": [["T", 0]]})
     checkers.on_offsets_acked("c1", "g", [["T", 0, 5, 0]], stale, floor=1)
+
+
+def test_wipe_is_a_fault_to_ask_for_not_part_of_all() -> None:
+    assert "wipe" not in parse_faults("all", BROKER_FAULTS_KNOWN)
+    assert "wipe" not in BrokerSimConfig().faults
+    assert parse_faults("all,wipe", BROKER_FAULTS_KNOWN) == (*BROKER_FAULTS, "wipe")
+    assert parse_faults("wipe,drop", BROKER_FAULTS_KNOWN) == ("drop", "wipe")
+
+
+def test_replaced_disks_rejoin_under_every_other_fault() -> None:
+    """A follower restarts on an empty disk (no other process or partition fault until
+    it has caught up); the checkers hold it to what it serves from then on."""
+    replaced = 0
+    for seed in (300001, 300003, 300006):
+        result = run_broker(seed, BrokerSimConfig(faults=(*BROKER_FAULTS, "wipe")))
+        assert result.ok, f"seed {seed}: {result.checker}: {result.message}"
+        replaced += result.stats["disks_replaced"]
+    assert replaced >= 4
