@@ -109,8 +109,8 @@ class RaftNode:
         self._leader: int | None = None
         # A node that started with nothing durable (Config.fresh_vote_hold_ticks: a
         # replaced disk forgot its vote and the entries it acknowledged) sits out
-        # elections for a while, and, once a leader tells it what is committed, until
-        # its log holds that much (`_catch_up_to`).
+        # elections for a while, then votes only for empty-log candidates until a leader
+        # has brought its log up to the commit index it reported (`_caught_up`).
         fresh = hard_state.term == 0 and config.fresh_vote_hold_ticks > 0
         self._vote_hold = config.fresh_vote_hold_ticks if fresh else 0
         self._unsynced = fresh  # no leader has brought its log up to its commit yet
@@ -445,9 +445,7 @@ class RaftNode:
             self._vote == src
             or (self._vote is None and self._leader is None)
             or (m.pre_vote and m.term > self._term)
-        ) and not (
-            not m.pre_vote and (self._vote_hold or (m.last_log_index > 0 and not self._caught_up()))
-        )
+        ) and (m.pre_vote or self._may_vote_for(m.last_log_index))
         if not can_vote and not m.pre_vote and "double_vote" in self._plants:
             can_vote = True
         if can_vote and up_to_date:
@@ -981,6 +979,13 @@ class RaftNode:
         if self._role is _LEADER or self._sits_out():
             return
         self._campaign(pre_vote=False, transfer=True)
+
+    def _may_vote_for(self, last_log_index: int) -> bool:
+        """The fresh-start rules (Config.fresh_vote_hold_ticks) on a real vote: none during
+        the hold, then only for an empty-log candidate until caught up."""
+        if self._vote_hold:
+            return False
+        return last_log_index == 0 or self._caught_up()
 
     def _sits_out(self) -> bool:
         """Whether this node may not campaign yet: it started with nothing durable, and

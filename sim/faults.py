@@ -98,9 +98,7 @@ WEIGHTS: dict[str, int] = {
 def parse_faults(text: str, known: Mapping[str, str] = FAULTS) -> tuple[str, ...]:
     """`"drop,crash"` -> ("drop", "crash") in canonical order; "all" or "" -> every kind
     `known` but the opt-in ones; "none" -> no faults."""
-    text = text.strip()
-    if text in ("", "all"):
-        return tuple(name for name in known if name not in OPT_IN_FAULTS)
+    text = text.strip() or "all"
     if text == "none":
         return ()
     names = {part.strip() for part in text.split(",") if part.strip()}
@@ -143,7 +141,7 @@ class FaultSchedule:
         self._partition_token = 0
         self.counts: dict[str, int] = {name: 0 for name in BROKER_FAULTS_KNOWN}
         # The node whose disk was replaced, until it holds the commit index of then.
-        self._wiped: Any = None
+        self._wiped: NodeHost | None = None
         self._wiped_commit = 0
         # The most room a `full` disk leaves: two CommitLog segments' worth (the broker
         # run sets it from its segment size), so half the time not even one fits.

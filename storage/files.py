@@ -264,27 +264,11 @@ class RealFileSystem:
 
     def remove(self, path: str) -> None:
         try:
-            if not self._discard(path):
+            if self.trash is None or not self.trash.discard(path):
                 os.unlink(path)
         except FileNotFoundError:
             return
         _fsync_dir(os.path.dirname(path) or ".")
-
-    def _discard(self, path: str) -> bool:
-        """Hand `path` to the trash: False if there is none or it cannot take `path`
-        (another file system, no room for its directory: the caller unlinks it, and
-        that raises if something is really wrong); FileNotFoundError if `path` is gone."""
-        if self.trash is None:
-            return False
-        try:
-            moved = self.trash.discard(path)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            return False
-        if not moved:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        return True
 
     def read_bytes(self, path: str) -> bytes | None:
         try:

@@ -49,18 +49,19 @@ class Trash:
             return self._pending
 
     def discard(self, path: str) -> bool:
-        """Move `path` into the trash, to be unlinked soon; False if it does not exist.
-
-        The caller makes the removal durable (fsyncs `path`'s directory). Another
-        OSError (EXDEV: `path` is on another file system; no room for the trash
-        directory) leaves `path` as it was.
+        """Move `path` into the trash, to be unlinked soon. False if the trash cannot
+        take it (`path` is on another file system, no room for the trash directory):
+        `path` is as it was, for the caller to unlink. FileNotFoundError if `path` does
+        not exist. The caller makes the removal durable (fsyncs `path`'s directory).
         """
         target = f"{self.directory}/{uuid.uuid4().hex}-{os.path.basename(path)}"
+        size = os.stat(path).st_blocks * 512
         try:
-            size = os.stat(path).st_blocks * 512
             os.makedirs(self.directory, exist_ok=True)
             os.rename(path, target)
         except FileNotFoundError:
+            raise
+        except OSError:
             return False
         self._enqueue(target, size)
         return True

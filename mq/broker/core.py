@@ -256,14 +256,19 @@ class Work:
             checkpoint.run()
             self.state_disk_full = None
             if checkpoint.written and self.state_snapshot is not None:
-                path, data = self.state_snapshot
-                try:
-                    self.fs.write_atomic(path, data)
-                except DiskFullError as exc:
-                    self.state_disk_full = exc
+                self.state_disk_full = _write_or_full(self.fs, *self.state_snapshot)
 
 
 # ---------------------------------------------------------------------- internals
+
+
+def _write_or_full(fs: FileSystem, path: str, data: bytes) -> DiskFullError | None:
+    """`write_atomic`, with a full disk as a result: the previous file stays intact."""
+    try:
+        fs.write_atomic(path, data)
+    except DiskFullError as exc:
+        return exc
+    return None
 
 
 class ReplicatedMessageStore(MessageStore):
@@ -1279,11 +1284,7 @@ class BrokerCore:
         if snapshot is None:
             return
         assert self.store.dispatcher.dispatched_offset <= self.commit_log.flushed_offset
-        try:
-            self.fs.write_atomic(*snapshot)
-            self._note_disk_full("state snapshot", None)
-        except DiskFullError as exc:
-            self._note_disk_full("state snapshot", exc)
+        self._note_disk_full("state snapshot", _write_or_full(self.fs, *snapshot))
 
     # ------------------------------------------------------------------ role
 
