@@ -55,6 +55,13 @@ class Config:
     # empty too (a brand-new group), so its vote cannot elect a node that lacks them.
     # 0: off (both).
     fresh_vote_hold_ticks: int = 0
+    # The node is known to join an existing group (a replaced disk, started with the
+    # broker's `--join`): if it starts at term 0, it neither votes nor campaigns until
+    # a leader has brought its log up to that leader's commit index, not even for an
+    # empty-log candidate. Without it, two empty logs (this one and a node that never
+    # stored anything) look like a brand-new group and could elect each other over the
+    # node that holds the committed entries. No effect once the node has a durable term.
+    join_existing: bool = False
     plants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:

@@ -168,7 +168,9 @@ class LocalCluster:
             self.network.extend(ready.messages)
         self.crash(node_id)
 
-    def restart(self, node_id: int) -> None:
+    def restart(self, node_id: int, config: Config | None = None) -> None:
+        """Start the node again on what it persisted; `config` replaces the cluster's
+        for this start (a replaced disk started with `join_existing`)."""
         member = self.members[node_id]
         assert member.raft is None
         log, sm = member.log, member.sm
@@ -182,7 +184,7 @@ class LocalCluster:
             self.ids,
             member.log,
             member.hard_state,
-            self.config,
+            config or self.config,
             self._rng_factory(node_id),
             applied=member.sm.last_index,
             snapshot_source=member.sm,

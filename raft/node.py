@@ -111,9 +111,11 @@ class RaftNode:
         # replaced disk forgot its vote and the entries it acknowledged) sits out
         # elections for a while, then votes only for empty-log candidates until a leader
         # has brought its log up to the commit index it reported (`_caught_up`).
-        fresh = hard_state.term == 0 and config.fresh_vote_hold_ticks > 0
+        # A joining node (Config.join_existing) votes and campaigns only once caught up.
+        fresh = hard_state.term == 0 and (config.fresh_vote_hold_ticks > 0 or config.join_existing)
         self._vote_hold = config.fresh_vote_hold_ticks if fresh else 0
         self._unsynced = fresh  # no leader has brought its log up to its commit yet
+        self._joining = fresh and config.join_existing
         self._catch_up_to: int | None = None
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -156,6 +158,18 @@ class RaftNode:
     @property
     def commit_index(self) -> int:
         return self._commit
+
+    @property
+    def synced(self) -> bool:
+        """False while a node that started with nothing durable waits for a leader to
+        bring its log up to that leader's commit index (the fresh-start rules)."""
+        return self._caught_up()
+
+    @property
+    def joining(self) -> bool:
+        """A joining node (Config.join_existing) not caught up yet: it neither votes nor
+        campaigns."""
+        return self._joining
 
     @property
     def applied_index(self) -> int:
@@ -982,16 +996,22 @@ class RaftNode:
 
     def _may_vote_for(self, last_log_index: int) -> bool:
         """The fresh-start rules (Config.fresh_vote_hold_ticks) on a real vote: none during
-        the hold, then only for an empty-log candidate until caught up."""
+        the hold, then only for an empty-log candidate until caught up; a joining node
+        (Config.join_existing) none at all until caught up."""
         if self._vote_hold:
             return False
+        if self._joining:
+            return self._caught_up()
         return last_log_index == 0 or self._caught_up()
 
     def _sits_out(self) -> bool:
         """Whether this node may not campaign yet: it started with nothing durable, and
-        its hold is not over or a leader is catching it up."""
+        its hold is not over or a leader is catching it up (a joining node: until a
+        leader has caught it up)."""
         if self._vote_hold:
             return True
+        if self._joining:
+            return not self._caught_up()
         return self._catch_up_to is not None and not self._caught_up()
 
     def _caught_up(self) -> bool:
@@ -1006,6 +1026,7 @@ class RaftNode:
         if target is not None and self._log.last_index() >= target:
             self._unsynced = False
             self._catch_up_to = None
+            self._joining = False
             return True
         return False
 
@@ -1033,7 +1054,8 @@ class RaftNode:
             "election_elapsed": self._election_elapsed,
             "vote_hold": self._vote_hold,
             "catch_up_to": self._catch_up_to,
-            "synced": not self._unsynced,
+            "synced": self.synced,
+            "joining": self._joining,
         }
         if self._role is _LEADER:
             status["transferee"] = self._transferee

@@ -40,6 +40,7 @@ hands the envelopes to the shared network model of sim/network.py.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -143,9 +144,11 @@ class BrokerHost(SimProcess[ClientRequest]):
 
     def replace_disk(self) -> None:
         """A new, empty disk for a crashed node (the `wipe` fault): it restarts with no
-        log, no term, no vote and no store."""
+        log, no term, no vote and no store, and, as docs/broker.md asks of an operator,
+        with `join` (no vote or campaign until a leader has caught it up)."""
         assert not self.up, "replace the disk of a stopped node"
         self.fs = SimFileSystem(random.Random(self._rng.getrandbits(64)))
+        self.config = dataclasses.replace(self.config, join=True)
         self.disk_replacements += 1
 
     # -- life cycle (the rest is SimProcess's)

@@ -69,6 +69,15 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "auto_create_topics",
         {"action": argparse.BooleanOptionalAction, "help": "create unknown topics on send"},
     ),
+    (
+        "--join",
+        "join",
+        {
+            "action": "store_true",
+            "help": "this node joins an existing group (its disk was replaced): no vote "
+            "or campaign until a leader caught it up",
+        },
+    ),
     ("--log-level", "log_level", {"choices": LOG_LEVELS, "help": "log level"}),
 ]
 

@@ -98,6 +98,12 @@ class BrokerConfig:
     """Committed Raft entries per sealed chunk of the on-disk entry index (written at
     checkpoints under `raft-index/`): memory holds only the entries not sealed yet, and
     a start walks only the entries after the last chunk (storage/entry_index.py)."""
+    join: bool = False
+    """This node joins a group that exists already: its disk was replaced. Starting
+    empty, it neither votes nor campaigns until a leader has caught it up, so its vote
+    cannot elect a node that lacks entries it acknowledged on its old disk. Never on
+    every node of a new group (none of them could be elected); no effect on a node
+    whose data directory holds a term."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -176,6 +182,7 @@ class BrokerConfig:
             # A node on an empty data_dir (new, or its disk replaced) waits out any
             # election it may have voted in before it votes again (docs/broker.md).
             fresh_vote_hold_ticks=2 * election_ticks,
+            join_existing=self.join,
         )
 
 

@@ -475,6 +475,13 @@ class BrokerCore:
             entries_scanned=self.entry_log.opened_by_scan,
             topics=len(self._state.topics),
         )
+        if self.raft.joining:
+            _log.info(
+                "joining_existing_group",
+                detail="no vote or campaign until a leader caught this node up",
+            )
+        elif config.join:
+            _log.info("join_ignored", detail="the node has a durable term: it is a member already")
 
     # ------------------------------------------------------------------ recovery
 
@@ -1884,6 +1891,8 @@ class BrokerCore:
             "disk_full": sorted(self._disk_full),
             "loop_lag_ms": round(self._loop_lag.worst_ms, 1),
             "loop_stalls": self._loop_lag.stalls,
+            "synced": raft.synced,
+            "joining": raft.joining,
         }
 
     def record_loop_lag(self, now_ms: int, lag_ms: float) -> None:

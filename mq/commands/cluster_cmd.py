@@ -142,6 +142,7 @@ def _status(args: argparse.Namespace) -> int:
                 f"{node['role']:9s} term {node['term']} pid {node['pid']}"
                 + (f"  DISK FULL ({', '.join(blocked)} stopped)" if blocked else "")
                 + (f"  LOOP STALLED {lag:.0f} ms lately" if lag >= STALL_MS else "")
+                + ("  NOT CAUGHT UP (no vote yet)" if node.get("synced") is False else "")
             )
     return 0
 
@@ -172,6 +173,8 @@ async def node_status(proc: local.ProcessSpec, timeout_s: float = 1.0) -> dict[s
         "disk_full": list(fields.get("disk_full") or ()),
         "loop_lag_ms": fields.get("loop_lag_ms"),
         "loop_stalls": fields.get("loop_stalls"),
+        "synced": fields.get("synced"),
+        "joining": fields.get("joining"),
     }
 
 

@@ -126,6 +126,17 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     assert parsed.tick_ms == 20 and parsed.raft_config().election_ticks == 5
 
 
+def test_join_comes_from_the_flag_or_the_file_and_reaches_raft(tmp_path: Path) -> None:
+    assert not parse_config([]).join
+    assert parse_config(["--join"]).raft_config().join_existing
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG + "\njoin = true\n")
+    assert parse_config(["--config", str(config)]).join
+    config.write_text(CONFIG + '\njoin = "yes"\n')
+    with pytest.raises(ConfigError, match="join"):
+        parse_config(["--config", str(config)])
+
+
 def test_the_default_tick_fits_a_short_heartbeat_and_an_explicit_one_is_checked() -> None:
     assert BrokerConfig().tick_ms == 50
     assert BrokerConfig(heartbeat_ms=20).tick_ms == 20

@@ -337,6 +337,30 @@ def test_a_replaced_disk_waits_for_the_old_leader_if_it_died_then_rejoins_from_t
     assert readable(cluster, wiped) == readable(cluster, new_leader)
 
 
+def test_a_replaced_disk_started_with_join_says_so_until_a_leader_caught_it_up() -> None:
+    cluster = retention_cluster()
+    leader = cluster.elect()
+    send_big(cluster, leader, 12, "a")
+    cluster.tick(RETENTION_MS // 10 + 30)
+    wiped, other = cluster.followers()
+    cluster.crash(wiped)
+    cluster.fss[wiped] = SimFileSystem(cluster.fss[wiped]._rng)
+    cluster.configs[wiped] = dataclasses.replace(cluster.configs[wiped], join=True)
+    cluster.start(wiped)
+    status = cluster.cores[wiped].status()
+    assert status["joining"] and not status["synced"]
+    assert cluster.cores[other].status()["synced"] and not cluster.cores[other].status()["joining"]
+    cluster.settle(30)
+    status = cluster.cores[wiped].status()
+    assert status["synced"] and not status["joining"]
+    assert status["commit_index"] == cluster.cores[leader].status()["commit_index"]
+    assert readable(cluster, wiped) == readable(cluster, leader)
+    # Its data_dir now holds a term: on a restart the flag changes nothing.
+    cluster.crash(wiped)
+    cluster.start(wiped)
+    assert not cluster.cores[wiped].status()["joining"]
+
+
 def test_a_restart_rebuilds_the_state_from_the_segment_snapshot() -> None:
     # Without its state file, a node whose log was compacted rebuilds its topics and
     # offsets from the snapshot where its log begins, not from an empty state.

@@ -27,14 +27,15 @@ async def test_a_node_reports_what_a_full_disk_holds_back() -> None:
         assert (await cluster_cmd.node_status(proc))["disk_full"] == []
 
 
-def test_status_prints_a_full_disk_and_a_stalled_loop(
+def test_status_prints_a_full_disk_a_stalled_loop_and_a_node_not_caught_up(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     nodes = [
         {"group": "broker-a", "node_id": 1, "address": "127.0.0.1:1", "pid": 7,
          "role": "leader", "term": 3, "disk_full": ["log append"]},
         {"group": "broker-a", "node_id": 2, "address": "127.0.0.1:2", "pid": 8,
-         "role": "follower", "term": 3, "disk_full": [], "loop_lag_ms": 99.0},
+         "role": "follower", "term": 3, "disk_full": [], "loop_lag_ms": 99.0,
+         "synced": False, "joining": True},
         {"group": "broker-a", "node_id": 3, "address": "127.0.0.1:3", "pid": 9,
          "role": "follower", "term": 3, "disk_full": [], "loop_lag_ms": 310.4},
     ]  # fmt: skip
@@ -49,6 +50,8 @@ def test_status_prints_a_full_disk_and_a_stalled_loop(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("DISK FULL (log append stopped)")
     assert "DISK" not in lines[1] and "STALL" not in lines[0] + lines[1]
+    assert lines[1].endswith("NOT CAUGHT UP (no vote yet)")
+    assert "CAUGHT" not in lines[0] + lines[2]
     assert lines[2].endswith("LOOP STALLED 310 ms lately")
     assert cluster_cmd._status(argparse.Namespace(dir="/nowhere", json=True)) == 0
     printed = json.loads(capsys.readouterr().out)

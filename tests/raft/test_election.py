@@ -6,7 +6,14 @@ import pytest
 
 from raft.config import Config
 from raft.local_cluster import LocalCluster, LocalNode
-from raft.messages import AppendRequest, Envelope, HardState, VoteRequest, VoteResponse
+from raft.messages import (
+    AppendRequest,
+    Envelope,
+    HardState,
+    VoteRequest,
+    VoteResponse,
+    make_entries,
+)
 from raft.node import RaftNode, Role
 from tests.raft.helpers import of_type, seed_log, take
 
@@ -406,3 +413,80 @@ def test_every_node_of_a_new_group_counts_as_caught_up_once_it_has_a_leader() ->
     cluster.node(leader).propose(b"x")
     cluster.tick(times=3)
     assert all(cluster.node(i).status()["synced"] for i in cluster.ids)
+
+
+def test_a_joining_node_votes_and_campaigns_only_once_a_leader_caught_it_up() -> None:
+    """Config.join_existing: a replaced disk started as such refuses every real vote,
+    even an empty-log candidate's, and never campaigns, until a leader has brought its
+    log up to that leader's commit index; then it is an ordinary voter."""
+    joining = Config(fresh_vote_hold_ticks=2, join_existing=True)
+    node = lone_node(joining, HardState())
+    for _ in range(2 + 50):  # the hold, then five election timeouts: no campaign
+        node.tick()
+    assert node.role is Role.FOLLOWER and node.status()["joining"]
+    node.step(Envelope(2, 1, VoteRequest(1, 0, 0)))  # an empty log: a new group?
+    node.step(Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [
+        VoteResponse(1, False),
+        VoteResponse(2, True, pre_vote=True),
+    ]
+    node.advance(ready)
+
+    # Leader 3 of term 3 has committed index 2; its appends bring this node there.
+    node.step(Envelope(3, 1, AppendRequest(3, 0, 0, (), 2)))
+    node.step(Envelope(3, 1, AppendRequest(3, 0, 0, tuple(make_entries(3, 1, [b"a", b"b"])), 2)))
+    while (ready := node.ready()) is not None:
+        node.advance(ready)
+    status = node.status()
+    assert status["synced"] and not status["joining"]
+    for _ in range(30):  # the leader fell silent: now it campaigns like any node
+        node.tick()
+    assert node.role is not Role.FOLLOWER
+
+
+def test_join_has_no_effect_on_a_node_with_a_durable_term() -> None:
+    node = lone_node(Config(fresh_vote_hold_ticks=2, join_existing=True), HardState(term=3))
+    assert not node.status()["joining"]
+    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
+    ready = node.ready()
+    assert ready is not None
+    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]
+
+
+@pytest.mark.parametrize("join", [False, True])
+def test_a_replaced_disk_and_a_node_that_never_stored_anything_elect_no_one_if_it_joins(
+    join: bool,
+) -> None:
+    """(Sim seed 400042 of `--faults all,wipe`.) Node 1 never stored anything; nodes 2
+    and 3 committed entries. The follower of the two loses its disk while the leader
+    is cut off. Two empty logs look like a brand-new group: without `join_existing`
+    they elect each other, and a leader without the committed entries would overwrite
+    them. Started as joining, the replaced disk votes for no one until caught up."""
+    cluster = LocalCluster(3, Config(fresh_vote_hold_ticks=2))
+    cluster.isolate(1)
+    cluster.tick(times=2)
+    leader = cluster.elect()
+    assert leader != 1
+    for i in range(5):
+        cluster.node(leader).propose(b"acked %d" % i)
+    cluster.run()
+    committed = cluster.node(leader).commit_index
+    assert committed >= 5
+    wiped = next(i for i in (2, 3) if i != leader)
+
+    for blank in (1, wiped):  # node 1 never had anything; the other disk is replaced
+        cluster.members[blank].raft = None
+        cluster.members[blank] = LocalNode(blank, record=True)
+    cluster.restart(1)
+    cluster.restart(wiped, Config(fresh_vote_hold_ticks=2, join_existing=join))
+    cluster.blocked.clear()
+    cluster.isolate(leader)
+    cluster.tick([1, wiped], times=300)
+    elected = [i for i in (1, wiped) if cluster.node(i).role is Role.LEADER]
+    if join:
+        assert elected == [], "the group waits for the node with the entries"
+        assert cluster.node(wiped).status()["joining"]
+    else:
+        assert elected and cluster.members[elected[0]].log.last_index() < committed

@@ -21,6 +21,7 @@ from __future__ import annotations
 import pytest
 
 from sim.broker_run import BrokerSimConfig, run_broker
+from sim.faults import BROKER_FAULTS_KNOWN, parse_faults
 
 
 @pytest.mark.parametrize("seed", [1, 82, 61, 68])
@@ -48,3 +49,15 @@ def test_a_replaced_disk_does_not_elect_a_leader_without_committed_entries() -> 
     result = run_broker(300010, cfg)
     assert result.ok, f"{result.checker}: {result.message}"
     assert result.stats["disks_replaced"] >= 2
+
+
+def test_a_replaced_disk_started_with_join_does_not_elect_another_empty_log() -> None:
+    """Seed 400042 with `all,wipe`: node 1 restarted empty after a power cut and had a
+    full disk since, so it stored nothing; node 3's disk was replaced. The two empty
+    logs looked like a brand-new group and elected node 3, which overwrote the entries
+    nodes 2 and 3 had committed (log_matching). The wipe fault now starts the node with
+    `join` (Config.join_existing): no vote or campaign until a leader caught it up."""
+    faults = parse_faults("all,wipe", BROKER_FAULTS_KNOWN)
+    result = run_broker(400042, BrokerSimConfig(faults=faults))
+    assert result.ok, f"{result.checker}: {result.message}"
+    assert result.stats["disks_replaced"] >= 1
