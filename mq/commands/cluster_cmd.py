@@ -1,4 +1,5 @@
-"""`mq cluster up|down|status|kill-node|start-node`: a local cluster as separate processes."""
+"""`mq cluster up|down|status|kill-node|start-node|replace-disk`: a local cluster as separate
+processes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import trio
 
 from mq import cluster as local
 from mq.broker.loop_lag import STALL_MS
+from mq.commands import replace_disk
 from mq.protocol import RequestCode, request
 from mq.rpc.client import connect
 
@@ -53,6 +55,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _dir_flag(start)
     start.add_argument("name")
     start.set_defaults(handler=_start)
+
+    replace = actions.add_parser(
+        "replace-disk",
+        help="give a broker node an empty disk, as docs/broker.md says (others caught up "
+        "first, then --join), and wait until it has caught up",
+    )
+    _dir_flag(replace)
+    replace.add_argument("name")
+    replace.add_argument(
+        "--force", action="store_true", help="go on even if another node is not caught up"
+    )
+    replace.add_argument(
+        "--timeout",
+        type=float,
+        default=replace_disk.CATCH_UP_TIMEOUT_S,
+        help="seconds to wait for it to catch up (default %(default)s)",
+    )
+    replace.set_defaults(handler=_replace_disk)
 
 
 def _dir_flag(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +146,10 @@ def _start(args: argparse.Namespace) -> int:
     spec.save()
     print(f"started {args.name} (pid {proc.pid})")
     return 0
+
+
+def _replace_disk(args: argparse.Namespace) -> int:
+    return replace_disk.run(args, node_status)
 
 
 def _status(args: argparse.Namespace) -> int:
