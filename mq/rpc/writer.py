@@ -3,12 +3,18 @@ together in the next one.
 
 With many requests in flight on one connection (a producer's window, a leader answering
 a whole committed batch at once), writing each frame with its own `send` costs a syscall
-and, on the other side, a wake-up and a `recv` per frame. Here the first writer writes;
-frames that arrive meanwhile are queued, and the writer sends all of them with one
-`send` once its own write returns, until the queue is empty. Every caller still returns
-only once its frame has been handed to the OS, frames never interleave, and they go out
-in the order `write` was called. Bodies over `inline_bytes_max` are sent on their own
-(no copy into the joined buffer).
+and, on the other side, a wake-up and a `recv` per frame. Here frames queue into the
+current *batch*; one caller writes it, and frames that arrive meanwhile form the next
+batch. Every caller still returns only once its frame has been handed to the OS, frames
+never interleave, and they go out in the order `write` was called. Bodies over
+`inline_bytes_max` are sent on their own (no copy into the joined buffer).
+
+A caller writes at most one batch, the one holding its own frame, and then hands the
+next batch to one of that batch's callers. Writing "until the queue is empty" instead
+let one caller be the writer for everybody while a busy producer kept queueing: its own
+response sat unread until its timeout cancelled it part-way through someone else's
+frame, which fails the connection and every request on it (a window of 256 sends lost
+its connection every few seconds).
 
 Runs on anyio, so both the trio server and the anyio client use it.
 """
@@ -22,6 +28,19 @@ import anyio.lowlevel
 
 Buffer = bytes | bytearray | memoryview
 INLINE_BYTES_MAX_DEFAULT = 64 * 1024
+
+
+class _Batch:
+    """Frames queued for one write, and the callers waiting for it."""
+
+    __slots__ = ("parts", "wake", "written")
+
+    def __init__(self) -> None:
+        self.parts: list[Buffer] = []
+        # Set when the batch is written (or the stream failed), or when the writer
+        # before it is done and one of this batch's callers should write it.
+        self.wake = anyio.Event()
+        self.written = False
 
 
 class CoalescingWriter:
@@ -41,8 +60,7 @@ class CoalescingWriter:
         self._broken = broken
         self._inline_bytes_max = inline_bytes_max
         self._gather = gather
-        self._parts: list[Buffer] = []
-        self._next_done = anyio.Event()
+        self._queued: _Batch | None = None  # the batch taking frames, not being written
         self._writing = False
         self._failure: str | None = None
         self.writes = 0
@@ -70,24 +88,36 @@ class CoalescingWriter:
         """Write several frames, in order, sharing writes; as `write` otherwise."""
         if self._failure is not None:
             raise self._broken(self._failure)
+        batch = self._queued
+        if batch is None:
+            batch = self._queued = _Batch()
+        parts = batch.parts
         for head, body in frames:
-            self._parts.append(head)
+            parts.append(head)
             if body:
-                self._parts.append(body)
+                parts.append(body)
         self.frames += len(frames)
         if on_queued is not None:
             on_queued()
-        await self._flush()
+        await self._flush(batch)
 
-    async def _flush(self) -> None:
-        if self._writing:
-            done = self._next_done
-            await done.wait()
+    async def _flush(self, batch: _Batch) -> None:
+        while not batch.written:
             if self._failure is not None:
                 raise self._broken(self._failure)
-            return
+            if self._writing:
+                wake = batch.wake
+                await wake.wait()
+                continue
+            await self._write_batch(batch)
+        if self._failure is not None:
+            raise self._broken(self._failure)
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        """Write `batch` (still the queued one: it is taken only here), then hand the
+        next batch, if any, to its callers."""
         self._writing = True
-        done = self._next_done
+        batch.wake = anyio.Event()  # the other callers of this batch now wait for it
         try:
             if self._gather:
                 # Let the other tasks of this scheduling round (a leader answering a
@@ -96,18 +126,18 @@ class CoalescingWriter:
                 # stream broken (it would fail every frame queued behind this one).
                 with anyio.CancelScope(shield=True):
                     await anyio.lowlevel.checkpoint()
-            while self._parts:
-                parts, self._parts = self._parts, []
-                done, self._next_done = self._next_done, anyio.Event()
-                await self._send_parts(parts)
-                done.set()
+            assert self._queued is batch
+            self._queued = None
+            await self._send_parts(batch.parts)
         except BaseException as exc:
             self._failure = f"write failed: {type(exc).__name__}: {exc}"
-            done.set()
-            self._next_done.set()
             raise
         finally:
             self._writing = False
+            batch.written = True
+            batch.wake.set()
+            if self._queued is not None:
+                self._queued.wake.set()  # one of its callers writes it next
 
     async def _send_parts(self, parts: list[Buffer]) -> None:
         small: list[Buffer] = []

@@ -73,3 +73,43 @@ async def test_a_failed_write_fails_its_waiters_and_later_writes(
     assert len(errors) == 5 and writer.failed
     with pytest.raises(trio.BrokenResourceError):
         await writer.write(b"later")
+
+
+async def test_a_caller_writes_only_the_batch_with_its_frame_then_hands_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While others keep queueing, the first caller returns once its own batch is
+    written: it is not kept writing everybody's frames (its request's timeout would then
+    cancel it part-way through someone else's frame, failing the whole connection)."""
+    stream = SlowStream()
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
+    returned: dict[str, int] = {}
+
+    async def one(name: bytes) -> None:
+        await writer.write(name)
+        returned[name.decode()] = len(stream.writes)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, b"first")
+        for i in range(30):  # a busy producer: a new frame every 5 ms, each write 10 ms
+            await trio.sleep(0.005)
+            nursery.start_soon(one, b"n%02d" % i)
+    assert returned["first"] == 1, "the first caller wrote its own batch only"
+    assert b"".join(stream.writes) == b"first" + b"".join(b"n%02d" % i for i in range(30))
+    assert all(0 < n <= len(stream.writes) for n in returned.values())
+
+
+async def test_frames_of_callers_that_gave_up_go_out_with_the_next_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream = SlowStream()
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.write, b"a")
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.001):  # queued behind "a", then gives up
+            await writer.write(b"b")
+        await trio.sleep(1)
+    assert stream.writes == [b"a"] and not writer.failed
+    await writer.write(b"c")
+    assert b"".join(stream.writes) == b"abc", "frames keep their order"
