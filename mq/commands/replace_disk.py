@@ -41,15 +41,23 @@ def run(args: argparse.Namespace, status_of: StatusOf) -> int:
         return 1
     group = [p for p in spec.brokers() if p.group == proc.group]
     others = [p for p in group if p.name != proc.name]
-    problem, commit = trio.run(_peers_caught_up, status_of, group, others, PEERS_TIMEOUT_S)
+    if others:
+        problem, commit = trio.run(_peers_caught_up, status_of, group, others, PEERS_TIMEOUT_S)
+    else:
+        problem, commit = (
+            f"{args.name} is the only node of {proc.group}: its disk holds the only copy",
+            -1,
+        )
     if problem is not None:
         if not args.force:
-            print(
-                f"refusing to replace the disk of {args.name}: {problem}. With its disk gone, "
-                "entries acknowledged with its help could be on too few nodes. Wait until "
-                "every other node of the group is up and caught up (`mq cluster status`), "
-                "or pass --force."
+            advice = (
+                "With its disk gone, entries acknowledged with its help could be on too "
+                "few nodes. Wait until every other node of the group is up and caught up "
+                "(`mq cluster status`), or pass --force."
+                if others
+                else "Pass --force to replace it anyway."
             )
+            print(f"refusing to replace the disk of {args.name}: {problem}. {advice}")
             return 1
         print(f"warning: {problem}; going on (--force)")
     else:
