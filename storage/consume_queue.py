@@ -7,7 +7,7 @@ then two O(1) steps: unit = queue[offset], record = commitlog[unit.commit_offset
 
 File layout (little-endian), under ``<root>/<topic>/<queue_id>/``::
 
-    segment file  = units_per_segment units of UNIT_BYTES, preallocated, zero-filled
+    segment file  = units_per_segment units of UNIT_BYTES, sparse (a hole reads as zeros)
     name          = 20-digit zero-padded queue offset of the segment's first unit,
                     always a multiple of units_per_segment
     unit (20 B)   = commit_offset u64 | size u32 | tag_hash u64
@@ -300,7 +300,7 @@ class ConsumeQueue:
             self._flushed = self._max
             self._dirty = False
         segment = self._fs.open_segment(
-            f"{self.directory}/{segment_name(base)}", self._segment_bytes
+            f"{self.directory}/{segment_name(base)}", self._segment_bytes, sparse=True
         )
         if not self._segments:
             self._first_base = base
@@ -460,7 +460,7 @@ class ConsumeQueue:
                     f"({self._units} units per segment)"
                 )
             self._segments.append(
-                _SegmentRef(base, self._fs.open_segment(path, self._segment_bytes))
+                _SegmentRef(base, self._fs.open_segment(path, self._segment_bytes, sparse=True))
             )
         if not self._segments:
             return
@@ -609,7 +609,7 @@ class ConsumeQueue:
             return
         self._fs.makedirs(self.directory)
         segment = self._fs.open_segment(
-            f"{self.directory}/{segment_name(base)}", self._segment_bytes
+            f"{self.directory}/{segment_name(base)}", self._segment_bytes, sparse=True
         )
         self._segments.append(_SegmentRef(base, segment))
         if next_offset > base:

@@ -16,6 +16,12 @@ Contract shared by both (the tests in tests/storage/test_files.py hold each to i
   nothing was written. Space is reserved when the segment is created, so a full
   disk surfaces as `DiskFullError` from `open_segment`, never as a fault in the
   middle of a write (a write into an mmap'd hole on a full disk would be SIGBUS).
+* Except a *sparse* segment (`open_segment(..., sparse=True)`, for the many small
+  per-queue files): no space is reserved, every write goes through `pwrite`, and a
+  write the disk has no room for raises `DiskFullError` (part of it may have landed,
+  as with a torn write). A thousand queues then hold a few KiB each, not 6 MB each,
+  and a new file's first write costs a syscall: a store into a freshly mapped file
+  took 2-24 ms here (its first write fault), one such stall per new queue.
 * Bytes written are visible to reads at once; they survive a crash only after a
   `sync()` of that segment returned.
 * Metadata operations (create, remove, `write_atomic`, `makedirs`) are durable when
@@ -85,7 +91,7 @@ class Segment(Protocol):
 class FileSystem(Protocol):
     """Where segments and small files live; see the module docstring for the contract."""
 
-    def open_segment(self, path: str, capacity: int) -> Segment: ...
+    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment: ...
 
     def listdir(self, path: str) -> list[str]: ...
 
@@ -119,14 +125,17 @@ def _check_range(pos: int, size: int, capacity: int, path: str) -> None:
 class RealSegment:
     """A preallocated file mapped with mmap; reads are views into the page cache."""
 
-    def __init__(self, path: str, capacity: int) -> None:
+    def __init__(self, path: str, capacity: int, *, sparse: bool = False) -> None:
         self._path = path
         self._capacity = capacity
+        self._sparse = sparse
         created = not os.path.exists(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
-            if size < capacity:
+            if size < capacity and sparse:
+                os.ftruncate(fd, capacity)  # a hole: blocks are allocated as written
+            elif size < capacity:
                 try:
                     os.posix_fallocate(fd, 0, capacity)
                 except OSError as exc:
@@ -167,27 +176,36 @@ class RealSegment:
         size = data.nbytes if isinstance(data, memoryview) else len(data)
         if pos < 0 or pos + size > self._capacity:
             _check_range(pos, size, self._capacity, self._path)
-        if size < _PWRITE_BYTES_MIN:
+        if size < _PWRITE_BYTES_MIN and not self._sparse:
             self._mm[pos : pos + size] = data
             return
         # pwrite, not a store into the mapping: the first store into each page of a
         # preallocated (unwritten-extent) file takes a write fault + page_mkwrite per
         # 4 KiB, measured 2-3x slower than pwrite on ext4. Both go through the one page
         # cache, so mmap readers (and views already handed out) see the bytes at once,
-        # and an I/O error surfaces as OSError instead of SIGBUS.
+        # and an I/O error surfaces as OSError instead of SIGBUS (a sparse segment's
+        # full disk as DiskFullError).
         src = memoryview(data).cast("B")
-        while src.nbytes:
-            n = os.pwrite(self._fd, src, pos)
-            if n <= 0:
-                raise OSError(errno.EIO, f"pwrite wrote {n} bytes", self._path)
-            src = src[n:]
-            pos += n
+        try:
+            while src.nbytes:
+                n = os.pwrite(self._fd, src, pos)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"pwrite wrote {n} bytes", self._path)
+                src = src[n:]
+                pos += n
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(self._path, src.nbytes) from exc
+            raise
 
     def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
         if self._view is None:
             raise ClosedSegmentError(self._path)
         if pos < 0 or pos + layout.size > self._capacity:
             _check_range(pos, layout.size, self._capacity, self._path)
+        if self._sparse:
+            self.write(pos, layout.pack(*values))
+            return
         layout.pack_into(self._mm, pos, *values)
 
     def read(self, pos: int, size: int) -> memoryview:
@@ -232,8 +250,8 @@ class RealFileSystem:
     def __init__(self, trash_dir: str | None = None) -> None:
         self.trash = None if trash_dir is None else Trash(trash_dir)
 
-    def open_segment(self, path: str, capacity: int) -> Segment:
-        return RealSegment(path, capacity)
+    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
+        return RealSegment(path, capacity, sparse=sparse)
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -308,6 +326,9 @@ class RealFileSystem:
 
 # --------------------------------------------------------------------------- simulated files
 
+SIM_PAGE_BYTES = 4096
+"""A sparse simulated file takes room in pages of this size, as a file system's blocks."""
+
 
 @dataclass
 class _SimFile:
@@ -317,6 +338,12 @@ class _SimFile:
     durable: bytearray
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     generation: int = 0
+    # A sparse file's allocated bytes (whole pages up to the furthest write), charged
+    # as written; None: the whole capacity, charged at creation.
+    allocated: int | None = None
+
+    def used(self) -> int:
+        return len(self.data) if self.allocated is None else self.allocated
 
 
 class SimSegment:
@@ -346,15 +373,21 @@ class SimSegment:
         f = self._live()
         chunk = bytes(memoryview(data).cast("B"))
         _check_range(pos, len(chunk), len(f.data), self._path)
+        self._allocate(f, pos + len(chunk))
         f.data[pos : pos + len(chunk)] = chunk
         f.pending.append((pos, chunk))
 
     def pack_into(self, layout: struct.Struct, pos: int, *values: int) -> None:
-        f = self._live()
-        chunk = layout.pack(*values)
-        _check_range(pos, len(chunk), len(f.data), self._path)
-        f.data[pos : pos + len(chunk)] = chunk
-        f.pending.append((pos, chunk))
+        self.write(pos, layout.pack(*values))
+
+    def _allocate(self, f: _SimFile, end: int) -> None:
+        """A sparse file takes room as it is written: DiskFullError (nothing written)
+        if the disk has none for the pages up to `end`."""
+        if f.allocated is None or end <= f.allocated:
+            return
+        pages = min(len(f.data), -(-end // SIM_PAGE_BYTES) * SIM_PAGE_BYTES)
+        self._fs._reserve(self._path, pages - f.allocated)
+        f.allocated = pages
 
     def read(self, pos: int, size: int) -> memoryview:
         f = self._live()
@@ -403,7 +436,7 @@ class SimFileSystem:
             raise self.sync_error
 
     def used_bytes(self) -> int:
-        return sum(len(f.data) for f in self._files.values()) + sum(
+        return sum(f.used() for f in self._files.values()) + sum(
             len(b) for b in self._small.values()
         )
 
@@ -441,12 +474,22 @@ class SimFileSystem:
 
     # -- FileSystem
 
-    def open_segment(self, path: str, capacity: int) -> Segment:
+    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
         f = self._files.get(path)
         if f is None:
-            self._reserve(path, capacity)
-            f = _SimFile(data=bytearray(capacity), durable=bytearray(capacity))
+            if not sparse:
+                self._reserve(path, capacity)
+            f = _SimFile(
+                data=bytearray(capacity),
+                durable=bytearray(capacity),
+                allocated=0 if sparse else None,
+            )
             self._files[path] = f
+        elif f.allocated is not None:
+            if len(f.data) != capacity:
+                raise ValueError(
+                    f"{path}: sparse file has {len(f.data)} bytes, capacity is {capacity}"
+                )
         elif len(f.data) != capacity:
             if len(f.data) > capacity:
                 raise ValueError(

@@ -18,7 +18,7 @@ from mq.broker.segment_snapshot import SegmentSnapshot, SnapshotFiles
 from mq.protocol import RequestCode, decode_frame, request
 from raft.messages import SnapshotRequest
 from storage.entry_log import inner_frames
-from storage.files import SimFileSystem
+from storage.files import SIM_PAGE_BYTES, SimFileSystem
 from tests.mq.broker_cluster import CoreCluster, send_request
 from tests.mq.test_broker_core import bodies_of
 
@@ -440,9 +440,9 @@ def test_a_crash_between_compaction_and_deletion_is_finished_on_restart(
 
 def hold_dispatch(cluster: CoreCluster, leader: int, node: int) -> None:
     """Leave `node` room for small files only, then send to a new topic: its dispatch
-    waits for a ConsumeQueue file (20 KB) that does not fit."""
+    waits for the first page of a ConsumeQueue file (sparse: 4 KiB) that does not fit."""
     fs = cluster.fss[node]
-    fs.capacity_bytes = fs.used_bytes() + 10_000
+    fs.capacity_bytes = fs.used_bytes() + SIM_PAGE_BYTES - 1
     assert cluster.request(leader, send_request("other", [b"x"])).ok
 
 

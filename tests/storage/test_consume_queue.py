@@ -82,8 +82,8 @@ class CountingFileSystem(SimFileSystem):
         super().__init__(random.Random(1))
         self.reads = [0]
 
-    def open_segment(self, path, capacity):
-        return CountingSegment(super().open_segment(path, capacity), self.reads)
+    def open_segment(self, path, capacity, *, sparse=False):
+        return CountingSegment(super().open_segment(path, capacity, sparse=sparse), self.reads)
 
 
 # ---------------------------------------------------------------- append and read

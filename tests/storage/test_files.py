@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +141,72 @@ def test_real_makedirs_syncs_each_new_directory_into_its_parent(tmp_path, monkey
     fs.makedirs(f"{tmp_path}/a/b/c")
     fs.makedirs(f"{tmp_path}/a/b/d")
     assert synced == [f"{tmp_path}/a/b"]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_sparse_segment_keeps_the_contract_for_reads_writes_and_reopening(fs_and_dir, sparse):
+    fs, d = fs_and_dir
+    path = f"{d}/cq"
+    seg = fs.open_segment(path, 3 * 4096, sparse=sparse)
+    assert bytes(seg.read(0, 3 * 4096)) == bytes(3 * 4096)
+    view = seg.read(4090, 12)
+    seg.write(4090, b"across pages")
+    seg.pack_into(struct.Struct("<QI"), 20, 7, 9)
+    assert bytes(seg.read(4090, 12)) == b"across pages"
+    assert struct.unpack_from("<QI", seg.read(20, 12)) == (7, 9)
+    if not isinstance(fs, SimFileSystem):
+        assert bytes(view) == b"across pages", "real reads are views of the page cache"
+    del view
+    seg.sync()
+    seg.close()
+    again = fs.open_segment(path, 3 * 4096, sparse=sparse)
+    assert bytes(again.read(4090, 12)) == b"across pages"
+    again.close()
+
+
+def test_a_sparse_real_segment_takes_blocks_only_where_written(tmp_path):
+    fs = RealFileSystem()
+    dense = fs.open_segment(str(tmp_path / "dense"), 6_000_000)
+    sparse = fs.open_segment(str(tmp_path / "sparse"), 6_000_000, sparse=True)
+    dense.write(0, b"unit")
+    sparse.write(0, b"unit")
+    assert os.stat(tmp_path / "sparse").st_size == 6_000_000
+    assert os.stat(tmp_path / "sparse").st_blocks * 512 <= 64 * 1024
+    assert os.stat(tmp_path / "dense").st_blocks * 512 >= 6_000_000
+    dense.close()
+    sparse.close()
+
+
+def test_a_sparse_real_segment_on_a_full_disk_raises_disk_full(tmp_path, monkeypatch):
+    seg = RealFileSystem().open_segment(str(tmp_path / "cq"), 4096, sparse=True)
+
+    def no_space(fd: int, data: object, pos: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    with pytest.raises(DiskFullError):
+        seg.write(0, b"unit")
+    with pytest.raises(DiskFullError):
+        seg.pack_into(struct.Struct("<Q"), 8, 1)
+    monkeypatch.undo()
+    seg.write(0, b"unit")
+    assert bytes(seg.read(0, 4)) == b"unit"
+    seg.close()
+
+
+def test_a_sparse_sim_segment_takes_room_page_by_page_and_refuses_what_does_not_fit():
+    fs = SimFileSystem(random.Random(1))
+    seg = fs.open_segment("/cq", 6_000_000, sparse=True)
+    assert fs.used_bytes() == 0
+    seg.write(0, b"unit")
+    assert fs.used_bytes() == files.SIM_PAGE_BYTES
+    fs.capacity_bytes = fs.used_bytes() + 100
+    seg.write(4000, b"x" * 96)  # within the first page
+    with pytest.raises(DiskFullError):
+        seg.write(4090, b"across pages")
+    assert bytes(seg.read(4090, 12)) == b"x" * 6 + bytes(6), "nothing written"
+    with pytest.raises(DiskFullError):
+        fs.open_segment("/dense", 4096)
+    fs.capacity_bytes = None
+    seg.write(4090, b"across pages")
+    assert fs.used_bytes() == 2 * files.SIM_PAGE_BYTES

@@ -96,9 +96,9 @@ class CrashingFileSystem(SimFileSystem):
             raise PowerCut
         self.budget -= 1
 
-    def open_segment(self, path: str, capacity: int) -> Segment:
+    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
         self.spend()
-        return BudgetSegment(super().open_segment(path, capacity), self)
+        return BudgetSegment(super().open_segment(path, capacity, sparse=sparse), self)
 
     def remove(self, path: str) -> None:
         self.spend()
