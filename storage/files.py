@@ -123,7 +123,8 @@ def _check_range(pos: int, size: int, capacity: int, path: str) -> None:
 
 
 class RealSegment:
-    """A preallocated file mapped with mmap; reads are views into the page cache."""
+    """A preallocated (or, `sparse`, a holed and pwrite-only) file mapped with mmap;
+    reads are views into the page cache."""
 
     def __init__(self, path: str, capacity: int, *, sparse: bool = False) -> None:
         self._path = path
