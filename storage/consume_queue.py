@@ -78,6 +78,10 @@ _UNIT_WORDS = UNIT_BYTES // 4
 _SIZE_WORD = 2
 
 
+def _parent_dir(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else "."
+
+
 class ConsumeQueueError(ValueError):
     """The files under a queue directory do not form a valid ConsumeQueue."""
 
@@ -192,6 +196,8 @@ class ConsumeQueue:
         self._max = 0
         self._flushed = 0
         self._dirty = False
+        # Directories holding names `_roll` created that `flush` has not synced yet.
+        self._unsynced_dirs: set[str] = set()
         # Cached tail: the segment _max lives in, or the one it just filled.
         self._tail: Segment | None = None
         self._tail_base = 0
@@ -219,8 +225,8 @@ class ConsumeQueue:
 
     @property
     def dirty(self) -> bool:
-        """Whether units were written since the last flush."""
-        return self._dirty
+        """Whether units were written, or files created, since the last flush."""
+        return self._dirty or bool(self._unsynced_dirs)
 
     @property
     def units_per_segment(self) -> int:
@@ -294,14 +300,26 @@ class ConsumeQueue:
         """
         base = self._tail_end
         assert base % self._units == 0
-        self._fs.makedirs(self.directory)
+        # The new names (topic and queue directories, the file) become durable with the
+        # units at the next `flush`, which a checkpoint runs off the event loop: each
+        # directory fsync here cost a dispatch 1-5 ms per new queue.
+        directory = self.directory.rstrip("/")
+        missing = directory
+        while missing and not self._fs.exists(missing):
+            self._unsynced_dirs.add(_parent_dir(missing))  # its entry is in its parent
+            missing = _parent_dir(missing)
+        self._fs.makedirs(directory, durable=False)
         if self._tail is not None and self._dirty:
             self._tail.sync()
             self._flushed = self._max
             self._dirty = False
         segment = self._fs.open_segment(
-            f"{self.directory}/{segment_name(base)}", self._segment_bytes, sparse=True
+            f"{self.directory}/{segment_name(base)}",
+            self._segment_bytes,
+            sparse=True,
+            durable=False,
         )
+        self._unsynced_dirs.add(directory)
         if not self._segments:
             self._first_base = base
         self._segments.append(_SegmentRef(base, segment))
@@ -416,13 +434,26 @@ class ConsumeQueue:
 
     # ------------------------------------------------------------------ durability
 
-    def flush(self) -> None:
-        """Make every unit put so far durable (one sync of the tail at most)."""
+    def flush(self, names: set[str] | None = None) -> None:
+        """Make every unit put so far durable (one sync of the tail at most), and the
+        names of the files and directories `_roll` created. With `names`, the
+        directories to sync are added to it instead, for the caller to sync once for
+        many queues (a checkpoint after a burst of new topics) before relying on them."""
         if self._dirty:
             assert self._tail is not None
             self._tail.sync()
             self._dirty = False
+        if names is None:
+            self._sync_names()
+        else:
+            names |= self._unsynced_dirs
+            self._unsynced_dirs.clear()
         self._flushed = self._max
+
+    def _sync_names(self, *also: str) -> None:
+        for d in sorted(self._unsynced_dirs.union(also)):
+            self._fs.sync_dir(d)
+        self._unsynced_dirs.clear()
 
     def close(self) -> None:
         """Release the segment handles; the queue must not be used afterwards."""
@@ -569,6 +600,7 @@ class ConsumeQueue:
                 f"{self.directory}: truncate to {queue_offset} outside [{self._first_base}, {self._max}]"
             )
         self._cut_after(queue_offset)
+        self._sync_names()
         self._max = queue_offset
         self._min = min(self._min, queue_offset)
         self._flushed = min(self._flushed, queue_offset)
@@ -605,7 +637,13 @@ class ConsumeQueue:
         self._first_base = self._min = self._max = self._flushed = base
         self._dirty = False
         self._after_tail_change()
+        # Durably: the directories may exist already, made by `_roll`s (this queue's or
+        # a sibling's) whose names no flush has synced yet.
+        queue_dir = self.directory.rstrip("/")
+        topic_dir = _parent_dir(queue_dir)
         if next_offset == 0:
+            if self._fs.exists(queue_dir):  # it stays, empty
+                self._sync_names(topic_dir, _parent_dir(topic_dir))
             return
         self._fs.makedirs(self.directory)
         segment = self._fs.open_segment(
@@ -615,6 +653,7 @@ class ConsumeQueue:
         if next_offset > base:
             segment.write(0, _BLANK_BYTES * (next_offset - base))
         segment.sync()
+        self._sync_names(queue_dir, topic_dir, _parent_dir(topic_dir))
         self._min = self._max = self._flushed = next_offset
         self._after_tail_change()
 

@@ -25,7 +25,11 @@ Contract shared by both (the tests in tests/storage/test_files.py hold each to i
 * Bytes written are visible to reads at once; they survive a crash only after a
   `sync()` of that segment returned.
 * Metadata operations (create, remove, `write_atomic`, `makedirs`) are durable when
-  they return: the real implementation fsyncs the directory. (With a trash directory,
+  they return: the real implementation fsyncs the directory. Except where the caller
+  asks otherwise (`makedirs(..., durable=False)`, `open_segment(..., durable=False)`):
+  then the new name may vanish in a crash until `sync_dir` of its directory returned.
+  A ConsumeQueue creates its files so, and syncs the names with its units at the next
+  checkpoint, off the event loop. (With a trash directory,
   a removed file's name is gone when `remove` returns; its space comes back when a
   background thread has unlinked it, storage/trash.py.)
 """
@@ -91,11 +95,15 @@ class Segment(Protocol):
 class FileSystem(Protocol):
     """Where segments and small files live; see the module docstring for the contract."""
 
-    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment: ...
+    def open_segment(
+        self, path: str, capacity: int, *, sparse: bool = False, durable: bool = True
+    ) -> Segment: ...
 
     def listdir(self, path: str) -> list[str]: ...
 
-    def makedirs(self, path: str) -> None: ...
+    def makedirs(self, path: str, *, durable: bool = True) -> None: ...
+
+    def sync_dir(self, path: str) -> None: ...
 
     def exists(self, path: str) -> bool: ...
 
@@ -126,7 +134,9 @@ class RealSegment:
     """A preallocated (or, `sparse`, a holed and pwrite-only) file mapped with mmap;
     reads are views into the page cache."""
 
-    def __init__(self, path: str, capacity: int, *, sparse: bool = False) -> None:
+    def __init__(
+        self, path: str, capacity: int, *, sparse: bool = False, durable: bool = True
+    ) -> None:
         self._path = path
         self._capacity = capacity
         self._sparse = sparse
@@ -154,7 +164,7 @@ class RealSegment:
             raise
         self._fd = fd
         self._view: memoryview | None = memoryview(self._mm)
-        if created:
+        if created and durable:
             _fsync_dir(os.path.dirname(path) or ".")
 
     @property
@@ -251,8 +261,10 @@ class RealFileSystem:
     def __init__(self, trash_dir: str | None = None) -> None:
         self.trash = None if trash_dir is None else Trash(trash_dir)
 
-    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
-        return RealSegment(path, capacity, sparse=sparse)
+    def open_segment(
+        self, path: str, capacity: int, *, sparse: bool = False, durable: bool = True
+    ) -> Segment:
+        return RealSegment(path, capacity, sparse=sparse, durable=durable)
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -260,20 +272,24 @@ class RealFileSystem:
         except FileNotFoundError:
             return []
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
         # Each directory created is synced into its parent: files synced inside a new
         # directory (a new topic's ConsumeQueue) are lost with it if its entry is not.
         if os.path.isdir(path):
             return
         parent = os.path.dirname(path.rstrip("/")) or "."
-        self.makedirs(parent)
+        self.makedirs(parent, durable=durable)
         try:
             os.mkdir(path)
         except FileExistsError:
             if not os.path.isdir(path):
                 raise
             return  # made meanwhile by someone else, who syncs it
-        _fsync_dir(parent)
+        if durable:
+            _fsync_dir(parent)
+
+    def sync_dir(self, path: str) -> None:
+        _fsync_dir(path)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
@@ -329,6 +345,10 @@ class RealFileSystem:
 
 SIM_PAGE_BYTES = 4096
 """A sparse simulated file takes room in pages of this size, as a file system's blocks."""
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
 
 
 @dataclass
@@ -428,6 +448,9 @@ class SimFileSystem:
         self.capacity_bytes = capacity_bytes
         self.syncs = 0
         self.sync_error: OSError | None = None
+        # Files and directories created with durable=False whose name no `sync_dir`
+        # has made durable yet: a crash loses them, and whatever is under them.
+        self._volatile: set[str] = set()
 
     # -- faults
 
@@ -446,7 +469,20 @@ class SimFileSystem:
             raise DiskFullError(path, nbytes)
 
     def crash(self, tear: bool = True) -> None:
-        """Lose unsynced writes (maybe landing some, tearing one) and kill every open handle."""
+        """Lose unsynced writes (maybe landing some, tearing one) and names not synced
+        into their directory, and kill every open handle."""
+        if self._volatile:
+            lost = tuple(self._volatile)
+
+            def gone(p: str) -> bool:
+                return any(p == q or p.startswith(q + "/") for q in lost)
+
+            for path in [p for p in self._files if gone(p)]:
+                self._files.pop(path).generation += 1
+            for path in [p for p in self._small if gone(p)]:
+                del self._small[path]
+            self._dirs = {d for d in self._dirs if not gone(d)}
+            self._volatile.clear()
         for f in self._files.values():
             survivor = bytearray(f.durable)
             if tear and f.pending:
@@ -475,7 +511,9 @@ class SimFileSystem:
 
     # -- FileSystem
 
-    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
+    def open_segment(
+        self, path: str, capacity: int, *, sparse: bool = False, durable: bool = True
+    ) -> Segment:
         f = self._files.get(path)
         if f is None:
             if not sparse:
@@ -486,6 +524,8 @@ class SimFileSystem:
                 allocated=0 if sparse else None,
             )
             self._files[path] = f
+            if not durable:
+                self._volatile.add(path)
         elif f.allocated is not None:
             if len(f.data) != capacity:
                 raise ValueError(
@@ -511,10 +551,19 @@ class SimFileSystem:
         names.discard("")
         return sorted(names)
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str, *, durable: bool = True) -> None:
         parts = path.rstrip("/").split("/")
         for i in range(1, len(parts) + 1):
-            self._dirs.add("/".join(parts[:i]))
+            d = "/".join(parts[:i])
+            if d not in self._dirs:
+                self._dirs.add(d)
+                if not durable:
+                    self._volatile.add(d)
+
+    def sync_dir(self, path: str) -> None:
+        """The names in `path` are durable from now on."""
+        path = path.rstrip("/")
+        self._volatile = {p for p in self._volatile if _parent(p) != path}
 
     def exists(self, path: str) -> bool:
         return path in self._files or path in self._small or path.rstrip("/") in self._dirs

@@ -122,8 +122,11 @@ class CheckpointPlan:
     def run(self) -> None:
         """Sync, then write the record: recovery trusts it only for what was synced."""
         self.disk_full = None
+        names: set[str] = set()  # directories to sync once, not once per new queue
         for queue in self.queues:
-            queue.flush()
+            queue.flush(names)
+        for directory in sorted(names):
+            self.fs.sync_dir(directory)
         if self.index_file is not None:
             self.index_file.flush()
         try:

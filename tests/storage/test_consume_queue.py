@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from storage import files
 from storage.consume_queue import (
     BLANK_SIZE,
     BLANK_UNIT,
@@ -82,8 +83,9 @@ class CountingFileSystem(SimFileSystem):
         super().__init__(random.Random(1))
         self.reads = [0]
 
-    def open_segment(self, path, capacity, *, sparse=False):
-        return CountingSegment(super().open_segment(path, capacity, sparse=sparse), self.reads)
+    def open_segment(self, path, capacity, *, sparse=False, durable=True):
+        segment = super().open_segment(path, capacity, sparse=sparse, durable=durable)
+        return CountingSegment(segment, self.reads)
 
 
 # ---------------------------------------------------------------- append and read
@@ -623,3 +625,44 @@ def test_interrupted_truncation_is_caught_by_unit_matches():
         again.recover(10**12, lambda q, u: u == unit_at(q))
         assert 5 <= again.max_offset <= 7
         assert again.get_range(0, 100) == [unit_at(i) for i in range(again.max_offset)]
+
+
+def test_new_files_and_directories_become_durable_with_the_units_at_flush():
+    """`_roll` creates names without syncing their directories (1-5 ms each on the
+    event loop); `flush` syncs them with the units, before any checkpoint covers them.
+    A crash before that loses the new files, and the queue reopens as a prefix."""
+    fs = sim_fs()
+    queue = open_queue(fs)
+    fill(queue, 6)  # two segments, the topic and queue directories: none synced
+    fs.crash()
+    assert not fs.exists(f"{ROOT}/TopicA"), "names no directory sync covered are gone"
+    assert open_queue(fs).max_offset == 0
+
+    queue = open_queue(fs)
+    fill(queue, 6)
+    queue.flush()
+    fill(queue, 3)  # the roll to a third segment syncs the second one's units
+    fs.crash()
+    again = open_queue(fs)
+    assert again.max_offset == 8 and again.segment_bases() == [0, 4]
+    fill(again, 4)
+    assert again.get_range(0, 100) == [unit_at(i) for i in range(12)]
+
+
+def test_a_real_queue_syncs_directories_at_flush_not_when_it_rolls(tmp_path, monkeypatch):
+    synced: list[str] = []
+    monkeypatch.setattr(files, "_fsync_dir", synced.append)
+    root = f"{tmp_path}/consumequeue"
+    fs = RealFileSystem()
+    fs.makedirs(root)
+    synced.clear()
+    queue = ConsumeQueue(fs, root, "TopicA", 3, units_per_segment=UNITS)
+    fill(queue, 6)
+    assert synced == []
+    queue.flush()
+    assert sorted(synced) == [root, f"{root}/TopicA", f"{root}/TopicA/3"]
+    synced.clear()
+    fill(queue, 1)
+    queue.flush()
+    assert synced == [], "nothing new to sync"
+    queue.close()

@@ -210,3 +210,33 @@ def test_a_sparse_sim_segment_takes_room_page_by_page_and_refuses_what_does_not_
     fs.capacity_bytes = None
     seg.write(4090, b"across pages")
     assert fs.used_bytes() == 2 * files.SIM_PAGE_BYTES
+
+
+def test_names_made_without_durability_vanish_in_a_crash_until_their_directory_is_synced():
+    fs = SimFileSystem(random.Random(1))
+    fs.makedirs("/r/kept")
+    fs.makedirs("/r/new/q", durable=False)
+    fs.open_segment("/r/new/q/a", 64, durable=False).write(0, b"x")
+    fs.open_segment("/r/kept/b", 64, durable=False).sync()
+    fs.open_segment("/r/kept/c", 64).sync()
+    fs.sync_dir("/r/kept")  # b's name is durable now; new/ and new/q/ are not
+    fs.crash()
+    assert fs.exists("/r/kept/b") and fs.exists("/r/kept/c")
+    assert not fs.exists("/r/new") and not fs.exists("/r/new/q/a")
+    fs.makedirs("/r/new/q", durable=False)
+    fs.open_segment("/r/new/q/a", 64, durable=False).sync()
+    for d in ("/r", "/r/new", "/r/new/q"):
+        fs.sync_dir(d)
+    fs.crash()
+    assert fs.exists("/r/new/q/a")
+
+
+def test_real_names_made_without_durability_sync_no_directory_until_asked(tmp_path, monkeypatch):
+    synced: list[str] = []
+    monkeypatch.setattr(files, "_fsync_dir", synced.append)
+    fs = RealFileSystem()
+    fs.makedirs(f"{tmp_path}/a/b", durable=False)
+    fs.open_segment(f"{tmp_path}/a/b/seg", 64, sparse=True, durable=False).close()
+    assert synced == [] and os.path.exists(f"{tmp_path}/a/b/seg")
+    fs.sync_dir(f"{tmp_path}/a")
+    assert synced == [f"{tmp_path}/a"]

@@ -301,3 +301,25 @@ def test_reopening_after_retention_keeps_the_max_offset_of_a_queue_whose_log_is_
     assert again.get_messages("t", 0, 9).status is GetStatus.OFFSET_TOO_SMALL
     again.put_messages([rec(100, topic="t")])
     assert [d.queue_offset for d in again.dispatch()] == [10]
+
+
+def test_a_checkpoint_syncs_the_names_of_new_queues_once_per_directory(tmp_path, monkeypatch):
+    """Dispatch creates ConsumeQueue files without syncing directories (event loop);
+    the checkpoint syncs each directory once, however many new queues share it, and
+    before it writes the record that covers their units."""
+    from storage import files
+
+    store = MessageStore(RealFileSystem(), str(tmp_path), SMALL)
+    synced: list[str] = []
+    monkeypatch.setattr(files, "_fsync_dir", lambda path: synced.append(path))
+    store.put_messages([rec(i, topic=f"t{i % 3}", queue_id=i % 2) for i in range(12)])
+    store.dispatch()
+    assert not [p for p in synced if "consumequeue" in p], "dispatch synced no directory"
+    store.checkpoint(now_ms=5_000)
+    names = [p for p in synced if "consumequeue" in p]
+    assert len(names) == len(set(names)), "each directory once"
+    root = f"{tmp_path}/consumequeue"
+    expected = {root} | {f"{root}/t{t}" for t in range(3)}
+    expected |= {f"{root}/t{t}/{q}" for t in range(3) for q in range(2)}
+    assert set(names) == expected
+    store.close(now_ms=6_000)

@@ -96,9 +96,13 @@ class CrashingFileSystem(SimFileSystem):
             raise PowerCut
         self.budget -= 1
 
-    def open_segment(self, path: str, capacity: int, *, sparse: bool = False) -> Segment:
+    def open_segment(
+        self, path: str, capacity: int, *, sparse: bool = False, durable: bool = True
+    ) -> Segment:
         self.spend()
-        return BudgetSegment(super().open_segment(path, capacity, sparse=sparse), self)
+        return BudgetSegment(
+            super().open_segment(path, capacity, sparse=sparse, durable=durable), self
+        )
 
     def remove(self, path: str) -> None:
         self.spend()
@@ -125,7 +129,9 @@ def store_with_history(fs: SimFileSystem) -> MessageStore:
 
 
 def files(fs: SimFileSystem, path: str = ROOT) -> dict[str, bytes | None]:
-    """Every directory (None) and file (its bytes) under `path`."""
+    """Every directory (None) holding a file, and every file (its bytes), under `path`.
+    Empty directories are left out: a ConsumeQueue created since the last checkpoint
+    may or may not have its (empty) directory after a crash, which reads the same."""
     out: dict[str, bytes | None] = {}
     for name in fs.listdir(path):
         child = f"{path}/{name}"
@@ -136,16 +142,23 @@ def files(fs: SimFileSystem, path: str = ROOT) -> dict[str, bytes | None]:
         try:
             size = fs.file_size(child)
         except FileNotFoundError:
-            out[child] = None
-            out.update(files(fs, child))
+            inside = files(fs, child)
+            if inside:
+                out[child] = None
+                out.update(inside)
             continue
         out[child] = bytes(SimFileSystem.open_segment(fs, child, size).read(0, size))
     return out
 
 
 def bounds(store: MessageStore) -> tuple[object, ...]:
+    """What a reader sees: an empty queue that starts at 0 reads as no queue at all."""
     cl = store.commit_log
-    queues = {(q.topic, q.queue_id): (q.min_offset, q.max_offset) for q in store.queues}
+    queues = {
+        (q.topic, q.queue_id): (q.min_offset, q.max_offset)
+        for q in store.queues
+        if (q.min_offset, q.max_offset) != (0, 0)
+    }
     return (
         (cl.min_offset, cl.max_offset, cl.flushed_offset),
         store.dispatcher.dispatched_offset,
@@ -158,7 +171,7 @@ def expected_bounds(commit_offset: int) -> tuple[object, ...]:
     return (
         (commit_offset,) * 3,
         commit_offset,
-        {("t", 0): (13, 13), ("t", 1): (16, 16), ("new", 3): (5, 5), ("u", 0): (0, 0)},
+        {("t", 0): (13, 13), ("t", 1): (16, 16), ("new", 3): (5, 5)},  # u/0: empty at 0
         0,
     )
 
