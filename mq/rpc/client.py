@@ -88,6 +88,7 @@ class Connection:
             stream.send,  # type: ignore[arg-type]  # any buffer works
             anyio.BrokenResourceError,
             inline_bytes_max=BODY_INLINE_BYTES_MAX,
+            shield=True,
         )
         self._reader_scope: anyio.CancelScope | None = None
         self._close_reason: str | None = None
@@ -247,10 +248,11 @@ class Connection:
             await write
         except anyio.get_cancelled_exc_class():
             if self._writer.failed:
-                # Cancelled mid-write: part of a frame may be on the wire, and the
-                # peer would read whatever we send next as its continuation. (A
-                # caller cancelled while its frame waited in the queue is fine: the
-                # frame still goes out whole.)
+                # The write broke: part of a frame may be on the wire, and the peer
+                # would read whatever we send next as its continuation. (A caller
+                # cancelled while it writes finishes the write first, the writer's
+                # shield; one cancelled while its frame waits in the queue is fine:
+                # the frame still goes out whole.)
                 await self._fail("a send was cancelled part-way through a frame")
             raise
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:

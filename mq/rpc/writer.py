@@ -51,15 +51,22 @@ class CoalescingWriter:
         *,
         inline_bytes_max: int = INLINE_BYTES_MAX_DEFAULT,
         gather: bool = False,
+        shield: bool = False,
     ) -> None:
         """`send` writes one buffer to the stream; `broken(reason)` makes the exception
         a waiting caller raises when the write that carried its frame failed. With
         `gather`, a write first yields once, so frames written by other tasks woken in
-        the same scheduling round share its syscall (a servers' responses)."""
+        the same scheduling round share its syscall (a servers' responses). With
+        `shield`, a caller cancelled while it writes a batch finishes that write first
+        (a client: its request timed out, or a consumer dropped the queue it pulled
+        for); cancelled part-way, the stream would be broken for every other request
+        on it. Only where closing the stream unblocks a stuck write (the client's
+        reader closes it when the connection fails)."""
         self._send = send
         self._broken = broken
         self._inline_bytes_max = inline_bytes_max
         self._gather = gather
+        self._shield = shield
         self._queued: _Batch | None = None  # the batch taking frames, not being written
         self._writing = False
         self._failure: str | None = None
@@ -128,7 +135,8 @@ class CoalescingWriter:
                     await anyio.lowlevel.checkpoint()
             assert self._queued is batch
             self._queued = None
-            await self._send_parts(batch.parts)
+            with anyio.CancelScope(shield=self._shield):
+                await self._send_parts(batch.parts)
         except BaseException as exc:
             self._failure = f"write failed: {type(exc).__name__}: {exc}"
             raise

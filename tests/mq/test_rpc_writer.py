@@ -113,3 +113,30 @@ async def test_frames_of_callers_that_gave_up_go_out_with_the_next_write(
     assert stream.writes == [b"a"] and not writer.failed
     await writer.write(b"c")
     assert b"".join(stream.writes) == b"abc", "frames keep their order"
+
+
+@pytest.mark.parametrize("shield", [False, True])
+async def test_a_writer_cancelled_mid_write_breaks_the_stream_unless_shielded(
+    autojump_clock: trio.testing.MockClock, shield: bool
+) -> None:
+    """A consumer that drops a queue cancels the pull it was sending: unshielded, a
+    cancel during the write breaks the connection for every other request on it."""
+    stream = SlowStream()
+    writer = CoalescingWriter(stream.send, trio.BrokenResourceError, shield=shield)
+    cancelled = False
+
+    async def doomed() -> None:
+        nonlocal cancelled
+        with trio.CancelScope() as scope:
+            scope.deadline = trio.current_time() + 0.005  # in the middle of its write
+            await writer.write(b"pull")
+            await trio.lowlevel.checkpoint()  # as a request waits for its response
+        cancelled = scope.cancelled_caught
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(doomed)
+    assert cancelled
+    assert writer.failed is not shield
+    if shield:
+        await writer.write(b"next")
+        assert stream.writes == [b"pull", b"next"]
