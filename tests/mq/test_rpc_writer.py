@@ -109,7 +109,7 @@ async def test_frames_of_callers_that_gave_up_go_out_with_the_next_write(
         await trio.testing.wait_all_tasks_blocked()
         with trio.move_on_after(0.001):  # queued behind "a", then gives up
             await writer.write(b"b")
-        await trio.sleep(1)
+    # The nursery waited for "a"'s write; nobody was left to write "b".
     assert stream.writes == [b"a"] and not writer.failed
     await writer.write(b"c")
     assert b"".join(stream.writes) == b"abc", "frames keep their order"

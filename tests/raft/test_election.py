@@ -139,6 +139,16 @@ def lone_node(config: Config, hard_state: HardState, node_id: int = 1) -> RaftNo
     return RaftNode(node_id, (1, 2, 3), MemoryLogStore(), hard_state, config, FixedTimeout(10))
 
 
+def answers(node: RaftNode, *requests: Envelope) -> list[object]:
+    """Step `requests` into `node`, then what it sends once its state is persisted."""
+    for env in requests:
+        node.step(env)
+    ready = node.ready()
+    assert ready is not None
+    node.advance(ready)
+    return [e.msg for e in ready.persisted_messages]
+
+
 def test_a_node_votes_at_most_once_per_term() -> None:
     node = lone_node(Config(), HardState(term=3))
     node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
@@ -258,15 +268,11 @@ def test_a_node_that_starts_with_nothing_durable_holds_its_vote() -> None:
     """Config.fresh_vote_hold_ticks: a replaced disk forgot the node's vote, so for a
     while it neither votes nor campaigns; pre-votes (which change nothing) it answers."""
     node = lone_node(Config(fresh_vote_hold_ticks=20), HardState())
-    node.step(Envelope(2, 1, VoteRequest(1, 0, 0)))
-    node.step(Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)))
-    ready = node.ready()
-    assert ready is not None
-    assert [e.msg for e in ready.persisted_messages] == [
-        VoteResponse(1, False),
-        VoteResponse(2, True, pre_vote=True),
-    ]
-    node.advance(ready)
+    assert answers(
+        node,
+        Envelope(2, 1, VoteRequest(1, 0, 0)),
+        Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)),
+    ) == [VoteResponse(1, False), VoteResponse(2, True, pre_vote=True)]
     for _ in range(19 + 10):  # the hold, then a whole election timeout: no campaign
         node.tick()
     assert node.role is Role.FOLLOWER and node.status()["vote_hold"] == 0
@@ -300,10 +306,7 @@ def test_a_replaced_disk_cannot_vote_twice_in_the_term_it_voted_in() -> None:
 
 def test_a_node_with_a_durable_term_is_not_held() -> None:
     node = lone_node(Config(fresh_vote_hold_ticks=20), HardState(term=3))
-    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
-    ready = node.ready()
-    assert ready is not None
-    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]
+    assert answers(node, Envelope(2, 1, VoteRequest(4, 0, 0))) == [VoteResponse(4, True)]
 
 
 @pytest.mark.parametrize("hold", [0, 20])
@@ -393,14 +396,11 @@ def test_a_node_that_started_empty_votes_only_for_empty_logs_until_a_leader_caug
     node = lone_node(Config(fresh_vote_hold_ticks=2), HardState())
     node.tick()
     node.tick()  # the hold is over
-    node.step(Envelope(2, 1, VoteRequest(3, 7, 2)))  # a group that ran before
-    node.step(Envelope(3, 1, VoteRequest(4, 0, 0)))  # a brand-new group
-    ready = node.ready()
-    assert ready is not None
-    assert [e.msg for e in ready.persisted_messages] == [
-        VoteResponse(3, False),
-        VoteResponse(4, True),
-    ]
+    assert answers(
+        node,
+        Envelope(2, 1, VoteRequest(3, 7, 2)),  # a group that ran before
+        Envelope(3, 1, VoteRequest(4, 0, 0)),  # a brand-new group
+    ) == [VoteResponse(3, False), VoteResponse(4, True)]
 
 
 def test_every_node_of_a_new_group_counts_as_caught_up_once_it_has_a_leader() -> None:
@@ -424,15 +424,11 @@ def test_a_joining_node_votes_and_campaigns_only_once_a_leader_caught_it_up() ->
     for _ in range(2 + 50):  # the hold, then five election timeouts: no campaign
         node.tick()
     assert node.role is Role.FOLLOWER and node.status()["joining"]
-    node.step(Envelope(2, 1, VoteRequest(1, 0, 0)))  # an empty log: a new group?
-    node.step(Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)))
-    ready = node.ready()
-    assert ready is not None
-    assert [e.msg for e in ready.persisted_messages] == [
-        VoteResponse(1, False),
-        VoteResponse(2, True, pre_vote=True),
-    ]
-    node.advance(ready)
+    assert answers(
+        node,
+        Envelope(2, 1, VoteRequest(1, 0, 0)),  # an empty log: a new group?
+        Envelope(3, 1, VoteRequest(2, 0, 0, pre_vote=True)),
+    ) == [VoteResponse(1, False), VoteResponse(2, True, pre_vote=True)]
 
     # Leader 3 of term 3 has committed index 2; its appends bring this node there.
     node.step(Envelope(3, 1, AppendRequest(3, 0, 0, (), 2)))
@@ -449,10 +445,7 @@ def test_a_joining_node_votes_and_campaigns_only_once_a_leader_caught_it_up() ->
 def test_join_has_no_effect_on_a_node_with_a_durable_term() -> None:
     node = lone_node(Config(fresh_vote_hold_ticks=2, join_existing=True), HardState(term=3))
     assert not node.status()["joining"]
-    node.step(Envelope(2, 1, VoteRequest(4, 0, 0)))
-    ready = node.ready()
-    assert ready is not None
-    assert [e.msg for e in ready.persisted_messages] == [VoteResponse(4, True)]
+    assert answers(node, Envelope(2, 1, VoteRequest(4, 0, 0))) == [VoteResponse(4, True)]
 
 
 @pytest.mark.parametrize("join", [False, True])
