@@ -304,11 +304,7 @@ class ConsumeQueue:
         # units at the next `flush`, which a checkpoint runs off the event loop: each
         # directory fsync here cost a dispatch 1-5 ms per new queue.
         directory = self.directory.rstrip("/")
-        missing = directory
-        while missing and not self._fs.exists(missing):
-            self._unsynced_dirs.add(_parent_dir(missing))  # its entry is in its parent
-            missing = _parent_dir(missing)
-        self._fs.makedirs(directory, durable=False)
+        self._unsynced_dirs.update(self._fs.makedirs(directory, durable=False))
         if self._tail is not None and self._dirty:
             self._tail.sync()
             self._flushed = self._max

@@ -101,7 +101,10 @@ class FileSystem(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
-    def makedirs(self, path: str, *, durable: bool = True) -> None: ...
+    def makedirs(self, path: str, *, durable: bool = True) -> list[str]:
+        """Create `path` and its missing parents. Returns the directories that got a
+        new entry: already synced when `durable`, for the caller to `sync_dir` if not."""
+        ...
 
     def sync_dir(self, path: str) -> None: ...
 
@@ -196,6 +199,9 @@ class RealSegment:
         # cache, so mmap readers (and views already handed out) see the bytes at once,
         # and an I/O error surfaces as OSError instead of SIGBUS (a sparse segment's
         # full disk as DiskFullError).
+        self._pwrite(pos, data)
+
+    def _pwrite(self, pos: int, data: Buffer) -> None:
         src = memoryview(data).cast("B")
         try:
             while src.nbytes:
@@ -215,7 +221,7 @@ class RealSegment:
         if pos < 0 or pos + layout.size > self._capacity:
             _check_range(pos, layout.size, self._capacity, self._path)
         if self._sparse:
-            self.write(pos, layout.pack(*values))
+            self._pwrite(pos, layout.pack(*values))
             return
         layout.pack_into(self._mm, pos, *values)
 
@@ -272,21 +278,22 @@ class RealFileSystem:
         except FileNotFoundError:
             return []
 
-    def makedirs(self, path: str, *, durable: bool = True) -> None:
+    def makedirs(self, path: str, *, durable: bool = True) -> list[str]:
         # Each directory created is synced into its parent: files synced inside a new
         # directory (a new topic's ConsumeQueue) are lost with it if its entry is not.
         if os.path.isdir(path):
-            return
+            return []
         parent = os.path.dirname(path.rstrip("/")) or "."
-        self.makedirs(parent, durable=durable)
+        grown = self.makedirs(parent, durable=durable)
         try:
             os.mkdir(path)
         except FileExistsError:
             if not os.path.isdir(path):
                 raise
-            return  # made meanwhile by someone else, who syncs it
+            return grown  # made meanwhile by someone else, who syncs it
         if durable:
             _fsync_dir(parent)
+        return [*grown, parent]
 
     def sync_dir(self, path: str) -> None:
         _fsync_dir(path)
@@ -551,14 +558,17 @@ class SimFileSystem:
         names.discard("")
         return sorted(names)
 
-    def makedirs(self, path: str, *, durable: bool = True) -> None:
+    def makedirs(self, path: str, *, durable: bool = True) -> list[str]:
         parts = path.rstrip("/").split("/")
+        grown = []
         for i in range(1, len(parts) + 1):
             d = "/".join(parts[:i])
             if d not in self._dirs:
                 self._dirs.add(d)
+                grown.append(_parent(d))
                 if not durable:
                     self._volatile.add(d)
+        return grown
 
     def sync_dir(self, path: str) -> None:
         """The names in `path` are durable from now on."""

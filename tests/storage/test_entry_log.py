@@ -346,10 +346,10 @@ def test_a_node_whose_disk_is_full_opens_without_an_index_directory() -> None:
     disk, after an upgrade) must not need to create anything."""
 
     class NoDirs(SimFileSystem):
-        def makedirs(self, path: str) -> None:
+        def makedirs(self, path: str, *, durable: bool = True) -> list[str]:
             if "raft-index" in path:
                 raise OSError(errno.ENOSPC, "No space left on device", path)
-            super().makedirs(path)
+            return super().makedirs(path, durable=durable)
 
     fs = NoDirs(random.Random(11))
     log = open_indexed(fs)

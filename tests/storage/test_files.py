@@ -240,3 +240,10 @@ def test_real_names_made_without_durability_sync_no_directory_until_asked(tmp_pa
     assert synced == [] and os.path.exists(f"{tmp_path}/a/b/seg")
     fs.sync_dir(f"{tmp_path}/a")
     assert synced == [f"{tmp_path}/a"]
+
+
+def test_makedirs_names_the_directories_that_got_a_new_entry(fs_and_dir):
+    fs, d = fs_and_dir
+    assert fs.makedirs(f"{d}/x/y", durable=False) == [d, f"{d}/x"]
+    assert fs.makedirs(f"{d}/x/y/z") == [f"{d}/x/y"]
+    assert fs.makedirs(f"{d}/x/y") == []
