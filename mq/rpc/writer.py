@@ -113,8 +113,7 @@ class CoalescingWriter:
             if self._failure is not None:
                 raise self._broken(self._failure)
             if self._writing:
-                wake = batch.wake
-                await wake.wait()
+                await batch.wake.wait()
                 continue
             await self._write_batch(batch)
         if self._failure is not None:
