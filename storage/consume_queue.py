@@ -446,6 +446,12 @@ class ConsumeQueue:
             self._unsynced_dirs.clear()
         self._flushed = self._max
 
+    def names_not_synced(self, names: set[str]) -> None:
+        """`flush(names)` handed these directories over and syncing them failed (no file
+        descriptor was left): this queue keeps them, so the next flush syncs them before
+        anything relies on them."""
+        self._unsynced_dirs |= names
+
     def _sync_names(self, *also: str) -> None:
         for d in sorted(self._unsynced_dirs.union(also)):
             self._fs.sync_dir(d)

@@ -57,6 +57,31 @@ class DiskFullError(OSError):
         self.needed_bytes = needed_bytes
 
 
+class OutOfFilesError(DiskFullError):
+    """The process (or the system) has no file descriptor left to open a file.
+
+    Handled as a full disk is, and for the same reason: it passes (connections close,
+    an operator raises the limit), so whatever needed the file waits and tries again
+    instead of the node stopping, and nothing half-written is left behind."""
+
+    def __init__(self, path: str, code: int) -> None:
+        OSError.__init__(self, code, "too many open files", path)
+        self.needed_bytes = 0
+
+
+_OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def _open(path: str, flags: int, mode: int = 0o777) -> int:
+    """os.open, with running out of file descriptors as OutOfFilesError."""
+    try:
+        return os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno in _OUT_OF_FILES:
+            raise OutOfFilesError(path, exc.errno) from exc
+        raise
+
+
 class ClosedSegmentError(RuntimeError):
     """A segment handle was used after close or after a simulated crash."""
 
@@ -144,7 +169,7 @@ class RealSegment:
         self._capacity = capacity
         self._sparse = sparse
         created = not os.path.exists(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size < capacity and sparse:
@@ -248,7 +273,7 @@ class RealSegment:
 
 
 def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = _open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -314,15 +339,16 @@ class RealFileSystem:
 
     def read_bytes(self, path: str) -> bytes | None:
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            fd = _open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        with open(fd, "rb") as f:
+            return f.read()
 
     def write_atomic(self, path: str, data: bytes) -> None:
         tmp = path + ".tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 view = memoryview(data)
                 while view:

@@ -125,8 +125,13 @@ class CheckpointPlan:
         names: set[str] = set()  # directories to sync once, not once per new queue
         for queue in self.queues:
             queue.flush(names)
-        for directory in sorted(names):
-            self.fs.sync_dir(directory)
+        try:
+            for directory in sorted(names):
+                self.fs.sync_dir(directory)
+        except DiskFullError as exc:  # out of file descriptors: the next one tries again
+            self.queues[0].names_not_synced(names)
+            self.disk_full = exc
+            return
         if self.index_file is not None:
             self.index_file.flush()
         try:

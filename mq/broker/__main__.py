@@ -16,6 +16,7 @@ from mq.broker.config import BrokerConfig, ConfigError, load_config
 from mq.broker.core import InstallDiskFullError
 from mq.broker.server import BrokerServer, DataDirLockedError, run_broker
 from mq.logs import LOG_LEVELS, configure_logging
+from mq.rpc.server import raise_open_files_limit
 
 _log = structlog.get_logger("mq.broker")
 
@@ -157,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    raise_open_files_limit()
     tune_gc()
     failure: BaseException | None = None
     stopped: BaseException | None = None

@@ -170,6 +170,8 @@ class BrokerServer:
                 self.port,
                 in_flight_max=IN_FLIGHT_PER_CONNECTION_MAX,
                 inline=self._handle_inline,
+                # However many clients hold connections, the group's own links get in.
+                admit_over_limit=_is_raft_message,
             )
         )
         self.port = listener_port(listeners)
@@ -471,6 +473,10 @@ class BrokerServer:
         status["dropped_peer_frames"] = self.dropped_peer_frames
         status["dropped_notifications"] = self.dropped_notifications
         return status
+
+
+def _is_raft_message(frame: Frame) -> bool:
+    return frame.code == RequestCode.RAFT_MESSAGE
 
 
 async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:

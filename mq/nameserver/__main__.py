@@ -13,6 +13,7 @@ import trio
 from mq.logs import LOG_LEVELS, configure_logging
 from mq.nameserver.server import PORT_DEFAULT, SCAN_INTERVAL_MS_DEFAULT, run_nameserver
 from mq.route import BROKER_EXPIRE_MS_DEFAULT
+from mq.rpc.server import raise_open_files_limit
 
 _log = structlog.get_logger("mq.nameserver")
 
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--expire-ms and --scan-interval-ms must be positive", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    raise_open_files_limit()
     listen_error: OSError | None = None
     try:
         trio.run(_serve_until_signalled, args)

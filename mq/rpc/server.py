@@ -13,7 +13,10 @@ anything that still escapes, so one bad client never takes the server down.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
+import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -38,7 +41,28 @@ IN_FLIGHT_MAX_DEFAULT = 64
 """Requests one connection may have in its handlers at once."""
 
 CONNECTIONS_MAX_DEFAULT = 1024
-"""Connections one server accepts at once; more are closed on arrival."""
+"""Connections one server accepts at once; more are refused."""
+
+FD_RESERVE_MIN = 64
+"""File descriptors kept free for the server's own files (a broker opens one per new
+ConsumeQueue file): a connection that would leave fewer than this, or than an eighth of
+the limit, is refused, so clients can never take the last descriptor a node needs."""
+
+PROBATION_MAX = 8
+"""Connections over the limit read at once for a first frame that may admit them
+anyway (a broker's peers: its own group must always be able to talk, however many
+clients hold connections). A newcomer past this closes the one read the longest, so
+silent connections cannot keep a peer out."""
+
+PROBATION_S = 2.0
+"""How long a connection over the limit has to send that first frame (a broker's peers
+send within a heartbeat, clients at once)."""
+
+OPEN_FILES_LOW = 4096
+"""A soft limit on open files under this is logged as a warning at start."""
+
+REFUSED_LOG_INTERVAL_S = 10.0
+"""Refused connections are logged at most this often, with a count."""
 
 RECEIVE_BYTES = 64 * 1024
 BODY_INLINE_BYTES_MAX = 64 * 1024
@@ -109,6 +133,10 @@ done without waiting (True: done; False: hand it to `Handler` as usual). Saves a
 per frame where that is most of the cost (a broker's Raft messages)."""
 
 
+AdmitOverLimit = Callable[[Frame], bool]
+"""Whether a connection over the server's limits is admitted anyway, by its first frame."""
+
+
 async def serve_connection(
     stream: trio.abc.Stream,
     handler: Handler,
@@ -117,18 +145,21 @@ async def serve_connection(
     in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
     frame_bytes_max: int = FRAME_BYTES_MAX,
     inline: InlineHandler | None = None,
+    decoder: FrameDecoder | None = None,
 ) -> None:
     """Serve requests arriving on `stream` until the peer hangs up, then close it.
 
     On a clean EOF the requests already read still run and are answered (a client may send
     one-way frames and leave). On a broken connection or a framing error the in-flight
     handlers are cancelled; for a framing error the peer gets an error frame first when
-    the offending request can be named.
+    the offending request can be named. A `decoder` given may hold bytes already read
+    from the stream; their frames are served first.
     """
     assert in_flight_max > 0
     log = _log.bind(peer=address)
     peer = Peer(stream, address, frame_bytes_max)
-    decoder = FrameDecoder(frame_bytes_max)
+    if decoder is None:
+        decoder = FrameDecoder(frame_bytes_max)
     slots = trio.Semaphore(in_flight_max)
     error_response: Frame | None = None
 
@@ -145,13 +176,12 @@ async def serve_connection(
     try:
         async with trio.open_nursery() as nursery:
             try:
+                data: bytes | bytearray = b"-"  # what the decoder holds comes first
                 while True:
-                    data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         if decoder.buffered_bytes:
                             log.info("peer_closed_mid_frame", buffered_bytes=decoder.buffered_bytes)
                         break
-                    decoder.receive_data(data)
                     while (frame := decoder.next_frame()) is not None:
                         if frame.is_response:
                             log.debug("unexpected_response_dropped", code=code_name(frame.code))
@@ -164,6 +194,8 @@ async def serve_connection(
                             continue
                         await slots.acquire()
                         nursery.start_soon(serve_one, frame)
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    decoder.receive_data(data)
             except ProtocolError as exc:
                 log.warning("protocol_error", error=exc.error.name, detail=str(exc))
                 error_response = exc.error_response()
@@ -233,23 +265,40 @@ async def serve_tcp(
     in_flight_max: int = IN_FLIGHT_MAX_DEFAULT,
     frame_bytes_max: int = FRAME_BYTES_MAX,
     inline: InlineHandler | None = None,
+    admit_over_limit: AdmitOverLimit | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (port 0 picks a free one) and serve every connection with
     `handler` until cancelled. `task_status.started` reports the listeners, so a caller
-    using `nursery.start` learns the bound port."""
-    active = 0
+    using `nursery.start` learns the bound port.
+
+    A connection is over the limit when `connections_max` are open or when it would
+    leave the process short of file descriptors (see FD_RESERVE_MIN). Up to
+    PROBATION_MAX such connections at a time are read until their first frame: one that
+    `admit_over_limit` accepts is served (a broker admits its peers' Raft traffic this
+    way), a request is answered with SYSTEM_BUSY, and the connection is closed.
+    """
+    limits = _Limits(connections_max)
+    refused = _RefusalLog()
 
     async def on_connection(stream: trio.SocketStream) -> None:
-        nonlocal active
         address = _peer_address(stream)
-        if active >= connections_max:
-            _log.warning(
-                "connection_refused_at_limit", peer=address, connections_max=connections_max
-            )
-            await trio.aclose_forcefully(stream)
-            return
-        active += 1
+        decoder = None
+        over = limits.over(stream)
+        if over is not None:
+            scope = trio.CancelScope(deadline=trio.current_time() + PROBATION_S)
+            if len(limits.probation) >= PROBATION_MAX:
+                limits.probation.popleft().cancel()
+            limits.probation.append(scope)
+            try:
+                decoder = await _admit(stream, admit_over_limit, frame_bytes_max, over, scope)
+            finally:
+                with contextlib.suppress(ValueError):
+                    limits.probation.remove(scope)
+            if decoder is None:
+                refused.note(address, over)
+                return
+        limits.active += 1
         try:
             await serve_connection(
                 stream,
@@ -258,13 +307,112 @@ async def serve_tcp(
                 in_flight_max=in_flight_max,
                 frame_bytes_max=frame_bytes_max,
                 inline=inline,
+                decoder=decoder,
             )
         except Exception:
             _log.exception("connection_failed", peer=address)
         finally:
-            active -= 1
+            limits.active -= 1
 
     await trio.serve_tcp(on_connection, port, host=host, task_status=task_status)
+
+
+class _Limits:
+    """What a server holds against its limits: connections served, and over-limit ones
+    being read for their first frame."""
+
+    def __init__(self, connections_max: int) -> None:
+        self.connections_max = connections_max
+        self.active = 0
+        self.probation: collections.deque[trio.CancelScope] = collections.deque()
+
+    def over(self, stream: trio.SocketStream) -> str | None:
+        """Why this new connection is over the limit, or None."""
+        if self.active >= self.connections_max:
+            return f"{self.active} connections open, the limit is {self.connections_max}"
+        # Read each time (one system call per connection): the limit may be changed
+        # while we run (prlimit).
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        reserve = max(FD_RESERVE_MIN, soft // 8)
+        # A new descriptor is the lowest free one: every one below it is in use.
+        fd = stream.socket.fileno()
+        if soft - fd <= reserve:
+            return (
+                f"file descriptor {fd} of {soft} (ulimit -n), the last {reserve} are kept for files"
+            )
+        return None
+
+
+async def _admit(
+    stream: trio.SocketStream,
+    admit: AdmitOverLimit | None,
+    frame_bytes_max: int,
+    why: str,
+    scope: trio.CancelScope,
+) -> FrameDecoder | None:
+    """Read an over-limit connection's first frame (until `scope` ends). Admitted: a
+    decoder holding every byte read so far, to serve it from. Else None, the stream
+    closed and a request answered with SYSTEM_BUSY first."""
+    decoder = FrameDecoder(frame_bytes_max)
+    received = bytearray()
+    first: Frame | None = None
+    try:
+        with scope:
+            while first is None:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    break
+                received += data
+                decoder.receive_data(data)
+                first = decoder.next_frame()
+        if first is not None and admit is not None and admit(first):
+            admitted = FrameDecoder(frame_bytes_max)
+            admitted.receive_data(received)
+            return admitted
+        if first is not None and not first.is_oneway and not first.is_response:
+            busy = first.make_error(ErrorCode.SYSTEM_BUSY, f"too many connections: {why}")
+            with trio.move_on_after(ERROR_SEND_TIMEOUT_S):
+                await Peer(stream, "?", frame_bytes_max).send(busy)
+    except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    await trio.aclose_forcefully(stream)
+    return None
+
+
+class _RefusalLog:
+    """Logs refused connections without flooding the log: the first at once, then a
+    count at most every REFUSED_LOG_INTERVAL_S."""
+
+    def __init__(self) -> None:
+        self._unlogged = 0
+        self._next_log = float("-inf")
+
+    def note(self, address: str, why: str) -> None:
+        self._unlogged += 1
+        now = trio.current_time()
+        if now >= self._next_log:
+            _log.warning("connections_refused", count=self._unlogged, last_peer=address, why=why)
+            self._unlogged = 0
+            self._next_log = now + REFUSED_LOG_INTERVAL_S
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit, as a server
+    needs (one descriptor per connection, and a broker one per ConsumeQueue file); the
+    (soft, hard) limits it runs with. Go does the same at start; a soft limit of 1024,
+    common by default, is less than a busy broker holds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # e.g. a hard limit the kernel caps lower: keep what we have
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_LOW:
+        _log.warning("open_files_limit_low", soft=soft, hard=hard, advice="raise ulimit -n")
+    return soft, hard
 
 
 def listener_port(listeners: list[trio.SocketListener]) -> int:

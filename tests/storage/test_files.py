@@ -247,3 +247,31 @@ def test_makedirs_names_the_directories_that_got_a_new_entry(fs_and_dir):
     assert fs.makedirs(f"{d}/x/y", durable=False) == [d, f"{d}/x"]
     assert fs.makedirs(f"{d}/x/y/z") == [f"{d}/x/y"]
     assert fs.makedirs(f"{d}/x/y") == []
+
+
+def test_running_out_of_file_descriptors_is_reported_like_a_full_disk(tmp_path, monkeypatch):
+    """EMFILE / ENFILE pass (connections close), so whatever needed the file waits and
+    retries, as on a full disk, instead of the node stopping."""
+    fs = RealFileSystem()
+    fs.write_atomic(str(tmp_path / "kept"), b"before")
+    real_open = os.open
+
+    for code in (errno.EMFILE, errno.ENFILE):
+
+        def no_fd(path: str, flags: int, mode: int = 0o777, code: int = code) -> int:
+            raise OSError(code, os.strerror(code), path)
+
+        monkeypatch.setattr(os, "open", no_fd)
+        for call in (
+            lambda: fs.open_segment(str(tmp_path / "seg"), 4096),
+            lambda: fs.write_atomic(str(tmp_path / "kept"), b"after"),
+            lambda: fs.sync_dir(str(tmp_path)),
+            lambda: fs.read_bytes(str(tmp_path / "kept")),
+        ):
+            with pytest.raises(files.OutOfFilesError) as caught:
+                call()
+            assert isinstance(caught.value, DiskFullError)
+            assert caught.value.errno == code and "too many open files" in str(caught.value)
+        monkeypatch.setattr(os, "open", real_open)
+    assert fs.read_bytes(str(tmp_path / "kept")) == b"before"
+    assert not os.path.exists(tmp_path / "seg")

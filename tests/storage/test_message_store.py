@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from dataclasses import replace
@@ -301,6 +302,36 @@ def test_reopening_after_retention_keeps_the_max_offset_of_a_queue_whose_log_is_
     assert again.get_messages("t", 0, 9).status is GetStatus.OFFSET_TOO_SMALL
     again.put_messages([rec(100, topic="t")])
     assert [d.queue_offset for d in again.dispatch()] == [10]
+
+
+def test_a_checkpoint_that_cannot_sync_new_names_keeps_them_for_the_next_one(tmp_path, monkeypatch):
+    """Out of file descriptors, a checkpoint cannot open a directory to sync it: it
+    writes no record, and the next checkpoint syncs the names first (a record covering
+    units whose file names a crash could lose would hide those messages for good)."""
+    from storage import files
+
+    store = MessageStore(RealFileSystem(), str(tmp_path), SMALL)
+    store.put_messages([rec(i, topic=f"t{i % 2}") for i in range(4)])
+    store.dispatch()
+    before = store.fs.read_bytes(f"{tmp_path}/checkpoint")
+
+    def no_fd(path: str) -> None:
+        raise files.OutOfFilesError(path, errno.EMFILE)
+
+    monkeypatch.setattr(files, "_fsync_dir", no_fd)
+    plan = store.prepare_checkpoint(store.commit_log.flush(), now_ms=5_000)
+    plan.run()
+    store.complete_checkpoint(plan)
+    assert not plan.written and isinstance(plan.disk_full, files.OutOfFilesError)
+    assert store.fs.read_bytes(f"{tmp_path}/checkpoint") == before
+    synced: list[str] = []
+    monkeypatch.setattr(files, "_fsync_dir", synced.append)
+    plan = store.prepare_checkpoint(store.commit_log.flush(), now_ms=6_000)
+    plan.run()
+    assert plan.written
+    root = f"{tmp_path}/consumequeue"
+    assert {root, f"{root}/t0", f"{root}/t0/0", f"{root}/t1", f"{root}/t1/0"} <= set(synced)
+    store.close(now_ms=7_000)
 
 
 def test_a_checkpoint_syncs_the_names_of_new_queues_once_per_directory(tmp_path, monkeypatch):
