@@ -134,6 +134,10 @@ DISK_FULL_HAND_OVER_EVERY_MS = 30_000
 follower with room can take the writes, and if every disk is full, leadership does not
 move on every refused send."""
 PULL_COUNT_MAX = 1024
+PULL_BYTES_MAX = 8 * 1024 * 1024
+"""A pull's `max_bytes` above this is lowered to it: the answer must fit one frame
+(FRAME_BYTES_MAX, 16 MiB; a message bigger than the budget still comes alone), or a
+consumer asking for more would be refused at that offset for good."""
 OFFSET_GROUP_TOPICS_MAX = 100_000
 """(group, topic) pairs the replicated offset table may hold; a commit that would add
 more is refused (SYSTEM_BUSY) by the leader, so the table cannot grow without bound."""
@@ -1747,12 +1751,13 @@ class BrokerCore:
         """The pull's answer; with `hold`, None instead of an answer with nothing new."""
         f = request.fields
         tag_hashes = f.get("tag_hashes")
+        max_bytes = f.get("max_bytes")
         result = self.store.get_messages(
             f["topic"],
             f["queue_id"],
             f["offset"],
             f.get("max_count", 32),
-            f.get("max_bytes"),
+            None if max_bytes is None else min(max_bytes, PULL_BYTES_MAX),
             frozenset(tag_hashes) if tag_hashes else None,
         )
         status = _PULL_STATUS[result.status]

@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 
+from mq.broker import core as core_module
 from mq.broker.core import RoleChanged, TopicsChanged
 from mq.protocol import ErrorCode, Frame, RequestCode, request
 from storage.record import MessageRecord, decode_message_header
@@ -314,6 +315,26 @@ def test_a_long_poll_is_answered_when_messages_arrive(cluster: CoreCluster) -> N
     assert cluster.reply(empty) is None
     cluster.tick(2)
     assert cluster.reply(empty).fields["status"] == "NO_NEW_MSG"  # type: ignore[union-attr]
+
+
+def test_a_pull_budget_over_the_limit_is_lowered_so_the_answer_fits_a_frame(
+    cluster: CoreCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer asking for 64 MiB at once (more than a 16 MiB frame holds) gets
+    PULL_BYTES_MAX's worth and goes on, instead of FRAME_TOO_LARGE at that offset for good."""
+    monkeypatch.setattr(core_module, "PULL_BYTES_MAX", 3_000)
+    leader = cluster.elect()
+    for i in range(5):
+        assert cluster.request(leader, send_request("big", [bytes([i]) * 1_000])).ok
+    seen: list[bytes] = []
+    offset = 0
+    while len(seen) < 5:
+        response = cluster.pull(leader, "big", 0, offset, max_count=32, max_bytes=64 << 20)
+        assert response.fields["status"] == "FOUND"
+        assert len(response.body) <= 3_000
+        seen += bodies_of(response)
+        offset = response.fields["next_offset"]
+    assert seen == [bytes([i]) * 1_000 for i in range(5)]
 
 
 def test_reads_by_offset_key_id_and_time(cluster: CoreCluster) -> None:
