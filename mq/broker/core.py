@@ -59,7 +59,7 @@ import heapq
 import itertools
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -1807,6 +1807,30 @@ class BrokerCore:
                 self._finish_held(held, response)
         self._held.clear()
         self._held_deadlines.clear()
+
+    def release_held(self, pulls: Iterable[tuple[int, str, int]]) -> None:
+        """Answer now the long polls among `pulls` (reply_to, topic, queue_id) that are
+        still held: their client hung up, so they should not count against
+        `held_pulls_max` (nor be answered) for the rest of their suspend time."""
+        by_queue: dict[tuple[str, int], set[int]] = {}
+        for reply_to, topic, queue_id in pulls:
+            by_queue.setdefault((topic, queue_id), set()).add(reply_to)
+        for key, reply_tos in by_queue.items():
+            waiting = self._held.get(key)
+            if not waiting:
+                continue
+            still: list[_Held] = []
+            for held in waiting:
+                if held.reply_to in reply_tos:
+                    response = self._pull_response(held.request)
+                    assert response is not None
+                    self._finish_held(held, response)
+                else:
+                    still.append(held)
+            if still:
+                self._held[key] = still
+            else:
+                del self._held[key]
 
     def _finish_held(self, held: _Held, response: Frame) -> None:
         held.done = True

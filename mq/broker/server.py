@@ -110,6 +110,8 @@ class BrokerServer:
         self._nursery: trio.Nursery | None = None
         self._client_tokens = itertools.count(1)
         self._clients: dict[Peer, _Client] = {}
+        self._held_pulls: dict[Peer, dict[int, tuple[str, int]]] = {}
+        """Per connection, its long polls the core may be holding: reply id -> queue."""
         self._clients_by_token: dict[int, _Client] = {}
         self.dropped_peer_frames = 0
         self.dropped_notifications = 0
@@ -286,15 +288,41 @@ class BrokerServer:
         reply_id = next(self._reply_ids)
         waiter = _Waiter()
         self._waiters[reply_id] = waiter
+        held: dict[int, tuple[str, int]] | None = None
         try:
             response = core.handle(request, reply_id, self.now_ms(), connection=connection)
             self._after_input()
             if response is not None or request.is_oneway:
                 return response
+            if request.code == RequestCode.PULL_MESSAGE:
+                held = self._held_pulls_of(peer)
+                if held is not None:
+                    held[reply_id] = (request.fields["topic"], request.fields["queue_id"])
             await waiter.done.wait()
             return waiter.frame
         finally:
             del self._waiters[reply_id]
+            if held is not None:
+                held.pop(reply_id, None)
+
+    def _held_pulls_of(self, peer: Peer) -> dict[int, tuple[str, int]] | None:
+        """The long polls held for `peer`'s connection, and a task that answers them when
+        the client hangs up (so they free their `held_pulls_max` slots at once); None if
+        it is closing."""
+        held = self._held_pulls.get(peer)
+        if held is None and self._nursery is not None and not peer.closed:
+            held = self._held_pulls[peer] = {}
+            self._nursery.start_soon(self._release_held_on_hang_up, peer, held)
+        return held
+
+    async def _release_held_on_hang_up(self, peer: Peer, held: dict[int, tuple[str, int]]) -> None:
+        try:
+            await peer.wait_input_closed()
+        finally:
+            del self._held_pulls[peer]
+        if held:
+            self.core.release_held([(reply, *queue) for reply, queue in held.items()])
+            self._after_input()
 
     def _connection_token(self, peer: Peer) -> int | None:
         """The core's token for `peer`'s connection: a new one (and the task that

@@ -89,6 +89,7 @@ class Peer:
         self.frame_bytes_max = frame_bytes_max
         self.closed = False
         self._closed_event = trio.Event()
+        self._input_closed = trio.Event()
         self._stream = stream
         self._writer = CoalescingWriter(
             stream.send_all,
@@ -102,6 +103,13 @@ class Peer:
         """Return once the connection is closed: whoever keeps state per connection
         (the broker's consumer groups) learns that the client went away."""
         await self._closed_event.wait()
+
+    async def wait_input_closed(self) -> None:
+        """Return once nothing more will be read from the client (it hung up, or the
+        connection broke), which can be well before `wait_closed`: requests already read
+        may still be running. Whoever holds a request back for the client (a long poll)
+        learns here that it is gone."""
+        await self._input_closed.wait()
 
     def _mark_closed(self) -> None:
         self.closed = True
@@ -203,6 +211,8 @@ async def serve_connection(
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.debug("connection_broken", detail=str(exc))
                 nursery.cancel_scope.cancel()
+            finally:
+                peer._input_closed.set()
         if error_response is not None:
             with trio.move_on_after(ERROR_SEND_TIMEOUT_S):
                 try:

@@ -4,6 +4,7 @@ moves when every task waits)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from mq.broker.server import BrokerServer, run_broker
 from mq.nameserver.server import NameServer, run_nameserver
 from mq.protocol import ErrorCode, Frame, RequestCode, request
 from mq.route import TopicRoute
-from mq.rpc.client import connect
+from mq.rpc.client import Connection, connect
 from mq.rpc.errors import RemoteError, TransportError
 from storage.files import SimFileSystem
 from tests.mq.broker_cluster import send_request
@@ -295,6 +296,40 @@ async def test_a_planned_stop_answers_held_pulls_before_the_connections_close(
         ((answer, at),) = answers
         assert answer.fields["status"] == "NO_NEW_MSG"
         assert at - released_at < 1, "answered at the stop, not after its 20 s suspend"
+
+
+async def test_long_polls_of_a_client_that_hangs_up_are_released_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """They must not count against held_pulls_max for the rest of their suspend time: a
+    consumer fleet restarting would otherwise find long polling full for 30 s."""
+    async with broker_group() as group:
+        leader = await group.leader()
+        async with connect(leader.address) as producer:
+            await producer.request(send_request("held", [b"first"]))
+
+        async def long_poll(conn: Connection, queue_id: int) -> None:
+            frame = request(
+                RequestCode.PULL_MESSAGE,
+                {"topic": "held", "queue_id": queue_id, "offset": 1, "suspend_ms": 20_000},
+            )
+            with contextlib.suppress(TransportError):
+                await conn.request(frame, timeout=60)
+
+        async with connect(leader.address) as staying:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(long_poll, staying, 0)
+                async with connect(leader.address) as leaving:
+                    for _ in range(3):
+                        nursery.start_soon(long_poll, leaving, 0)
+                    await trio.sleep(1)  # virtual: all four are held by now
+                    assert leader.core.stats()["held_pulls"] == 4
+                    hung_up_at = trio.current_time()
+                    nursery.cancel_scope.cancel()  # the other three give up with it
+            # `leaving` is closed; `staying` still waits.
+            while leader.core.stats()["held_pulls"] > 1:
+                await trio.sleep(0.01)
+            assert trio.current_time() - hung_up_at < 1, "released at the hang-up"
 
 
 async def test_a_stalled_event_loop_shows_in_the_status(
