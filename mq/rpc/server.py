@@ -2,7 +2,8 @@
 
 One `serve_connection` per accepted stream. Requests on a connection are handled
 concurrently (a slow PULL must not hold up a SEND behind it; responses carry the request
-id, so order does not matter), but at most `in_flight_max` at once: past that we stop
+id, so order does not matter), but at most `in_flight_max` at once, with at most
+`unsent_bytes_max` of their responses made and not yet written: past either we stop
 reading, and TCP pushes back on the client instead of our memory growing.
 
 Whatever a peer sends and whatever a handler raises, the failure stays inside that
@@ -63,6 +64,10 @@ OPEN_FILES_LOW = 4096
 
 REFUSED_LOG_INTERVAL_S = 10.0
 """Refused connections are logged at most this often, with a count."""
+
+UNSENT_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
+"""Response bytes one connection may have made and not yet written; past it no more
+requests are read from it (TCP pushes back on the client) until they are written."""
 
 RECEIVE_BYTES = 64 * 1024
 BODY_INLINE_BYTES_MAX = 64 * 1024
@@ -141,6 +146,25 @@ done without waiting (True: done; False: hand it to `Handler` as usual). Saves a
 per frame where that is most of the cost (a broker's Raft messages)."""
 
 
+class _Unsent:
+    """Response bytes of one connection made but not written yet. A client that stops
+    reading (or reads slowly) while it asks for big answers would otherwise have each of
+    its in-flight requests hold a whole response in our memory."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._drained = trio.Event()
+
+    def sent(self, size: int) -> None:
+        self.bytes -= size
+        self._drained.set()
+
+    async def wait_below(self, limit: int) -> None:
+        while self.bytes > limit:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+
 AdmitOverLimit = Callable[[Frame], bool]
 """Whether a connection over the server's limits is admitted anyway, by its first frame."""
 
@@ -154,6 +178,7 @@ async def serve_connection(
     frame_bytes_max: int = FRAME_BYTES_MAX,
     inline: InlineHandler | None = None,
     decoder: FrameDecoder | None = None,
+    unsent_bytes_max: int = UNSENT_BYTES_MAX_DEFAULT,
 ) -> None:
     """Serve requests arriving on `stream` until the peer hangs up, then close it.
 
@@ -169,13 +194,19 @@ async def serve_connection(
     if decoder is None:
         decoder = FrameDecoder(frame_bytes_max)
     slots = trio.Semaphore(in_flight_max)
+    unsent = _Unsent()
     error_response: Frame | None = None
 
     async def serve_one(request: Frame) -> None:
         try:
             response = await _call_handler(handler, request, peer, log)
             if response is not None and not request.is_oneway:
-                await _send_response(peer, request, response, log)
+                size = len(response.body)
+                unsent.bytes += size
+                try:
+                    await _send_response(peer, request, response, log)
+                finally:
+                    unsent.sent(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer left; nobody to answer
         finally:
@@ -200,6 +231,7 @@ async def serve_connection(
                             and _call_inline(inline, frame, peer, log)
                         ):
                             continue
+                        await unsent.wait_below(unsent_bytes_max)
                         await slots.acquire()
                         nursery.start_soon(serve_one, frame)
                     data = await stream.receive_some(RECEIVE_BYTES)

@@ -101,6 +101,32 @@ async def test_in_flight_requests_are_bounded_by_not_reading() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_client_that_does_not_read_its_answers_stops_being_read() -> None:
+    """Big answers the client does not take hold our memory: past `unsent_bytes_max` of
+    them, no more requests are read (however many it may have in flight), and once it
+    reads again every request is answered."""
+    handled = 0
+
+    async def big(request: Frame, peer: Peer) -> Frame:
+        nonlocal handled
+        handled += 1
+        return request.make_response({}, bytes(1 << 20))
+
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    client = RawClient(client_stream)
+    serve = partial(
+        serve_connection, server_stream, big, in_flight_max=1000, unsent_bytes_max=4 << 20
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        nursery.start_soon(client.send, *(ping(i) for i in range(1, 101)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert 5 <= handled <= 8, handled  # 4 MiB unsent, plus what overshoots by a step
+        answered = {(await client.receive()).request_id for _ in range(100)}  # type: ignore[union-attr]
+        assert answered == set(range(1, 101)) and handled == 100
+        nursery.cancel_scope.cancel()
+
+
 async def test_oneway_requests_get_no_response() -> None:
     seen: list[int] = []
 
