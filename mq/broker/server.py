@@ -492,6 +492,10 @@ class BrokerServer:
                             break
             except (TransportError, OSError) as exc:
                 log.warning("register_failed", reason=str(exc))
+            # A change meanwhile (role, term, topics) cuts the wait short, but one that
+            # happened before this failure must not: the next registration carries it
+            # anyway, and a refused connect fails at once, so the loop would spin.
+            self._register_events[slot] = trio.Event()
             with trio.move_on_after(min(interval_s, RECONNECT_BACKOFF_S_MAX)):
                 await self._register_events[slot].wait()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -330,6 +331,36 @@ async def test_long_polls_of_a_client_that_hangs_up_are_released_at_once(
             while leader.core.stats()["held_pulls"] > 1:
                 await trio.sleep(0.01)
             assert trio.current_time() - hung_up_at < 1, "released at the hang-up"
+
+
+async def test_a_node_retries_an_unreachable_nameserver_about_once_a_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Also after a role change: the change is carried by the next registration, it
+    must not turn the retry into a busy loop (it did, at 1,000+ attempts a second)."""
+    (dead,) = free_ports(1)
+    failures = 0
+
+    def count(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+        nonlocal failures
+        if event["event"] == "register_failed":
+            failures += 1
+            # Raised in the spinning loop itself: a busy loop stops virtual time, so
+            # the test would otherwise never get to look.
+            assert failures < 100, "re-registration spins"
+        raise structlog.DropEvent
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[count])
+    try:
+        async with broker_group(namesrv=(f"127.0.0.1:{dead}",)) as group:
+            await group.leader()  # role changes on every node
+            before = failures
+            await trio.sleep(5)
+            attempts = failures - before
+    finally:
+        structlog.configure(processors=processors)
+    assert attempts <= 3 * 7, f"{attempts} attempts by 3 nodes in 5 s"
 
 
 async def test_a_stalled_event_loop_shows_in_the_status(
