@@ -353,7 +353,9 @@ class BrokerServer:
                     return
 
         try:
-            await _first_of(peer.wait_closed, push)
+            # Input, not the whole connection: requests still running on it (a held
+            # pull) must not keep a consumer that hung up in its group meanwhile.
+            await _first_of(peer.wait_input_closed, push)
         finally:
             del self._clients[peer]
             del self._clients_by_token[client.token]
