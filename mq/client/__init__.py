@@ -13,6 +13,7 @@ from mq.client.errors import (
     MQTimeoutError,
     NoRouteError,
     NotLeaderError,
+    OffsetsFileInUseError,
     SendError,
     SendTimeoutError,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "MessageQueueSelector",
     "NoRouteError",
     "NotLeaderError",
+    "OffsetsFileInUseError",
     "Producer",
     "PullConsumer",
     "PullResult",

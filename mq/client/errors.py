@@ -92,3 +92,8 @@ class SendTimeoutError(SendError, MQTimeoutError):
     """A send whose last attempt timed out: both a `SendError` and a `TimeoutError`.
     The batch may be stored; a later retry by the application would be a new batch
     (new sequence number), so consumers should be ready to see it twice."""
+
+
+class OffsetsFileInUseError(MQClientError):
+    """Another live broadcasting member of the group on this host has the same
+    offsets file (the same `instance_name`): raised by `PushConsumer.start`."""

@@ -19,7 +19,9 @@ in RocketMQ:
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import anyio
 import structlog
 
 from mq.client.broker_requests import group_info, request_any_node, request_leader
-from mq.client.errors import MQClientError
+from mq.client.errors import MQClientError, OffsetsFileInUseError
 from mq.client.instance import ClientInstance
 from mq.client.queues import MessageQueue
 from mq.fields import FieldError, get_int, get_list
@@ -157,6 +159,7 @@ class LocalOffsetStore:
     def __init__(self, path: Path, group: str) -> None:
         self.path = path
         self.group = group
+        self._lock_fd: int | None = None
         self._offsets: dict[MessageQueue, int] = {}
         self._loaded = False
         self._load_lock = anyio.Lock()
@@ -164,6 +167,29 @@ class LocalOffsetStore:
         second load finishing later would drop commits made meanwhile."""
         self._write_lock = anyio.Lock()
         """One writer at a time: they share the temporary file."""
+
+    def lock(self) -> None:
+        """Take the file for this member (an exclusive `flock` on `<path>.lock`, held
+        until `unlock`). Two live members writing one file would each start, after a
+        restart, from where the other got: raises OffsetsFileInUseError instead."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OffsetsFileInUseError(
+                f"offsets file {self.path} is in use by another consumer of group "
+                f"{self.group!r} with the same instance_name on this host: give each "
+                "broadcasting member its own instance_name (mq consume --instance-name)"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     async def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -214,7 +240,10 @@ class LocalOffsetStore:
             offsets = {}
             for item in document["offsets"]:
                 mq = MessageQueue(str(item["topic"]), str(item["group"]), int(item["queue_id"]))
-                offsets[mq] = int(item["offset"])
+                offset = int(item["offset"])
+                if offset < 0 or mq.queue_id < 0:
+                    raise ValueError(f"negative offset or queue id in {item}")
+                offsets[mq] = offset
         except (ValueError, KeyError, TypeError) as exc:
             # A corrupt file cannot come from our atomic writes; refuse to guess where
             # to start rather than silently consuming everything again (or nothing).

@@ -362,6 +362,8 @@ class PushConsumer:
         if not self._subscriptions:
             raise ValueError("subscribe to a topic before starting")
         self._started = True
+        if isinstance(self._store, LocalOffsetStore):
+            await anyio.to_thread.run_sync(self._store.lock)
         await self._client.start()
         try:
             task_group = anyio.create_task_group()
@@ -396,6 +398,8 @@ class PushConsumer:
         self._closed = True
         task_group = self._task_group
         if task_group is None:
+            if isinstance(self._store, LocalOffsetStore):
+                self._store.unlock()  # a start that failed part way
             return
         self._closing = True
         try:
@@ -418,6 +422,8 @@ class PushConsumer:
                 await task_group.__aexit__(None, None, None)
             finally:
                 await self._client.aclose()
+                if isinstance(self._store, LocalOffsetStore):
+                    self._store.unlock()
 
     # --- the iterator form -------------------------------------------------------------
 
@@ -520,7 +526,10 @@ class PushConsumer:
                 try:
                     await self._take(pq)
                 except MQClientError as exc:
-                    _log.info("offset_read_failed", queue=str(pq.mq), error=str(exc))
+                    # A broker may be electing (it passes); a damaged offsets file of a
+                    # broadcasting member stays until someone fixes it: say so louder.
+                    log = _log.info if self.model is MessageModel.CLUSTERING else _log.warning
+                    log("offset_read_failed", queue=str(pq.mq), error=str(exc))
                     await anyio.sleep(error_delay_s)
             while not pq.dropped:
                 await pq.wait_for_room()

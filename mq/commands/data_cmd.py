@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from mq.client import (
     MessageModel,
     MessageQueue,
     MQClientError,
+    OffsetsFileInUseError,
     Producer,
     PullConsumer,
     PushConsumer,
@@ -63,6 +65,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--broadcast",
         action="store_true",
         help="with --group: every member gets every message (offsets in ~/.mq/offsets)",
+    )
+    consume.add_argument(
+        "--instance-name",
+        default="default",
+        help="with --broadcast: this member's name on this host (its offsets file is "
+        "~/.mq/offsets/<group>/<name>.json); each member on one host needs its own",
     )
     consume.add_argument(
         "--from",
@@ -275,16 +283,10 @@ def _consume_as_member(args: argparse.Namespace) -> int:
     the messages."""
     configure_logging("warning")
 
-    async def run() -> int:
-        seen = 0
-        consumer = PushConsumer(
-            namesrv_of(args),
-            args.group,
-            model=MessageModel.BROADCASTING if args.broadcast else MessageModel.CLUSTERING,
-            consume_from=args.start,
-            consume_timestamp_ms=args.timestamp,
-        )
-        consumer.subscribe(args.topic, args.tags)
+    seen = 0
+
+    async def consume(consumer: PushConsumer) -> None:
+        nonlocal seen
         async with consumer:
             if not args.json_lines:
                 queues = ", ".join(str(q) for q in consumer.assigned) or "none yet"
@@ -295,11 +297,43 @@ def _consume_as_member(args: argparse.Namespace) -> int:
                 seen += 1
                 if args.count and seen >= args.count:
                     break
+
+    async def run() -> int:
+        consumer = PushConsumer(
+            namesrv_of(args),
+            args.group,
+            model=MessageModel.BROADCASTING if args.broadcast else MessageModel.CLUSTERING,
+            consume_from=args.start,
+            consume_timestamp_ms=args.timestamp,
+            instance_name=args.instance_name,
+        )
+        consumer.subscribe(args.topic, args.tags)
+        # SIGTERM (a service manager's stop) ends it like ^C: the consumer commits its
+        # offsets and leaves its group, so nothing it printed is delivered again.
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                async def main() -> None:
+                    await consume(consumer)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(main)
         if not args.json_lines:
             print(f"read {seen} messages from {args.topic}", file=sys.stderr)
         return 0
 
-    return trio.run(run)
+    failed: BaseException | None = None
+    try:
+        return trio.run(run)
+    except* OffsetsFileInUseError as group:
+        failed = group.exceptions[0]
+    print(f"mq: error: {failed}", file=sys.stderr)
+    return 1
 
 
 def _print_message(msg: Any, json_lines: bool) -> None:

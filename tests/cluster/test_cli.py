@@ -5,6 +5,7 @@ command run as a subprocess, the way a user runs them: status, produce / consume
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,6 +173,32 @@ def test_consume_as_a_group_continues_where_the_group_left_off(cli: LocalCluster
        "--topic", "cli-group", "--to", "first")  # fmt: skip
     again = mq(cli.directory, *args, "--count", "10").stdout.splitlines()
     assert sorted(json.loads(line)["body"] for line in again) == bodies
+
+
+def test_a_group_member_stopped_with_sigterm_commits_what_it_printed(cli: LocalCluster) -> None:
+    """A service manager stops it with SIGTERM: it must commit and leave its group as
+    on ^C, or the next member gets everything it printed again."""
+    cli.leader()
+    mq(cli.directory, "produce", "--topic", "cli-term", "--count", "5")
+    member = subprocess.Popen(
+        [sys.executable, "-m", "mq.cli", "consume", "--topic", "cli-term", "--group",
+         "cli-term-g", "--json-lines", "--dir", str(cli.directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert member.stdout is not None
+        printed = [json.loads(member.stdout.readline()) for _ in range(5)]
+        member.send_signal(signal.SIGTERM)
+        assert member.wait(timeout=CLI_TIMEOUT_S) == 0, member.stderr and member.stderr.read()
+    finally:
+        if member.poll() is None:
+            member.kill()
+            member.wait()
+    assert sorted(m["body"] for m in printed) == [f"message {i}" for i in range(5)]
+    described = json.loads(
+        mq(cli.directory, "admin", "group", "describe", "--group", "cli-term-g", "--json").stdout
+    )
+    assert described["lag"] == 0 and described["members"] == []
 
 
 def test_kill_node_and_start_node_show_in_status(cli: LocalCluster) -> None:

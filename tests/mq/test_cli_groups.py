@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 from anyio.from_thread import start_blocking_portal
 
 from mq.cli import main
-from mq.client import Message
+from mq.client import Message, PushConsumer
 from mq.client.blocking import BlockingProducer
+from mq.client.offset_store import LocalOffsetStore
 from mq.commands import data_cmd
 from tests.mq.fake_broker import ORDERS, Env, fake_env
 
@@ -89,6 +91,27 @@ def test_reset_offset_then_consume_again_with_tags(
     text = mq(env, capsys, "admin", "group", "reset-offset", "--group", "tagged", "--topic",
               "orders", "--to", "1700000000000")  # fmt: skip
     assert "orders@g1#0 -> 0" in text
+
+
+def test_a_second_broadcast_member_with_the_same_instance_name_is_refused(
+    env: Env,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = PushConsumer(env.namesrv, "bc", model="broadcasting", instance_name="x").offsets_path
+    running = LocalOffsetStore(path, "bc")
+    running.lock()  # another live member with that name on this host
+    try:
+        argv = ["consume", "--topic", "orders", "--group", "bc", "--broadcast"]
+        argv += ["--instance-name", "x", "--count", "1", "--namesrv", env.namesrv[0]]
+        assert main(argv) == 1
+        assert "in use by another consumer" in capsys.readouterr().err
+    finally:
+        running.unlock()
+    assert main([*argv[:-4], "--instance-name", "y", "--count", "1", *argv[-2:]]) == 0
+    assert (tmp_path / ".mq" / "offsets").is_dir()
 
 
 def test_broadcast_needs_a_group(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

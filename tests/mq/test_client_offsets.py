@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from mq.client import MessageExt, MessageQueue, MQClientError
+from mq.client.errors import OffsetsFileInUseError
 from mq.client.offset_store import CommitEntry, LocalOffsetStore
 from mq.client.process_queue import ProcessQueue
 
@@ -81,3 +82,22 @@ async def test_local_offsets_round_trip_through_an_atomic_file(tmp_path: Path) -
     path.write_text("{not json")
     with pytest.raises(MQClientError):
         await LocalOffsetStore(path, "cg").read(Q)
+
+
+async def test_a_negative_offset_in_the_file_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "me.json"
+    entry = {"topic": Q.topic, "group": Q.group, "queue_id": Q.queue_id, "offset": -1}
+    path.write_text(json.dumps({"group": "cg", "offsets": [entry]}))
+    with pytest.raises(MQClientError, match="unreadable: negative offset"):
+        await LocalOffsetStore(path, "cg").read(Q)
+
+
+def test_one_offsets_file_is_taken_by_one_live_member_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "cg" / "default.json"
+    first, second = LocalOffsetStore(path, "cg"), LocalOffsetStore(path, "cg")
+    first.lock()
+    with pytest.raises(OffsetsFileInUseError, match="--instance-name"):
+        second.lock()
+    first.unlock()
+    second.lock()  # free once the first member is gone
+    second.unlock()

@@ -24,6 +24,7 @@ from mq.client import (
     Message,
     MessageExt,
     MessageQueue,
+    OffsetsFileInUseError,
     Producer,
     PushConsumer,
     SelectByHash,
@@ -300,6 +301,23 @@ async def test_broadcasting_delivers_everything_to_every_member_and_keeps_offset
             await wait_until(lambda: len(again.messages) == 1)
             await trio.sleep(5)
         assert again.ids() == [new_id]
+
+
+async def test_a_second_broadcasting_member_on_the_same_offsets_file_is_refused(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Two live members sharing a file would each restart from the other's offsets
+    (and skip what it missed); the second is refused at start, and the file is free
+    again once the first closes."""
+    async with fake_env() as env:
+        first = consumer(env, model="broadcasting", handler=Recorder(), offsets_dir=tmp_path)
+        async with first:
+            second = consumer(env, model="broadcasting", handler=Recorder(), offsets_dir=tmp_path)
+            with pytest.raises(OffsetsFileInUseError):
+                await second.start()
+        third = consumer(env, model="broadcasting", handler=Recorder(), offsets_dir=tmp_path)
+        async with third:
+            assert third.assigned == QUEUES
 
 
 async def test_close_waits_for_handlers_in_flight_then_commits_and_unregisters(
