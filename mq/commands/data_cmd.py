@@ -20,6 +20,7 @@ from mq.client import (
     MessageModel,
     MessageQueue,
     MQClientError,
+    NoRouteError,
     OffsetsFileInUseError,
     Producer,
     PullConsumer,
@@ -98,7 +99,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _namesrv_flags(create)
     create.add_argument("topic")
     create.add_argument("--queues", type=int, default=8)
+    create.add_argument(
+        "--write-queues",
+        type=int,
+        help="queues producers send to (default: --queues); to shrink a topic without "
+        "hiding messages, lower this first, let consumers drain the rest, then --queues",
+    )
     create.add_argument("--group", help="only this broker group")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="lower the read queues of an existing topic even if that hides the messages "
+        "in the queues it drops",
+    )
     create.set_defaults(handler=_topic_create)
     listing = topic_actions.add_parser("list", help="list topics")
     _namesrv_flags(listing)
@@ -362,8 +375,27 @@ def _print_message(msg: Any, json_lines: bool) -> None:
 def _topic_create(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with Admin(namesrv_of(args)) as admin:
-            await admin.create_topic(args.topic, queues=args.queues, group=args.group)
-        print(f"created topic {args.topic} with {args.queues} queues")
+            if not args.force:
+                try:
+                    route = await admin.topic_route(args.topic)
+                except NoRouteError:
+                    route = None  # a new topic
+                for g in route.groups if route is not None else ():
+                    if args.queues < g.topic.read_queues and (args.group in (None, g.group)):
+                        print(
+                            f"mq: error: {args.topic} has {g.topic.read_queues} read queues on "
+                            f"{g.group}; {args.queues} would hide the messages of queues "
+                            f"{args.queues}-{g.topic.read_queues - 1} from consumers. Lower "
+                            "--write-queues first, let consumers drain those queues, then "
+                            "--queues (or pass --force)",
+                            file=sys.stderr,
+                        )
+                        return 1
+            await admin.create_topic(
+                args.topic, queues=args.queues, group=args.group, write_queues=args.write_queues
+            )
+        writes = "" if args.write_queues is None else f" ({args.write_queues} written to)"
+        print(f"created topic {args.topic} with {args.queues} queues{writes}")
         return 0
 
     return trio.run(run)

@@ -152,3 +152,19 @@ def test_produce_reports_a_bad_topic_once_and_a_failed_send_with_what_was_sent(
     assert main(["produce", "--topic", "t", "--count", "5", "--namesrv", "127.0.0.1:9"]) != 0
     err = capsys.readouterr().err
     assert "sent 0 of 5 messages before a send failed" in err
+
+
+def test_shrinking_a_topics_read_queues_is_refused_unless_forced(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fewer read queues hide the messages of the queues dropped (RocketMQ's semantics):
+    the command says so and how to shrink safely, instead of doing it silently."""
+    ns = ["--namesrv", env.namesrv[0]]
+    assert main(["admin", "topic", "create", "shrinking", "--queues", "8", *ns]) == 0
+    assert main(["admin", "topic", "create", "shrinking", "--queues", "4", *ns]) == 1
+    err = capsys.readouterr().err
+    assert "would hide the messages of queues 4-7" in err and "--write-queues" in err
+    argv = ["admin", "topic", "create", "shrinking", "--queues", "8", "--write-queues", "4"]
+    assert main([*argv, *ns]) == 0
+    assert "(4 written to)" in capsys.readouterr().out
+    assert main(["admin", "topic", "create", "shrinking", "--queues", "4", "--force", *ns]) == 0
