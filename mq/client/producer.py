@@ -647,6 +647,17 @@ class Producer:
         )
         try:
             result = await self._deliver(batch, None, None, items[0].queued_ms)
+        except SendError as exc:
+            if len(items) > 1 and exc.code in _REFUSED_FOR_CONTENT:
+                # The broker stored none of it, refusing it for what one of the sends
+                # holds (a body over its limit, a batch past its segment size): send
+                # the halves apart, so that only the sends at fault fail.
+                middle = len(items) // 2
+                await self._send_queued(topic, items[:middle])
+                await self._send_queued(topic, items[middle:])
+            else:
+                for item in items:
+                    item.future._set(None, _error_for_message(exc, item.msg_id))
         except Exception as exc:
             # Every failure belongs to the senders' awaits, never to the task group.
             for item in items:
@@ -1053,6 +1064,11 @@ async def _await_callback(topic: str, outcome: Awaitable[object]) -> None:
         await outcome
     except Exception:
         _log.exception("send_callback_failed", topic=topic)
+
+
+_REFUSED_FOR_CONTENT = (ErrorCode.MESSAGE_TOO_LARGE, ErrorCode.INVALID_REQUEST)
+"""Refusals of a request for what it holds: nothing of it was stored, and a send that
+shares an automatic batch with the send at fault must not fail with it."""
 
 
 def _error_for_message(error: Exception, msg_id: str) -> Exception:

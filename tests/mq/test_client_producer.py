@@ -678,7 +678,7 @@ async def test_a_failed_batch_fails_each_send_with_its_own_message_id() -> None:
     ):
         g1 = env.group("g1")
         g1.fault(Fault(None, action="delay", delay_ms=50, times=1))
-        g1.fault(Fault(RequestCode.SEND_BATCH, error=ErrorCode.INVALID_REQUEST, times=1))
+        g1.fault(Fault(RequestCode.SEND_BATCH, error=ErrorCode.NO_PERMISSION, times=1))
         outcomes: list[BaseException | SendResult] = []
 
         async def send(i: int) -> None:
@@ -698,7 +698,7 @@ async def test_a_failed_batch_fails_each_send_with_its_own_message_id() -> None:
         assert len(errors) == 9
         assert all(len(e.msg_ids) == 1 for e in errors)
         assert len({e.msg_ids[0] for e in errors}) == 9
-        assert all(e.code == ErrorCode.INVALID_REQUEST for e in errors)
+        assert all(e.code == ErrorCode.NO_PERMISSION for e in errors)
 
 
 async def test_a_retried_automatic_batch_is_stored_once() -> None:
