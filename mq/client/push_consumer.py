@@ -289,6 +289,9 @@ class PushConsumer:
         self._rebalance_wanted = anyio.Event()
         self._heartbeat_wanted = anyio.Event()
         self._reset_topics: set[str] = set()
+        self._resubscribed: set[str] = set()
+        """Topics whose tags changed while running: their queues start over from the
+        offsets handled so far, pulling with the new tags."""
         self._rebalance_lock = anyio.Lock()
         self._in_flight = 0
         # Set when the last message in flight settles, for a close that waits for it;
@@ -309,8 +312,14 @@ class PushConsumer:
         """Consume `topic`, messages whose tag matches `tags` ("*" or "a || b").
         Subscribing again replaces the tags. Works before and after start."""
         validate_topic(topic)
-        self._subscriptions[topic] = Subscription(topic, tags or "*", TagFilter.parse(tags))
+        new = Subscription(topic, tags or "*", TagFilter.parse(tags))
+        old = self._subscriptions.get(topic)
+        self._subscriptions[topic] = new
         if self._started:
+            if old is not None and old.tags != new.tags:
+                # Pulls in flight (a long poll held at the broker) still filter by the
+                # old tags, and would step past messages only the new tags match.
+                self._resubscribed.add(topic)
             self._heartbeat_wanted.set()
             self._rebalance_wanted.set()
 
@@ -604,6 +613,11 @@ class PushConsumer:
             resets, self._reset_topics = self._reset_topics, set()
             for topic in sorted(resets):
                 await self._reset(topic)
+            resubscribed, self._resubscribed = self._resubscribed, set()
+            for topic in sorted(resubscribed - resets):
+                for pq in [pq for mq, pq in self._queues.items() if mq.topic == topic]:
+                    await self._drop(pq, commit=True)
+                    self._start_queue(pq.mq)
             for topic in sorted(self._subscriptions):
                 try:
                     await self._rebalance_topic(topic)

@@ -177,3 +177,32 @@ async def test_consuming_continues_across_a_leader_failover(
         assert set(seen) == set(ids + more)
         # Duplicates only for messages handled but not yet committed at the failover.
         assert sum(seen.values()) - len(seen) <= 16
+
+
+async def test_new_tags_take_effect_at_once_even_with_long_polls_held_for_the_old_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pull held at the broker still filters by the old tags: answered by the first
+    new message, it would step past every message only the new tags match."""
+    async with broker_group() as group:
+        await create_topic(group)
+        got: list[MessageExt] = []
+
+        async def handler(message: MessageExt) -> None:
+            got.append(message)
+
+        consumer = PushConsumer(
+            [group.nameserver.address], "billing", handler=handler, consume_from="first"
+        )
+        consumer.subscribe(TOPIC, "a")
+        async with consumer:
+            await trio.sleep(2)  # every queue's pull is held by now (nothing there)
+            consumer.subscribe(TOPIC, "b")
+            await trio.sleep(1)
+            async with Producer([group.nameserver.address]) as producer:
+                for i in range(16):
+                    tag = "ab"[i % 2]
+                    await producer.send(Message(TOPIC, f"{tag}{i}".encode(), tags=tag))
+            await wait_until(lambda: len(got) >= 8)
+            await trio.sleep(5)
+        assert sorted(m.body for m in got) == sorted(f"b{i}".encode() for i in range(1, 16, 2))
