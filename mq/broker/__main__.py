@@ -12,11 +12,18 @@ from typing import Any
 import structlog
 import trio
 
+from mq.broker.commands import CommandError
 from mq.broker.config import BrokerConfig, ConfigError, load_config
 from mq.broker.core import InstallDiskFullError
+from mq.broker.hard_state import HardStateError
+from mq.broker.raft_codec import RaftCodecError
 from mq.broker.server import BrokerServer, DataDirLockedError, run_broker
 from mq.logs import LOG_LEVELS, configure_logging
 from mq.rpc.server import raise_open_files_limit
+from storage.consume_queue import ConsumeQueueError
+from storage.entry_log import EntryLogError
+from storage.errors import StorageError
+from storage.index_file import IndexFileError
 
 _log = structlog.get_logger("mq.broker")
 
@@ -135,6 +142,18 @@ def partial_run(config: BrokerConfig) -> Any:
     return run
 
 
+_DAMAGED_DATA = (
+    StorageError,
+    EntryLogError,
+    ConsumeQueueError,
+    IndexFileError,
+    HardStateError,
+    RaftCodecError,
+    CommandError,
+)
+"""What a node's own files can raise when they are damaged or were written with another
+configuration: said in one line, not a traceback (the log keeps the traceback)."""
+
 GC_GEN0_THRESHOLD = 100_000
 """Allocations between young-generation collections (CPython's default is 700)."""
 
@@ -162,12 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     failure: BaseException | None = None
     stopped: BaseException | None = None
+    damaged: BaseException | None = None
     try:
         trio.run(_main, config)
     except* InstallDiskFullError as group:
         stopped = group.exceptions[0]
     except* (OSError, DataDirLockedError) as group:  # port taken, data dir in use, ...
         failure = group.exceptions[0]
+    except* _DAMAGED_DATA as group:
+        damaged = group.exceptions[0]
     if stopped is not None:
         _log.error("snapshot_install_disk_full", error=str(stopped))
         print(
@@ -178,6 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if failure is not None:
         print(f"broker failed to start: {failure}", file=sys.stderr)
+        return 1
+    if damaged is not None:
+        _log.error("broker_data_damaged", data_dir=config.data_dir, error=str(damaged),
+                   exc_info=damaged)  # fmt: skip
+        print(
+            f"broker stopped: the data under {config.data_dir} is damaged or does not "
+            f"match this node's configuration: {type(damaged).__name__}: {damaged}\n"
+            "Restore the file named (or the configuration), or give the node an empty "
+            "data directory and start it with --join so that it copies the group's data "
+            '(docs/broker.md, "Replacing a node\'s disk"; mq cluster replace-disk).',
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -93,7 +93,7 @@ from mq.client.queues import MessageQueue, MessageQueueSelector, writable_queues
 from mq.client.routes import REFRESH_INTERVAL_MS_DEFAULT
 from mq.fields import FieldError, get_int, get_list
 from mq.message import Message, MessageIdGenerator
-from mq.protocol import ErrorCode, Frame, RequestCode, error_name, request
+from mq.protocol import FRAME_BYTES_MAX, ErrorCode, Frame, RequestCode, error_name, request
 from mq.route import GroupRoute, Perm, TopicRoute
 from storage.record import FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, encode_messages
 
@@ -112,6 +112,8 @@ only meet the same condition."""
 BATCH_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
 """Largest encoded batch (RocketMQ's 4 MiB); well under the 16 MiB frame limit."""
 BATCH_COUNT_MAX = 1024
+BATCH_FRAME_BYTES_MAX = FRAME_BYTES_MAX - 64 * 1024
+"""Encoded bytes of one request's messages: a frame's limit, less room for its header."""
 ASYNC_IN_FLIGHT_MAX_DEFAULT = 1024
 """`send_async` calls running at once; more wait in `send_async` (back-pressure)."""
 
@@ -596,6 +598,13 @@ class Producer:
             for m, msg_id in zip(messages, msg_ids, strict=True)
         ]
         frames, sizes = encode_messages(records, message_bytes_max=self.message_bytes_max)
+        if len(frames) > BATCH_FRAME_BYTES_MAX:
+            # Bodies within limits can still encode past what one request carries
+            # (long keys and properties are in every frame).
+            raise ValueError(
+                f"batch encodes to {len(frames)} bytes, more than one request carries "
+                f"({BATCH_FRAME_BYTES_MAX}): send fewer messages or shorter keys/properties"
+            )
         return msg_ids, bytes(frames), sizes
 
     # --- internals: auto-batching ---------------------------------------------------

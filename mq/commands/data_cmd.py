@@ -26,6 +26,7 @@ from mq.client import (
     PullConsumer,
     PushConsumer,
     SendResult,
+    TagFilter,
 )
 from mq.cluster import ClusterSpec
 from mq.logs import configure_logging
@@ -251,6 +252,11 @@ def _printable(body: bytes) -> str | None:
 def _consume(args: argparse.Namespace) -> int:
     if args.start == "timestamp" and args.timestamp is None:
         print("mq: error: --from timestamp needs --timestamp MS", file=sys.stderr)
+        return 2
+    try:
+        TagFilter.parse(args.tags)
+    except ValueError as exc:
+        print(f"mq: error: --tags: {exc}", file=sys.stderr)
         return 2
     if args.group:
         return _consume_as_member(args)

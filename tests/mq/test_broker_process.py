@@ -4,6 +4,7 @@ wait polls with a deadline."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -158,3 +159,28 @@ def test_a_full_disk_in_a_snapshot_install_stops_the_broker_with_a_clear_message
     err = capsys.readouterr().err
     assert "no room on the disk to install the leader's snapshot" in err
     assert "failed to start" not in err
+
+
+def test_a_damaged_hard_state_stops_the_broker_with_one_line_naming_the_way_out(
+    tmp_path: Path,
+) -> None:
+    """Not a traceback: what is damaged, where, and what to do."""
+    config = tmp_path / "broker.toml"
+    config.write_text(CONFIG)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hardstate").write_bytes(b"garbage, not a hard state")
+    done = subprocess.run(
+        [sys.executable, "-m", "mq.broker", "--config", str(config), "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    (said,) = [line for line in lines if line.startswith("broker stopped:")]
+    assert said.startswith(f"broker stopped: the data under {data} is damaged")
+    assert "HardStateError" in said and "--join" in done.stderr
+    assert not [line for line in lines if line.startswith("Traceback")]
+    (logged,) = [json.loads(line) for line in lines if line.startswith("{")]
+    assert logged["event"] == "broker_data_damaged"  # with the traceback, for whoever digs

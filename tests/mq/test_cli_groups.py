@@ -168,3 +168,13 @@ def test_shrinking_a_topics_read_queues_is_refused_unless_forced(
     assert main([*argv, *ns]) == 0
     assert "(4 written to)" in capsys.readouterr().out
     assert main(["admin", "topic", "create", "shrinking", "--queues", "4", "--force", *ns]) == 0
+
+
+def test_a_tag_expression_that_cannot_be_used_is_a_clear_error(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra in ([], ["--group", "cli-tags"]):
+        argv = ["consume", "--topic", "orders", "--tags", "a || *", *extra]
+        assert main([*argv, "--namesrv", env.namesrv[0]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mq: error: --tags:") and "Traceback" not in err

@@ -740,3 +740,14 @@ async def test_a_provisional_route_with_too_many_queues_is_corrected_by_the_grou
         assert {r.queue_id for r in results} <= {0, 1}
         stored = [m.msg_id for q in (0, 1) for m in g1.messages("fresh", q)]
         assert sorted(stored) == sorted(r.msg_id for r in results)
+
+
+async def test_a_batch_that_encodes_past_one_request_is_refused_as_bad_input() -> None:
+    """Bodies within the batch limit can still encode past the 16 MiB a request carries
+    (keys are in every frame): a ValueError, before anything is sent."""
+    async with fake_env(groups=["g1"]) as env, Producer(env.namesrv) as producer:
+        batch = [Message("orders", b"x", keys=[f"{i:05d}" + "k" * 60_000]) for i in range(300)]
+        with pytest.raises(ValueError, match="more than one request carries"):
+            await producer.send_batch(batch)
+        assert not env.group("g1").messages("orders", 0)
+        assert (await producer.send(Message("orders", b"after"))).msg_id
