@@ -492,9 +492,16 @@ class EntryLog:
     def _read(
         self, offsets: array[int], sizes: array[int], pos: int, stop: int, out: list[StoredEntry]
     ) -> None:
-        """Append the entries at positions pos..stop-1 of `offsets` / `sizes` to `out`."""
+        """Append the entries at positions pos..stop-1 of `offsets` / `sizes` to `out`.
+
+        Each is checked against its CRC: what is read here is sent to followers and
+        applied, so a damaged entry (bit rot under a sealed chunk, which a start does
+        not re-read) must stop this node, not spread to the others or be applied.
+        Raises CorruptRecordError naming the entry and where it sits."""
         skip = FRAME_HEADER_BYTES + ENTRY_HEADER.size
         unpack = ENTRY_HEADER.unpack_from
+        unpack_crc = _CRC.unpack_from
+        crc32 = zlib.crc32
         segment_bytes = self._log.segment_bytes
         while pos < stop:
             # One read per segment: entries never span segments, and consecutive entries in
@@ -509,6 +516,12 @@ class EntryLog:
                 at = offsets[i] - base
                 term, index, kind = unpack(view, at + FRAME_HEADER_BYTES)
                 end = offsets[i] + sizes[i] - base
+                if crc32(view[at + FRAME_HEADER_BYTES : end]) != unpack_crc(view, at + 8)[0]:
+                    raise CorruptRecordError(
+                        f"the Raft entry at CommitLog offset {offsets[i]} (segment file "
+                        f"commitlog/{offsets[i] - offsets[i] % segment_bytes:020d}, entry "
+                        f"{index} by its header) fails its CRC check"
+                    )
                 out.append(StoredEntry(term, index, kind, bytes(view[at + skip : end])))
             pos = run_end
 

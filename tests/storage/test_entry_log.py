@@ -357,3 +357,20 @@ def test_a_node_whose_disk_is_full_opens_without_an_index_directory() -> None:
     log.sync()
     assert log.seal(8) == 0, "a full disk stops sealing quietly"
     assert len(log._offsets) == 8 and open_indexed(fs).last_index() == 8
+
+
+def test_a_damaged_entry_is_refused_when_read_not_sent_or_applied():
+    """Bit rot in the middle of the log (under a sealed chunk, a start does not re-read
+    it) must stop the node when the entry is read, not reach a follower or be applied."""
+    fs = SimFileSystem(random.Random(1))
+    log = open_log(fs)
+    log.append(entries(1, 10, term=1))
+    log.sync()
+    at = log.offset_of(4) + 40  # inside entry 4's data
+    fs.flip_byte(f"/n/commitlog/{at - at % 4096:020d}", at % 4096)
+    assert [e.index for e in log.entries(1, 4, 1 << 20)] == [1, 2, 3]
+    with pytest.raises(CorruptRecordError, match=f"CommitLog offset {log.offset_of(4)}"):
+        log.entries(1, 11, 1 << 20)
+    with pytest.raises(CorruptRecordError, match="entry 4 by its header"):
+        log.entries(4, 5, 1 << 20)
+    assert [e.index for e in log.entries(5, 11, 1 << 20)] == list(range(5, 11))
