@@ -169,7 +169,7 @@ class RaftNode:
     def joining(self) -> bool:
         """A joining node (Config.join_existing) not caught up yet: it neither votes nor
         campaigns."""
-        return self._joining
+        return self._joining and not self._caught_up()
 
     @property
     def applied_index(self) -> int:

@@ -55,6 +55,7 @@ the leader says it is committed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import random
@@ -430,7 +431,20 @@ class BrokerCore:
         self._next_retention_ms = now_ms + config.retention_check_interval_ms
         self._warned_no_snapshot: set[int] = set()
         self._boundary_cache: SegmentSnapshot | None = None
-        hard_state = decode_hard_state(fs.read_bytes(self._hard_state_path))
+        raw_hard_state = fs.read_bytes(self._hard_state_path)
+        hard_state = decode_hard_state(raw_hard_state)
+        raft_config = config.raft_config()
+        if raw_hard_state is None and self.entry_log.last_index() > 0:
+            # The log survived but its term and vote did not (the file was deleted, or
+            # lost with a crash before it was first written): the vote this node may
+            # have cast is forgotten, so it must not vote again until a leader has
+            # caught it up, exactly as a node on a replaced disk.
+            _log.warning(
+                "hard_state_missing",
+                last_index=self.entry_log.last_index(),
+                detail="no vote or campaign until a leader caught this node up",
+            )
+            raft_config = dataclasses.replace(raft_config, join_existing=True)
         self._hard_state = hard_state
         self._hs_persisted = hard_state
         applied = self._recover(hard_state)
@@ -444,7 +458,7 @@ class BrokerCore:
             sorted(self.voters),
             self.log,
             hard_state,
-            config.raft_config(),
+            raft_config,
             rng if rng is not None else random.Random(),
             applied=applied,
             snapshot_source=self,

@@ -587,3 +587,29 @@ def test_a_restart_takes_the_committed_entries_from_the_sealed_index() -> None:
     cluster.settle()
     for node in cluster.ids:
         assert all_bodies(cluster, node, "t") == sent
+
+
+def test_a_node_whose_hard_state_is_gone_but_log_is_not_joins_instead_of_voting() -> None:
+    """Its vote of the current term is forgotten: voting again could elect a second
+    leader of that term. It waits, as a node on a replaced disk does, until a leader
+    caught it up."""
+    cluster = CoreCluster()
+    leader = cluster.elect()
+    assert cluster.request(leader, send_request("t", [b"kept"])).ok
+    cluster.settle()
+    node = cluster.followers()[0]
+    cluster.stop(node)
+    cluster.fss[node].remove(f"/n{node}/hardstate")
+    restarted = cluster.start(node)
+    assert restarted.raft.term == 0 and restarted.raft.joining
+    assert cluster.request(leader, send_request("t", [b"after"])).ok
+    cluster.settle(20)
+    assert not cluster.cores[node].raft.joining  # caught up by the leader
+    assert cluster.cores[node].raft.term == cluster.cores[leader].raft.term
+    assert all_bodies(cluster, node, "t") == [b"kept", b"after"]
+
+
+def test_a_fresh_node_with_no_hard_state_and_no_log_votes_as_usual() -> None:
+    cluster = CoreCluster()
+    assert not any(core.raft.joining for core in cluster.cores.values())
+    cluster.elect()
