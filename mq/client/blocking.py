@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from mq.client.admin import Admin, BrokerStatus
+from mq.client.admin import Admin, BrokerStatus, ConsumerGroupInfo, GroupDescription
 from mq.client.errors import ClientClosedError
 from mq.client.producer import Producer, SendCallback, SendResult
 from mq.client.pull_consumer import PullConsumer, PullResult
@@ -265,3 +265,19 @@ class BlockingAdmin(_Facade[Admin]):
     def all_topics(self, address: str) -> dict[str, TopicConfig]:
         topics: dict[str, TopicConfig] = self._call(self._client.all_topics, address)
         return topics
+
+    def consumer_groups(self) -> list[ConsumerGroupInfo]:
+        groups: list[ConsumerGroupInfo] = self._call(self._client.consumer_groups)
+        return groups
+
+    def describe_group(self, group: str, topics: Sequence[str] | None = None) -> GroupDescription:
+        described: GroupDescription = self._call(self._client.describe_group, group, topics)
+        return described
+
+    def reset_offset(
+        self, group: str, topic: str, to: str, *, timestamp_ms: int | None = None
+    ) -> dict[MessageQueue, int]:
+        offsets: dict[MessageQueue, int] = self._call(
+            self._client.reset_offset, group, topic, to, timestamp_ms=timestamp_ms
+        )
+        return offsets

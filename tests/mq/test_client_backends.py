@@ -184,6 +184,13 @@ def test_blocking_push_consumer_runs_its_handler_in_threads(env: Env, backend: s
         assert consumer.assigned == [MessageQueue(topic, "g2", q) for q in range(2)]
     assert sorted(i for i, _ in handled) == sorted(ids)
     assert threading.main_thread().name not in {name for _, name in handled}
+    # The group's admin calls, from a thread, as the async Admin has them.
+    with BlockingAdmin(env.namesrv, backend=backend) as admin:
+        assert f"cg-{topic}" in {g.group for g in admin.consumer_groups()}
+        described = admin.describe_group(f"cg-{topic}", [topic])
+        assert described.lag == 0 and len(described.queues) == 2
+        offsets = admin.reset_offset(f"cg-{topic}", topic, "first")
+        assert set(offsets.values()) == {0}
 
 
 def test_blocking_facade_must_be_started(env: Env) -> None:
