@@ -448,6 +448,7 @@ class BrokerCore:
         self._hard_state = hard_state
         self._hs_persisted = hard_state
         applied = self._recover(hard_state)
+        self._check_queues_against_snapshot()
         self._applied = applied
         """The last entry dispatched (its commands applied, its messages queued)."""
         self._committed = applied
@@ -502,6 +503,29 @@ class BrokerCore:
             _log.info("join_ignored", detail="the node has a durable term: it is a member already")
 
     # ------------------------------------------------------------------ recovery
+
+    def _check_queues_against_snapshot(self) -> None:
+        """Every queue holds at least the units the newest segment snapshot behind the
+        dispatch counted (queue offsets only grow, and an install starts them there):
+        a queue that holds fewer lost its files, and would hand out queue offsets the
+        other replicas gave to other messages. Raises StorageError: the node must not
+        start so (restore the files, or replace its disk with --join)."""
+        dispatched = self.store.dispatcher.dispatched_offset
+        behind = [offset for offset in self._snapshots.offsets() if offset <= dispatched]
+        if not behind:
+            return
+        snapshot = self._snapshots.load(max(behind))
+        if snapshot is None:
+            return  # damaged: found (and said) when a follower needs it
+        for (topic, queue_id), next_offset in sorted(snapshot.queues.items()):
+            held = self.store.max_offset(topic, queue_id)
+            if held < next_offset:
+                raise StorageError(
+                    f"ConsumeQueue {topic}/{queue_id} (store/consumequeue/{topic}/{queue_id}) "
+                    f"ends at queue offset {held}, but the segment snapshot at CommitLog "
+                    f"offset {snapshot.offset} counted {next_offset} units: its files were "
+                    "lost or damaged"
+                )
 
     def _recover(self, hard_state: HardState) -> int:
         """Rebuild the replicated state and dispatch up to the persisted commit index;

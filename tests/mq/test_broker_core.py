@@ -10,6 +10,7 @@ import pytest
 from mq.broker import core as core_module
 from mq.broker.core import RoleChanged, TopicsChanged
 from mq.protocol import ErrorCode, Frame, RequestCode, request
+from storage.errors import StorageError
 from storage.record import MessageRecord, decode_message_header
 from tests.mq.broker_cluster import CoreCluster, message_body, send_request
 
@@ -613,3 +614,23 @@ def test_a_fresh_node_with_no_hard_state_and_no_log_votes_as_usual() -> None:
     cluster = CoreCluster()
     assert not any(core.raft.joining for core in cluster.cores.values())
     cluster.elect()
+
+
+def test_a_node_whose_consume_queue_files_were_lost_refuses_to_start() -> None:
+    """It would hand out queue offsets the other replicas gave to other messages: the
+    newest segment snapshot says how many units each queue had, and a queue holding
+    fewer stops the start with an error naming it."""
+    cluster = CoreCluster(segment_bytes=64 << 10)
+    leader = cluster.elect()
+    for i in range(12):
+        assert cluster.request(leader, send_request("t", [bytes([i]) * 8000])).ok
+    cluster.settle()
+    node = cluster.followers()[0]
+    assert cluster.cores[node].commit_log.max_offset > 64 << 10  # past a segment boundary
+    cluster.stop(node)
+    fs = cluster.fss[node]
+    directory = f"/n{node}/store/consumequeue/t/0"
+    for name in fs.listdir(directory):
+        fs.remove(f"{directory}/{name}")
+    with pytest.raises(StorageError, match=r"ConsumeQueue t/0 .* lost or damaged"):
+        cluster.start(node)
