@@ -72,6 +72,15 @@ class CommitResult:
 
 
 class OffsetStore(Protocol):
+    async def open(self) -> None:
+        """Take the store for this member before it consumes (raises MQClientError when
+        another member holds it)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what `open` took; idempotent."""
+        ...
+
     async def read(self, mq: MessageQueue) -> StoredOffset:
         """The committed offset of `mq` (raises MQClientError when it cannot be read:
         the caller retries later rather than guessing a start offset)."""
@@ -89,6 +98,12 @@ class BrokerOffsetStore:
     def __init__(self, client: ClientInstance, group: str) -> None:
         self._client = client
         self.group = group
+
+    async def open(self) -> None:
+        """Nothing to take: the brokers keep one offset table for every member."""
+
+    def close(self) -> None:
+        pass
 
     async def read(self, mq: MessageQueue) -> StoredOffset:
         info = await group_info(self._client, mq.topic, mq.group)
@@ -190,6 +205,12 @@ class LocalOffsetStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self.lock)
+
+    def close(self) -> None:
+        self.unlock()
 
     async def _ensure_loaded(self) -> None:
         if self._loaded:

@@ -371,8 +371,7 @@ class PushConsumer:
         if not self._subscriptions:
             raise ValueError("subscribe to a topic before starting")
         self._started = True
-        if isinstance(self._store, LocalOffsetStore):
-            await anyio.to_thread.run_sync(self._store.lock)
+        await self._store.open()
         await self._client.start()
         try:
             task_group = anyio.create_task_group()
@@ -407,8 +406,7 @@ class PushConsumer:
         self._closed = True
         task_group = self._task_group
         if task_group is None:
-            if isinstance(self._store, LocalOffsetStore):
-                self._store.unlock()  # a start that failed part way
+            self._store.close()  # a start that failed part way
             return
         self._closing = True
         try:
@@ -431,8 +429,7 @@ class PushConsumer:
                 await task_group.__aexit__(None, None, None)
             finally:
                 await self._client.aclose()
-                if isinstance(self._store, LocalOffsetStore):
-                    self._store.unlock()
+                self._store.close()
 
     # --- the iterator form -------------------------------------------------------------
 
