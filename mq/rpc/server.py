@@ -215,12 +215,7 @@ async def serve_connection(
     try:
         async with trio.open_nursery() as nursery:
             try:
-                data: bytes | bytearray = b"-"  # what the decoder holds comes first
-                while True:
-                    if not data:
-                        if decoder.buffered_bytes:
-                            log.info("peer_closed_mid_frame", buffered_bytes=decoder.buffered_bytes)
-                        break
+                while True:  # frames first: a given decoder may hold some already
                     while (frame := decoder.next_frame()) is not None:
                         if frame.is_response:
                             log.debug("unexpected_response_dropped", code=code_name(frame.code))
@@ -231,10 +226,15 @@ async def serve_connection(
                             and _call_inline(inline, frame, peer, log)
                         ):
                             continue
-                        await unsent.wait_below(unsent_bytes_max)
+                        if unsent.bytes > unsent_bytes_max:
+                            await unsent.wait_below(unsent_bytes_max)
                         await slots.acquire()
                         nursery.start_soon(serve_one, frame)
                     data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        if decoder.buffered_bytes:
+                            log.info("peer_closed_mid_frame", buffered_bytes=decoder.buffered_bytes)
+                        break
                     decoder.receive_data(data)
             except ProtocolError as exc:
                 log.warning("protocol_error", error=exc.error.name, detail=str(exc))
