@@ -115,6 +115,13 @@ async def wait_for(predicate, timeout_s: float = 10, interval_s: float = 0.05) -
             await trio.sleep(interval_s)
 
 
+async def held_pulls(server: BrokerServer, count: int, timeout_s: float = 10) -> None:
+    """Until the node holds `count` long polls (answered, they would stop counting)."""
+    with trio.fail_after(timeout_s):
+        while server.core.stats()["held_pulls"] != count:
+            await trio.sleep(0.01)
+
+
 async def pull(address: str, topic: str, offset: int = 0, queue_id: int = 0) -> Frame:
     async with connect(address) as conn:
         return await conn.request(
@@ -288,7 +295,7 @@ async def test_a_planned_stop_answers_held_pulls_before_the_connections_close(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(long_poll)
-            await trio.sleep(1)  # virtual: the pull is held by now
+            await held_pulls(leader, 1)
             assert not answers
             released_at = trio.current_time()
             await leader.release_held_pulls()
@@ -323,8 +330,7 @@ async def test_long_polls_of_a_client_that_hangs_up_are_released_at_once(
                 async with connect(leader.address) as leaving:
                     for _ in range(3):
                         nursery.start_soon(long_poll, leaving, 0)
-                    await trio.sleep(1)  # virtual: all four are held by now
-                    assert leader.core.stats()["held_pulls"] == 4
+                    await held_pulls(leader, 4)
                     hung_up_at = trio.current_time()
                     nursery.cancel_scope.cancel()  # the other three give up with it
             # `leaving` is closed; `staying` still waits.
@@ -356,7 +362,7 @@ async def test_a_node_retries_an_unreachable_nameserver_about_once_a_second(
         async with broker_group(namesrv=(f"127.0.0.1:{dead}",)) as group:
             await group.leader()  # role changes on every node
             before = failures
-            await trio.sleep(5)
+            await trio.sleep(5)  # virtual (MockClock): the window the attempts are counted in
             attempts = failures - before
     finally:
         structlog.configure(processors=processors)

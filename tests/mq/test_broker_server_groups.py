@@ -11,7 +11,7 @@ import trio.testing
 
 from mq.protocol import Frame, RequestCode, request
 from mq.rpc.client import connect
-from tests.mq.test_broker_server import broker_group, wait_for
+from tests.mq.test_broker_server import broker_group, held_pulls, wait_for
 
 
 def heartbeat(client_id: str) -> Frame:
@@ -92,8 +92,7 @@ async def test_a_member_that_hangs_up_with_a_long_poll_held_leaves_at_once(
                     {"topic": "t", "queue_id": 0, "offset": 0, "suspend_ms": 20_000},
                 )
                 nursery.start_soon(partial(second.request, poll, timeout=60.0))
-                await trio.sleep(1)  # virtual: held by now
-                assert node.core.stats()["held_pulls"] == 1
+                await held_pulls(node, 1)
                 nursery.cancel_scope.cancel()
             hung_up_at = trio.current_time()
             with trio.fail_after(5):
